@@ -1,0 +1,3 @@
+"""opshub: a JupyterHub distribution for infrastructure teams."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""The `opshub` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+import yaml
+
+from .settings import PACKAGE_DIR, PORT_ENV, SETTINGS_ENV, Settings, SettingsError, load_settings, masked, render_docs, repository_url
+
+HUB_CONFIG = str(PACKAGE_DIR / "jupyterhub_config.py")
+
+
+def team_roles(settings: Settings) -> dict[str, list[str]]:
+    """user -> roles, for the shared-password team listed in the settings."""
+    team = settings["auth"]["shared_password"]["groups"]
+    roles: dict[str, list[str]] = {}
+    for role, groups in settings["roles"].items():
+        for group in groups:
+            for user in team.get(group, []):
+                roles.setdefault(user, [])
+                if role not in roles[user]:
+                    roles[user].append(role)
+    return roles
+
+
+def banner(settings: Settings, password: str | None, password_source: str) -> str:
+    hub = settings["hub"]
+    url = f"http://{hub['ip']}:{hub['port']}{hub['base_url']}"
+    lines = ["", f"opshub is starting at {url}", ""]
+    if settings["auth"]["provider"] == "shared-password":
+        people = ", ".join(f"{user} ({', '.join(roles)})" for user, roles in team_roles(settings).items())
+        lines += [
+            f"  Log in as one of: {people}",
+            f"  Shared demo password: {password}",
+            f"    (from {password_source})",
+            "  This shared password is for TRYING OPSHUB OUT ONLY: use your identity provider for a real team.",
+        ]
+    runbooks = settings["runbooks"]
+    lines += [
+        f"  Runbooks: {repository_url(settings)} ({runbooks['branch']}) -> ~/{runbooks['target']}",
+        f"  State (database, homes, secrets): {settings.state_dir}",
+        "  Stop with Ctrl-C.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_hub(args) -> int:
+    from .state import demo_password, prepare_state
+
+    settings = load_settings(args.settings, port=args.port)
+    password = prepare_state(settings)
+    source = demo_password(settings)[1] if password else ""
+    print(banner(settings, password, source), flush=True)
+    os.environ[SETTINGS_ENV] = os.path.abspath(settings.source)
+    if args.port:
+        os.environ[PORT_ENV] = str(args.port)
+    os.execv(sys.executable, [sys.executable, "-m", "jupyterhub", "-f", HUB_CONFIG, *args.jupyterhub_args])
+
+
+def cmd_config_validate(args) -> int:
+    settings = load_settings(args.file)
+    print(f"{settings.source}: valid")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    settings = load_settings(args.file)
+    print(f"# {settings.source}, with defaults filled in and secrets masked")
+    print(yaml.safe_dump(masked(settings.data), sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_docs(args) -> int:
+    print(render_docs(), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="opshub", description="opshub: JupyterHub for infrastructure teams.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    hub = sub.add_parser("hub", help="start the hub (proxy, hub, helper services) from a settings file")
+    hub.add_argument("--settings", help=f"settings file (default: ${SETTINGS_ENV}, else the embedded default)")
+    hub.add_argument("--port", type=int, help="public port, overriding hub.port")
+    hub.add_argument("jupyterhub_args", nargs="*", help="extra arguments for jupyterhub (after --)")
+    hub.set_defaults(func=cmd_hub)
+
+    config = sub.add_parser("config", help="check and show settings files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    for name, func, text in [
+        ("validate", cmd_config_validate, "check a settings file; exit 1 naming each problem"),
+        ("show", cmd_config_show, "print the effective settings, defaults filled in, secrets masked"),
+    ]:
+        c = config_sub.add_parser(name, help=text)
+        c.add_argument("file", nargs="?", help=f"settings file (default: ${SETTINGS_ENV}, else the embedded default)")
+        c.set_defaults(func=func)
+    docs = config_sub.add_parser("docs", help="print the settings reference (Markdown) rendered from the schema")
+    docs.set_defaults(func=cmd_config_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except SettingsError as e:
+        print(f"opshub: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Apply opshub settings to JupyterHub's traitlets config.
+
+Each section of the settings file has one pure function here: it reads settings, sets traits
+on the given `Config` and touches nothing else (no files, no environment, no appending to
+traits another function owns). `apply_all` calls them in order; the hub's config file
+(`opshub/jupyterhub_config.py`) is glue around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from traitlets.config import Config
+
+from ..settings import Settings
+from .auth import apply_auth
+from .hub import apply_hub
+from .pages import apply_pages
+from .roles import apply_roles
+from .services import apply_services
+from .spawner import apply_spawner
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Facts about the machine the hub runs on, found by the glue so the apply functions stay pure."""
+
+    python: str  # interpreter of the opshub environment (single-user servers, helper services)
+    proxy_command: list[str]  # how to start configurable-http-proxy
+    demo_password: str | None = None  # the shared password, for the shared-password provider
+
+
+def apply_all(c: Config, settings: Settings, runtime: Runtime) -> Config:
+    apply_hub(c, settings, runtime)
+    apply_auth(c, settings, runtime)
+    apply_roles(c, settings)
+    apply_spawner(c, settings, runtime)
+    apply_pages(c, settings)
+    apply_services(c, settings, runtime)
+    return c
+
+
+__all__ = ["Runtime", "apply_all", "apply_auth", "apply_hub", "apply_pages", "apply_roles", "apply_services", "apply_spawner"]

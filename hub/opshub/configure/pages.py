@@ -1,0 +1,41 @@
+"""The hub's own pages: opshub's templates, where people land, links on the home page."""
+
+from __future__ import annotations
+
+
+from urllib.parse import urlencode
+
+from ..settings import PACKAGE_DIR, Settings, repository_url
+
+TEMPLATES = str(PACKAGE_DIR / "templates")
+
+
+def runbooks_pull_link(settings: Settings) -> str:
+    """An nbgitpuller link that pulls the latest runbooks into the user's server and opens them."""
+    runbooks = settings["runbooks"]
+    query = urlencode(
+        {
+            "repo": repository_url(settings),
+            "branch": runbooks["branch"],
+            "targetpath": runbooks["target"],
+            "urlpath": f"lab/tree/{runbooks['target']}",
+        }
+    )
+    return f"{settings['hub']['base_url']}hub/user-redirect/git-pull?{query}"
+
+
+def landing_page(handler) -> str:
+    """After login: people who may have a server go to it; viewers go to the home page."""
+    user = handler.current_user
+    if user is not None and "servers" in handler.parsed_scopes:
+        return user.url
+    return handler.hub.base_url + "home"
+
+
+def apply_pages(c, settings: Settings) -> None:
+    c.JupyterHub.template_paths = [TEMPLATES]
+    c.JupyterHub.default_url = landing_page
+    c.JupyterHub.template_vars = {
+        "opshub_runbooks_pull_link": runbooks_pull_link(settings),
+        "opshub_runbooks_target": settings["runbooks"]["target"],
+    }

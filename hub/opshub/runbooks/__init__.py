@@ -1,0 +1,1 @@
+"""The team's runbooks: the git side (mirroring, pulling into homes)."""

@@ -1,0 +1,34 @@
+"""Start a user's JupyterLab: pull the team's runbooks, then become `jupyterhub-singleuser`.
+
+The spawner runs this instead of `jupyterhub-singleuser`, with the runbooks repository in the
+environment (see `opshub.configure.spawner.runbooks_environment`). Pulling here, inside the
+user's own environment and with their permissions, works the same for local processes,
+containers and Kubernetes pods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .runbooks.pull import pull_runbooks
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+    repo = os.environ.get("OPSHUB_RUNBOOKS_REPO")
+    if repo:
+        home = Path(os.environ.get("HOME") or os.getcwd())
+        target = home / os.environ.get("OPSHUB_RUNBOOKS_TARGET", "runbooks")
+        pull_runbooks(repo, os.environ.get("OPSHUB_RUNBOOKS_BRANCH", "main"), target, home)
+    if os.geteuid() == 0 and "--allow-root" not in args:
+        # The embedded default started by root (as on CI machines) runs servers as root too.
+        args.append("--allow-root")
+    os.execv(sys.executable, [sys.executable, "-m", "jupyterhub.singleuser", *args])
+
+
+if __name__ == "__main__":
+    main()
