@@ -25,10 +25,16 @@ def runbooks_pull_link(settings: Settings) -> str:
 
 
 def landing_page(handler) -> str:
-    """After login: people who may have a server go to it; viewers go to the home page."""
+    """After login: people who may have a server go to it (JupyterHub's default); viewers go home.
+
+    The handler's own scopes are those of the request (none yet on the login POST), so the
+    user's scopes are looked up here.
+    """
+    from jupyterhub.scopes import get_scopes_for
+
     user = handler.current_user
-    if user is not None and "servers" in handler.parsed_scopes:
-        return user.url
+    if user is not None and any(s.split("!")[0] == "servers" for s in get_scopes_for(user.orm_user)):
+        return ""  # JupyterHub then sends them to their server, spawning it if needed
     return handler.hub.base_url + "home"
 
 

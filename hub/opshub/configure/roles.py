@@ -19,11 +19,8 @@ def load_roles(settings: Settings) -> list[dict]:
             "description": "Every logged-in person: may read their own user model.",
             "scopes": EVERY_USER_SCOPES,
         },
-        {
-            "name": "admin",
-            "description": "Platform owners: everything a JupyterHub admin may do.",
-            "groups": groups["admin"],
-        },
+        # JupyterHub's own admin role (its scopes and description cannot be changed): platform owners.
+        {"name": "admin", "groups": groups["admin"]},
         {
             "name": "opshub-author",
             "description": "Writes runbooks: own server, runs and publishes runbooks.",

@@ -1,0 +1,130 @@
+"""Each apply function against a bare traitlets Config: settings in, traits out, nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from opshub.configure import Runtime, apply_all, apply_auth, apply_hub, apply_pages, apply_roles, apply_services
+from opshub.configure import apply_spawner
+from opshub.configure.pages import TEMPLATES, landing_page
+from opshub.settings import EMBEDDED_SETTINGS, load_settings
+from traitlets.config import Config
+
+RUNTIME = Runtime(python="/opt/opshub/bin/python", proxy_command=["/opt/chp"], demo_password="correct-horse")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
+
+
+def test_hub_section(settings, tmp_path):
+    c = Config()
+    apply_hub(c, settings, RUNTIME)
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:8000/"
+    assert c.JupyterHub.hub_bind_url == "http://127.0.0.1:8001"
+    assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:8002"
+    assert c.ConfigurableHTTPProxy.command == ["/opt/chp"]
+    assert c.JupyterHub.db_url == f"sqlite:///{tmp_path / 'state' / 'jupyterhub.sqlite'}"
+    assert c.JupyterHub.cookie_secret_file == str(tmp_path / "state" / "jupyterhub_cookie_secret")
+
+
+def test_hub_section_follows_port_and_base_url(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(EMBEDDED_SETTINGS.read_text().replace("port: 8000", "port: 18765\n  base_url: /ops/"))
+    c = Config()
+    apply_hub(c, load_settings(path, cwd=tmp_path), RUNTIME)
+    assert c.JupyterHub.bind_url == "http://127.0.0.1:18765/ops/"
+    assert c.JupyterHub.hub_bind_url == "http://127.0.0.1:18766"
+
+
+def test_shared_password_auth(settings):
+    c = Config()
+    apply_auth(c, settings, RUNTIME)
+    assert c.JupyterHub.authenticator_class.endswith("SharedPasswordAuthenticator")
+    assert c.SharedPasswordAuthenticator.user_password == "correct-horse"
+    assert c.Authenticator.allowed_users == {"alice", "bob", "carol"}
+    assert c.JupyterHub.load_groups == {
+        "ops-leads": {"users": ["alice"]},
+        "ops-authors": {"users": ["alice"]},
+        "ops": {"users": ["bob"]},
+        "management": {"users": ["carol"]},
+    }
+
+
+def test_allowed_groups_limit_who_logs_in(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(EMBEDDED_SETTINGS.read_text().replace("auth:\n", "auth:\n  allowed_groups: [ops, ops-leads]\n"))
+    c = Config()
+    apply_auth(c, load_settings(path, cwd=tmp_path), RUNTIME)
+    assert c.Authenticator.allowed_users == {"alice", "bob"}
+
+
+def test_roles_give_servers_only_to_roles_that_may_have_one(settings):
+    c = Config()
+    apply_roles(c, settings)
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    assert "self" not in roles["user"]["scopes"]  # the default role every user gets
+    assert not any(s.startswith(("servers", "access:servers")) for s in roles["user"]["scopes"])
+    assert roles["admin"]["groups"] == ["ops-leads"]
+    assert roles["opshub-author"] == {**roles["opshub-author"], "groups": ["ops-authors"], "scopes": ["self"]}
+    assert roles["opshub-operator"]["groups"] == ["ops"] and roles["opshub-operator"]["scopes"] == ["self"]
+    assert roles["opshub-viewer"]["groups"] == ["management"]
+    assert not any(s.startswith(("self", "servers", "access:servers")) for s in roles["opshub-viewer"]["scopes"])
+
+
+def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
+    c = Config()
+    apply_spawner(c, settings, RUNTIME)
+    assert c.JupyterHub.spawner_class.endswith("SimpleLocalProcessSpawner")
+    assert c.SimpleLocalProcessSpawner.home_dir_template == str(tmp_path / "state" / "homes" / "{username}")
+    assert c.Spawner.cmd == ["/opt/opshub/bin/python", "-m", "opshub.singleuser"]
+    assert c.Spawner.default_url == "/lab"
+    assert c.Spawner.environment == {
+        "OPSHUB_RUNBOOKS_REPO": (tmp_path / "state" / "runbooks.git").as_uri(),
+        "OPSHUB_RUNBOOKS_BRANCH": "main",
+        "OPSHUB_RUNBOOKS_TARGET": "runbooks",
+    }
+
+
+def test_pages_link_to_a_runbooks_pull(settings, tmp_path):
+    c = Config()
+    apply_pages(c, settings)
+    assert c.JupyterHub.template_paths == [TEMPLATES]
+    assert (Path(TEMPLATES) / "home.html").exists()
+    link = urlparse(c.JupyterHub.template_vars["opshub_runbooks_pull_link"])
+    assert link.path == "/hub/user-redirect/git-pull"
+    assert parse_qs(link.query) == {
+        "repo": [(tmp_path / "state" / "runbooks.git").as_uri()],
+        "branch": ["main"],
+        "targetpath": ["runbooks"],
+        "urlpath": ["lab/tree/runbooks"],
+    }
+    assert c.JupyterHub.default_url is landing_page
+
+
+def test_mirror_service_runs_only_when_mirroring(settings, tmp_path):
+    c = Config()
+    apply_services(c, settings, RUNTIME)
+    (service,) = c.JupyterHub.services
+    assert service["name"] == "runbooks-mirror"
+    assert service["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.runbooks.mirror"]
+    assert str(tmp_path / "shared-notebooks") in service["command"]
+
+    path = tmp_path / "s.yaml"
+    path.write_text(EMBEDDED_SETTINGS.read_text().replace("mirror_from: shared-notebooks", "mirror_from: ''"))
+    c = Config()
+    apply_services(c, load_settings(path, cwd=tmp_path), RUNTIME)
+    assert c.JupyterHub.services == []
+
+
+def test_apply_all_is_pure(settings):
+    first, second = Config(), Config()
+    apply_all(first, settings, RUNTIME)
+    apply_all(second, settings, RUNTIME)
+    assert first == second
+    # it only sets: applying twice to the same config changes nothing
+    apply_all(first, settings, RUNTIME)
+    assert first == second
