@@ -6,10 +6,19 @@ import argparse
 import os
 import sys
 
-
 import yaml
 
-from .settings import PACKAGE_DIR, PORT_ENV, SETTINGS_ENV, Settings, SettingsError, load_settings, masked, render_docs, repository_url
+from .settings import (
+    PACKAGE_DIR,
+    PORT_ENV,
+    SETTINGS_ENV,
+    Settings,
+    SettingsError,
+    load_settings,
+    masked,
+    render_docs,
+    repository_url,
+)
 
 HUB_CONFIG = str(PACKAGE_DIR / "jupyterhub_config.py")
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +217,7 @@ def repository_url(settings: Settings) -> str:
 def masked(data: Any) -> Any:
     """A copy of settings data that is safe to print: literal secret values are masked."""
     if isinstance(data, dict):
-        return {
-            k: MASK if (_SECRET_KEY.search(k) and isinstance(v, str) and v) else masked(v) for k, v in data.items()
-        }
+        return {k: MASK if (_SECRET_KEY.search(k) and isinstance(v, str) and v) else masked(v) for k, v in data.items()}
     if isinstance(data, list):
         return [masked(v) for v in data]
     return data

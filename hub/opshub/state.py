@@ -21,7 +21,9 @@ def demo_password(settings: Settings) -> tuple[str, str]:
         if len(value) < MIN_PASSWORD_LENGTH:
             raise SettingsError(
                 f"${variable}",
-                [f"{variable}: the shared password must be at least {MIN_PASSWORD_LENGTH} characters, not {len(value)}"],
+                [
+                    f"{variable}: the shared password must be at least {MIN_PASSWORD_LENGTH} characters, not {len(value)}"
+                ],
             )
         return value, f"${variable}"
     file = settings.state_dir / DEMO_PASSWORD_FILE

@@ -6,8 +6,16 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from opshub.configure import Runtime, apply_all, apply_auth, apply_hub, apply_pages, apply_roles, apply_services
-from opshub.configure import apply_spawner
+from opshub.configure import (
+    Runtime,
+    apply_all,
+    apply_auth,
+    apply_hub,
+    apply_pages,
+    apply_roles,
+    apply_services,
+    apply_spawner,
+)
 from opshub.configure.pages import TEMPLATES, landing_page
 from opshub.settings import EMBEDDED_SETTINGS, load_settings
 from traitlets.config import Config

@@ -40,4 +40,13 @@ def apply_all(c: Config, settings: Settings, runtime: Runtime) -> Config:
     return c
 
 
-__all__ = ["Runtime", "apply_all", "apply_auth", "apply_hub", "apply_pages", "apply_roles", "apply_services", "apply_spawner"]
+__all__ = [
+    "Runtime",
+    "apply_all",
+    "apply_auth",
+    "apply_hub",
+    "apply_pages",
+    "apply_roles",
+    "apply_services",
+    "apply_spawner",
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from urllib.parse import urlencode
 
 from ..settings import PACKAGE_DIR, Settings, repository_url

@@ -33,9 +33,7 @@ class MirrorError(Exception):
 
 
 def _git(*args: str, cwd: Path | str, check: bool = True) -> str:
-    result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY}
-    )
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY})
     if check and result.returncode != 0:
         raise MirrorError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
     return result.stdout.strip()
@@ -55,7 +53,14 @@ def mirror(source: Path | str, dest: Path | str, branch: str = "main") -> str | 
         dest.mkdir(parents=True, exist_ok=True)
         _git("init", "--quiet", "--bare", f"--initial-branch={branch}", cwd=dest)
     _git("fetch", "--quiet", "--no-tags", "--", top, f"+HEAD:{SOURCE_REF}", cwd=dest)
-    tree = _git("rev-parse", "--verify", "--quiet", f"{SOURCE_REF}:{prefix}" if prefix else f"{SOURCE_REF}^{{tree}}", cwd=dest, check=False)
+    tree = _git(
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"{SOURCE_REF}:{prefix}" if prefix else f"{SOURCE_REF}^{{tree}}",
+        cwd=dest,
+        check=False,
+    )
     if not tree:
         raise MirrorError(f"{prefix or source} has no committed content yet: commit it first")
     parent = _git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=dest, check=False)
