@@ -41,15 +41,14 @@ def prepare_state(settings: Settings) -> str | None:
     state.chmod(0o700)  # holds the database, cookie secret and demo password
     if settings["spawner"]["kind"] == "local":
         (state / "homes").mkdir(exist_ok=True)
+    password = demo_password(settings)[0] if settings["auth"]["provider"] == "shared-password" else None
     runbooks = settings["runbooks"]
     if runbooks["mirror_from"]:
         try:
             mirror(runbooks["mirror_from"], runbooks["repository"], runbooks["branch"])
         except MirrorError as e:
             raise SettingsError(settings.source, [f"runbooks.mirror_from: {e}"]) from None
-    if settings["auth"]["provider"] == "shared-password":
-        return demo_password(settings)[0]
-    return None
+    return password
 
 
 def find_proxy() -> list[str]:

@@ -1,0 +1,174 @@
+"""A live opshub for integration tests: the real `opshub hub` command, JupyterHub,
+configurable-http-proxy, spawned JupyterLab servers and a real git remote, all on loopback.
+
+The hub runs the embedded default's settings, with its state, its runbooks working tree
+(mirrored into the hub's git remote, as `make run` does with shared-notebooks/) and its port
+moved into the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from opshub.settings import EMBEDDED_SETTINGS
+
+from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, make_work_tree
+
+DEMO_PASSWORD = "integration-demo-pw"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def free_port_block(count: int = 3) -> int:
+    """A port p such that p .. p+count-1 are all free (public, hub API, proxy API)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            sockets = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no block of free ports found")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Hub:
+    """One opshub, started and stopped like a person would: `opshub hub`, then Ctrl-C (SIGINT)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.state = root / "state"
+        self.upstream = make_work_tree(root / "upstream", copy_from=SHARED_NOTEBOOKS)
+        self.port = free_port_block()
+        self.url = f"http://127.0.0.1:{self.port}"
+        settings = yaml.safe_load(EMBEDDED_SETTINGS.read_text())
+        settings["hub"].update(state_dir=str(self.state), port=self.port)
+        settings["runbooks"].update(
+            repository=str(self.state / "runbooks.git"), mirror_from=str(self.upstream), mirror_interval=1
+        )
+        self.settings_file = root / "opshub.yaml"
+        self.settings_file.write_text(yaml.safe_dump(settings))
+        self.log_file = ARTIFACTS / f"hub-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def repository(self) -> Path:
+        return self.state / "runbooks.git"
+
+    def home(self, user: str) -> Path:
+        return self.state / "homes" / user
+
+    def start(self) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        env = {**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD}
+        env.pop("OPSHUB_SETTINGS", None)
+        log = open(self.log_file, "a")  # noqa: SIM115 (the hub writes to it until stopped)
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "opshub"), "hub", "--settings", str(self.settings_file)],
+            cwd=self.root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a failed test can end all of it
+        )
+        log.close()
+        wait_for(self._is_up, timeout=60, what=f"the hub at {self.url} (log: {self.log_file})")
+
+    def _is_up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the hub exited with {self.proc.returncode}; see {self.log_file}")
+        try:
+            return requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        """Ctrl-C, as in `make run`; the hub stops the proxy, services and servers it started."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError("the hub did not stop within 60 s of SIGINT") from None
+
+    def processes_of_this_hub(self) -> list[str]:
+        """Command lines of every process still using this hub's state folder or ports."""
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        marks = [str(self.state), f"--port {self.port}", f":{self.port + 1}"]
+        return [line for line in out.splitlines() if any(m in line for m in marks) and "ps -eo" not in line]
+
+    # -- what a person does in a browser, over HTTP ------------------------------------------
+
+    def login(self, user: str, password: str = DEMO_PASSWORD) -> tuple[requests.Session, requests.Response]:
+        """Log in through the login form (with its XSRF token), following redirects."""
+        session = requests.Session()
+        form = session.get(f"{self.url}/hub/login")
+        assert form.status_code == 200
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form.text).group(1)
+        response = session.post(
+            f"{self.url}/hub/login", data={"username": user, "password": password, "_xsrf": xsrf}, timeout=60
+        )
+        return session, response
+
+    def open_lab(self, session: requests.Session, user: str, timeout: float = 90) -> requests.Response:
+        """Start the user's server if needed, as the home page's button does, and wait until
+        JupyterLab loads (spawn, then the server's OAuth with the hub)."""
+        session.get(f"{self.url}/hub/spawn/{user}", timeout=30)
+
+        def lab():
+            r = session.get(f"{self.url}/user/{user}/lab", timeout=30)
+            return r if r.status_code == 200 and r.url.endswith(f"/user/{user}/lab") else None
+
+        return wait_for(lab, timeout=timeout, interval=1, what=f"{user}'s JupyterLab")
+
+    def server_xsrf(self, session: requests.Session, user: str) -> dict[str, str]:
+        return {"X-XSRFToken": session.cookies.get("_xsrf", path=f"/user/{user}/")}
+
+    def contents(self, session: requests.Session, user: str, path: str) -> requests.Response:
+        return session.get(f"{self.url}/user/{user}/api/contents/{path}", timeout=30)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """One live hub for the integration tests (spawning is the slow part; it is shared)."""
+    the_hub = Hub(tmp_path_factory.mktemp("opshub"))
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()

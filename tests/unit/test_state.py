@@ -1,0 +1,51 @@
+"""The state folder and the demo password."""
+
+from __future__ import annotations
+
+import stat
+
+from opshub.cli import banner, team_roles
+from opshub.settings import EMBEDDED_SETTINGS, load_settings
+from opshub.state import DEMO_PASSWORD_FILE, demo_password, prepare_state
+
+from tests.helpers import make_work_tree
+
+
+def embedded(tmp_path, monkeypatch):
+    make_work_tree(tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
+    monkeypatch.delenv("OPSHUB_DEMO_PASSWORD", raising=False)
+    return load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
+
+
+def test_demo_password_is_generated_once_and_kept_private(tmp_path, monkeypatch):
+    settings = embedded(tmp_path, monkeypatch)
+    first = prepare_state(settings)
+    assert len(first) >= 16
+    file = tmp_path / "state" / DEMO_PASSWORD_FILE
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert prepare_state(settings) == first  # the same one on the next start
+    assert demo_password(settings) == (first, str(file))
+
+
+def test_demo_password_from_the_environment_wins(tmp_path, monkeypatch):
+    settings = embedded(tmp_path, monkeypatch)
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "from-the-env")
+    assert prepare_state(settings) == "from-the-env"
+    assert not (tmp_path / "state" / DEMO_PASSWORD_FILE).exists()
+
+
+def test_prepare_state_mirrors_the_runbooks(tmp_path, monkeypatch):
+    settings = embedded(tmp_path, monkeypatch)
+    prepare_state(settings)
+    assert (tmp_path / "state" / "runbooks.git" / "HEAD").exists()
+    assert (tmp_path / "state" / "homes").is_dir()
+
+
+def test_banner_says_where_and_how_to_log_in(tmp_path, monkeypatch):
+    settings = embedded(tmp_path, monkeypatch)
+    assert team_roles(settings) == {"alice": ["admin", "author"], "bob": ["operator"], "carol": ["viewer"]}
+    text = banner(settings, "pw-123456", "generated")
+    assert "http://127.0.0.1:8000/" in text
+    assert "alice (admin, author), bob (operator), carol (viewer)" in text
+    assert "pw-123456" in text and "TRYING OPSHUB OUT ONLY" in text
