@@ -1,1 +1,26 @@
-"""Fixtures shared by every test folder live in each folder's conftest; helpers in tests/helpers.py."""
+"""Fixtures shared by the test folders. Helpers live in tests/helpers.py and tests/livehub.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.livehub import Hub
+
+FOLDER_MARKERS = {"integration": "integration", "browser": "browser", "runbooks": "runbooks"}
+
+
+def pytest_collection_modifyitems(items):
+    """Each test folder is a marker, so `-m integration` and friends select by folder."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, FOLDER_MARKERS[folder]))
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """One live opshub shared by the tests that need it (spawning is the slow part)."""
+    the_hub = Hub(tmp_path_factory.mktemp("opshub"))
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()

@@ -43,3 +43,28 @@ def make_work_tree(path: Path, files: dict[str, str] | None = None, copy_from: P
     git("add", "-A", cwd=path)
     git("commit", "--quiet", "-m", "initial runbooks", cwd=path)
     return path
+
+
+def ensure_debian_package(package: str, path: str) -> None:
+    """Install a Debian package the tests need when `path` is missing (we run as root on Debian).
+
+    Under CI=true a component that cannot be installed fails the test; elsewhere it skips it.
+    """
+    import shutil
+
+    import pytest
+
+    if Path(path).exists():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    if not Path(path).exists():
+        message = f"Debian package {package} ({path}) is missing and could not be installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)

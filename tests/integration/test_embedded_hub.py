@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import git
 
-from .conftest import wait_for
+from tests.livehub import wait_for
 
 NOTEBOOKS = {"patch-server-stack.ipynb", "host-health-check.ipynb", "tls-certificate-expiry.ipynb"}
 

@@ -16,7 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 import yaml
 from opshub.settings import EMBEDDED_SETTINGS
@@ -24,12 +23,6 @@ from opshub.settings import EMBEDDED_SETTINGS
 from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, make_work_tree
 
 DEMO_PASSWORD = "integration-demo-pw"
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "/integration/" in str(item.fspath):
-            item.add_marker(pytest.mark.integration)
 
 
 def free_port_block(count: int = 3) -> int:
@@ -163,12 +156,3 @@ class Hub:
 
     def contents(self, session: requests.Session, user: str, path: str) -> requests.Response:
         return session.get(f"{self.url}/user/{user}/api/contents/{path}", timeout=30)
-
-
-@pytest.fixture(scope="session")
-def hub(tmp_path_factory):
-    """One live hub for the integration tests (spawning is the slow part; it is shared)."""
-    the_hub = Hub(tmp_path_factory.mktemp("opshub"))
-    the_hub.start()
-    yield the_hub
-    the_hub.stop()
