@@ -8,6 +8,7 @@ import sys
 
 import yaml
 
+from .configure.pages import demo_team
 from .settings import (
     PACKAGE_DIR,
     PORT_ENV,
@@ -23,27 +24,13 @@ from .settings import (
 HUB_CONFIG = str(PACKAGE_DIR / "jupyterhub_config.py")
 
 
-def team_roles(settings: Settings) -> dict[str, list[str]]:
-    """user -> roles, for the shared-password team listed in the settings."""
-    team = settings["auth"]["shared_password"]["groups"]
-    roles: dict[str, list[str]] = {}
-    for role, groups in settings["roles"].items():
-        for group in groups:
-            for user in team.get(group, []):
-                roles.setdefault(user, [])
-                if role not in roles[user]:
-                    roles[user].append(role)
-    return roles
-
-
 def banner(settings: Settings, password: str | None, password_source: str) -> str:
     hub = settings["hub"]
     url = f"http://{hub['ip']}:{hub['port']}{hub['base_url']}"
     lines = ["", f"opshub is starting at {url}", ""]
     if settings["auth"]["provider"] == "shared-password":
-        people = ", ".join(f"{user} ({', '.join(roles)})" for user, roles in team_roles(settings).items())
         lines += [
-            f"  Log in as one of: {people}",
+            f"  Log in as one of: {demo_team(settings)}",
             f"  Shared demo password: {password}",
             f"    (from {password_source})",
             "  This shared password is for TRYING OPSHUB OUT ONLY: use your identity provider for a real team.",

@@ -6,7 +6,7 @@ from glob import glob
 
 from opshub.configure import Runtime, apply_all
 from opshub.settings import PORT_ENV, SettingsError, load_settings
-from opshub.state import find_proxy, prepare_state
+from opshub.state import prepare_state
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
@@ -18,7 +18,7 @@ except SettingsError as e:
     print(f"opshub: {e}", file=sys.stderr)
     sys.exit(2)
 
-apply_all(c, settings, Runtime(python=sys.executable, proxy_command=find_proxy(), demo_password=password))
+apply_all(c, settings, Runtime.of_this_machine(demo_password=password))
 
 # Escape hatch, as in TLJH: extra JupyterHub config files, loaded after ours.
 if settings["hub"]["extra_config_dir"]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from pathlib import Path
 
 from .runbooks.mirror import MirrorError, mirror
 from .settings import Settings, SettingsError
@@ -49,9 +48,3 @@ def prepare_state(settings: Settings) -> str | None:
         except MirrorError as e:
             raise SettingsError(settings.source, [f"runbooks.mirror_from: {e}"]) from None
     return password
-
-
-def find_proxy() -> list[str]:
-    """configurable-http-proxy: the project-local node_modules first (`make run` installs it there)."""
-    local = Path(__file__).resolve().parent.parent / "node_modules" / ".bin" / "configurable-http-proxy"
-    return [str(local)] if local.exists() else ["configurable-http-proxy"]

@@ -55,6 +55,4 @@ def test_home_page_offers_a_runbooks_pull(page, hub):
     link.click()
     # nbgitpuller's page pulls, then opens the runbooks folder in JupyterLab
     page.wait_for_url("**/user/alice/lab/tree/runbooks**", timeout=90_000)
-    expect(page.locator(".jp-DirListing-item", has_text="tls-certificate-expiry.ipynb")).to_be_visible(
-        timeout=60_000
-    )
+    expect(page.locator(".jp-DirListing-item", has_text="tls-certificate-expiry.ipynb")).to_be_visible(timeout=60_000)

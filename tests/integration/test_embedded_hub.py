@@ -9,12 +9,19 @@ import subprocess
 from html import unescape
 
 import pytest
+import requests
 
 from tests.helpers import git
-
-from tests.livehub import wait_for
+from tests.livehub import DEMO_PASSWORD, wait_for
 
 NOTEBOOKS = {"patch-server-stack.ipynb", "host-health-check.ipynb", "tls-certificate-expiry.ipynb"}
+
+
+def test_login_page_says_who_to_log_in_as(hub):
+    page = requests.get(f"{hub.url}/hub/login")
+    assert 'id="opshub-demo-team"' in page.text
+    assert "alice (admin, author), bob (operator), carol (viewer)" in page.text
+    assert DEMO_PASSWORD not in page.text  # the password itself is only printed in the terminal
 
 
 def test_wrong_password_is_refused(hub):

@@ -111,6 +111,7 @@ def test_pages_link_to_a_runbooks_pull(settings, tmp_path):
         "urlpath": ["lab/tree/runbooks"],
     }
     assert c.JupyterHub.default_url is landing_page
+    assert c.JupyterHub.template_vars["opshub_demo_team"] == "alice (admin, author), bob (operator), carol (viewer)"
 
 
 def test_mirror_service_runs_only_when_mirroring(settings, tmp_path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import stat
 
-from opshub.cli import banner, team_roles
+from opshub.cli import banner
+from opshub.configure.pages import team_roles
 from opshub.settings import EMBEDDED_SETTINGS, load_settings
 from opshub.state import DEMO_PASSWORD_FILE, demo_password, prepare_state
 

@@ -8,11 +8,12 @@ traits another function owns). `apply_all` calls them in order; the hub's config
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from traitlets.config import Config
 
-from ..settings import Settings
+from ..settings import PACKAGE_DIR, Settings
 from .auth import apply_auth
 from .hub import apply_hub
 from .pages import apply_pages
@@ -28,6 +29,14 @@ class Runtime:
     python: str  # interpreter of the opshub environment (single-user servers, helper services)
     proxy_command: list[str]  # how to start configurable-http-proxy
     demo_password: str | None = None  # the shared password, for the shared-password provider
+
+    @classmethod
+    def of_this_machine(cls, demo_password: str | None = None) -> Runtime:
+        # configurable-http-proxy: the project-local node_modules (`make run` installs it there)
+        # first, else whatever is on PATH (as in the hub image).
+        local = PACKAGE_DIR.parent / "node_modules" / ".bin" / "configurable-http-proxy"
+        proxy = [str(local)] if local.exists() else ["configurable-http-proxy"]
+        return cls(python=sys.executable, proxy_command=proxy, demo_password=demo_password)
 
 
 def apply_all(c: Config, settings: Settings, runtime: Runtime) -> Config:

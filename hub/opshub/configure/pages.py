@@ -23,6 +23,26 @@ def runbooks_pull_link(settings: Settings) -> str:
     return f"{settings['hub']['base_url']}hub/user-redirect/git-pull?{query}"
 
 
+def demo_team(settings: Settings) -> str:
+    """'alice (admin, author), bob (operator)...' for the shared-password demo; empty otherwise."""
+    if settings["auth"]["provider"] != "shared-password":
+        return ""
+    return ", ".join(f"{user} ({', '.join(roles)})" for user, roles in team_roles(settings).items())
+
+
+def team_roles(settings: Settings) -> dict[str, list[str]]:
+    """user -> roles, for the shared-password team listed in the settings."""
+    team = settings["auth"]["shared_password"]["groups"]
+    roles: dict[str, list[str]] = {}
+    for role, groups in settings["roles"].items():
+        for group in groups:
+            for user in team.get(group, []):
+                roles.setdefault(user, [])
+                if role not in roles[user]:
+                    roles[user].append(role)
+    return roles
+
+
 def landing_page(handler) -> str:
     """After login: people who may have a server go to it (JupyterHub's default); viewers go home.
 
@@ -43,4 +63,5 @@ def apply_pages(c, settings: Settings) -> None:
     c.JupyterHub.template_vars = {
         "opshub_runbooks_pull_link": runbooks_pull_link(settings),
         "opshub_runbooks_target": settings["runbooks"]["target"],
+        "opshub_demo_team": demo_team(settings),
     }
