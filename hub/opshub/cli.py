@@ -15,8 +15,10 @@ from .settings import (
     SETTINGS_ENV,
     Settings,
     SettingsError,
+    callback_url,
     load_settings,
     masked,
+    public_url,
     render_docs,
     repository_url,
 )
@@ -25,15 +27,19 @@ HUB_CONFIG = str(PACKAGE_DIR / "jupyterhub_config.py")
 
 
 def banner(settings: Settings, password: str | None, password_source: str) -> str:
-    hub = settings["hub"]
-    url = f"http://{hub['ip']}:{hub['port']}{hub['base_url']}"
-    lines = ["", f"opshub is starting at {url}", ""]
-    if settings["auth"]["provider"] == "shared-password":
+    lines = ["", f"opshub is starting at {public_url(settings.data)}", ""]
+    provider = settings["auth"]["provider"]
+    if provider == "shared-password":
         lines += [
             f"  Log in as one of: {demo_team(settings)}",
             f"  Shared demo password: {password}",
             f"    (from {password_source})",
             "  This shared password is for TRYING OPSHUB OUT ONLY: use your identity provider for a real team.",
+        ]
+    else:
+        lines += [
+            f"  Login through {provider}. Register this callback URL at the provider:",
+            f"    {callback_url(settings.data)}",
         ]
     runbooks = settings["runbooks"]
     lines += [
@@ -46,12 +52,12 @@ def banner(settings: Settings, password: str | None, password_source: str) -> st
 
 
 def cmd_hub(args) -> int:
-    from .state import demo_password, prepare_state
+    from .startup import demo_password, prepare
 
     settings = load_settings(args.settings, port=args.port)
-    password = prepare_state(settings)
-    source = demo_password(settings)[1] if password else ""
-    print(banner(settings, password, source), flush=True)
+    runtime = prepare(settings)
+    source = demo_password(settings)[1] if runtime.demo_password else ""
+    print(banner(settings, runtime.demo_password, source), flush=True)
     os.environ[SETTINGS_ENV] = os.path.abspath(settings.source)
     if args.port:
         os.environ[PORT_ENV] = str(args.port)

@@ -128,6 +128,11 @@ def _describe(err: jsonschema.ValidationError) -> str:
         allowed = sorted(err.schema.get("properties", {}))
         unknown = sorted(set(err.instance) - set(allowed))
         hint = f"; known keys: {', '.join(allowed)}" if allowed else ""
+        if any(_SECRET_KEY.search(k) for k in unknown):
+            hint += (
+                ". Secrets never go in the settings file: name an environment variable (`*_env`)"
+                " or a file (`*_file`) that holds them"
+            )
         return f"{where}: unknown key(s) {', '.join(unknown)}{hint}"
     if err.validator == "enum":
         return f"{where}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
@@ -174,7 +179,10 @@ def _check_consistency(data: dict[str, Any]) -> list[str]:
     for group in data["auth"]["allowed_groups"]:
         if group not in roles:
             problems.append(f"auth.allowed_groups: group {group!r} has no role in `roles`; add it there")
-    if data["auth"]["provider"] == "shared-password":
+    provider = data["auth"]["provider"]
+    if provider in OAUTH_PROVIDERS:
+        problems.extend(_check_oauth_client(data["auth"], provider))
+    if provider == "shared-password":
         members = data["auth"]["shared_password"]["groups"]
         if not members:
             problems.append("auth.shared_password.groups: the shared-password provider needs the team listed here")
@@ -191,6 +199,36 @@ def _check_consistency(data: dict[str, Any]) -> list[str]:
             f" not the URL {runbooks['repository']!r}"
         )
     return problems
+
+
+OAUTH_PROVIDERS = ("github", "gitlab", "oidc")
+
+
+def _check_oauth_client(auth: dict[str, Any], provider: str) -> list[str]:
+    section = auth[provider]
+    where = f"auth.{provider}"
+    problems = []
+    if provider == "oidc" and not section.get("issuer"):
+        problems.append(f"{where}.issuer: the oidc provider needs the issuer URL")
+    if not section.get("client_id"):
+        problems.append(f"{where}.client_id: the {provider} provider needs the OAuth client ID")
+    secret_sources = [k for k in ("client_secret_env", "client_secret_file") if section.get(k)]
+    if len(secret_sources) != 1:
+        problems.append(
+            f"{where}: give exactly one of client_secret_env (an environment variable) or client_secret_file"
+            f" (a file) for the client secret{'' if secret_sources else ', not neither'}"
+        )
+    return problems
+
+
+def callback_url(data: dict[str, Any]) -> str:
+    """Where the identity provider sends people back after login (register it there)."""
+    return public_url(data) + "hub/oauth_callback"
+
+
+def public_url(data: dict[str, Any]) -> str:
+    hub = data["hub"]
+    return hub["public_url"] or f"http://{hub['ip']}:{hub['port']}{hub['base_url']}"
 
 
 def _is_url(value: str) -> bool:

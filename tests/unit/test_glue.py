@@ -36,7 +36,9 @@ def test_glue_applies_the_embedded_default(embedded_here, monkeypatch):
 def test_glue_loads_extra_config_files_after_its_own(embedded_here, monkeypatch):
     extra = embedded_here / "extra"
     extra.mkdir()
-    (extra / "10-announce.py").write_text("c.JupyterHub.template_vars.update({'announcement': 'patch window tonight'})\n")
+    (extra / "10-announce.py").write_text(
+        "c.JupyterHub.template_vars.update({'announcement': 'patch window tonight'})\n"
+    )
     (extra / "20-port.py").write_text("c.Spawner.start_timeout = 33\n")
     (extra / "notes.txt").write_text("not python: ignored\n")
     settings = embedded_here / "opshub.yaml"

@@ -9,7 +9,7 @@ traits another function owns). `apply_all` calls them in order; the hub's config
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from traitlets.config import Config
 
@@ -29,14 +29,16 @@ class Runtime:
     python: str  # interpreter of the opshub environment (single-user servers, helper services)
     proxy_command: list[str]  # how to start configurable-http-proxy
     demo_password: str | None = None  # the shared password, for the shared-password provider
+    client_secret: str | None = None  # the OAuth client secret, for github, gitlab and oidc
+    oidc_endpoints: dict[str, str] = field(default_factory=dict)  # authorize_url, token_url, userinfo_url
 
     @classmethod
-    def of_this_machine(cls, demo_password: str | None = None) -> Runtime:
+    def of_this_machine(cls, **found) -> Runtime:
         # configurable-http-proxy: the project-local node_modules (`make run` installs it there)
         # first, else whatever is on PATH (as in the hub image).
         local = PACKAGE_DIR.parent / "node_modules" / ".bin" / "configurable-http-proxy"
         proxy = [str(local)] if local.exists() else ["configurable-http-proxy"]
-        return cls(python=sys.executable, proxy_command=proxy, demo_password=demo_password)
+        return cls(python=sys.executable, proxy_command=proxy, **found)
 
 
 def apply_all(c: Config, settings: Settings, runtime: Runtime) -> Config:

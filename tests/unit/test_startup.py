@@ -7,7 +7,7 @@ import stat
 from opshub.cli import banner
 from opshub.configure.pages import team_roles
 from opshub.settings import EMBEDDED_SETTINGS, load_settings
-from opshub.state import DEMO_PASSWORD_FILE, demo_password, prepare_state
+from opshub.startup import DEMO_PASSWORD_FILE, demo_password, prepare
 
 from tests.helpers import make_work_tree
 
@@ -20,25 +20,25 @@ def embedded(tmp_path, monkeypatch):
 
 def test_demo_password_is_generated_once_and_kept_private(tmp_path, monkeypatch):
     settings = embedded(tmp_path, monkeypatch)
-    first = prepare_state(settings)
+    first = prepare(settings).demo_password
     assert len(first) >= 16
     file = tmp_path / "state" / DEMO_PASSWORD_FILE
     assert stat.S_IMODE(file.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
-    assert prepare_state(settings) == first  # the same one on the next start
+    assert prepare(settings).demo_password == first  # the same one on the next start
     assert demo_password(settings) == (first, str(file))
 
 
 def test_demo_password_from_the_environment_wins(tmp_path, monkeypatch):
     settings = embedded(tmp_path, monkeypatch)
     monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "from-the-env")
-    assert prepare_state(settings) == "from-the-env"
+    assert prepare(settings).demo_password == "from-the-env"
     assert not (tmp_path / "state" / DEMO_PASSWORD_FILE).exists()
 
 
 def test_prepare_state_mirrors_the_runbooks(tmp_path, monkeypatch):
     settings = embedded(tmp_path, monkeypatch)
-    prepare_state(settings)
+    prepare(settings)
     assert (tmp_path / "state" / "runbooks.git" / "HEAD").exists()
     assert (tmp_path / "state" / "homes").is_dir()
 

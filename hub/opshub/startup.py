@@ -1,0 +1,125 @@
+"""What the hub needs from the world before its config is applied: the state folder, secrets
+from the environment or files, the identity provider's discovery document, the runbooks mirror.
+
+These are the only side effects of start-up; `opshub.configure` stays pure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .configure import Runtime
+from .runbooks.mirror import MirrorError, mirror
+from .settings import OAUTH_PROVIDERS, Settings, SettingsError
+
+DEMO_PASSWORD_FILE = "demo-password"
+MIN_PASSWORD_LENGTH = 8  # what JupyterHub's SharedPasswordAuthenticator requires
+DISCOVERY_TIMEOUT = 10  # seconds
+
+
+def demo_password(settings: Settings) -> tuple[str, str]:
+    """The shared demo password and where it came from (the environment, or a file generated once)."""
+    variable = settings["auth"]["shared_password"]["password_env"]
+    value = os.environ.get(variable)
+    if value:
+        if len(value) < MIN_PASSWORD_LENGTH:
+            raise SettingsError(
+                f"${variable}",
+                [
+                    f"{variable}: the shared password must be at least {MIN_PASSWORD_LENGTH} characters, not {len(value)}"
+                ],
+            )
+        return value, f"${variable}"
+    file = settings.state_dir / DEMO_PASSWORD_FILE
+    if not file.exists():
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(12) + "\n")
+    return file.read_text().strip(), str(file)
+
+
+def client_secret(settings: Settings) -> str:
+    """The OAuth client secret, from the environment variable or file the settings name."""
+    provider = settings["auth"]["provider"]
+    section = settings["auth"][provider]
+    if section.get("client_secret_env"):
+        variable = section["client_secret_env"]
+        value = os.environ.get(variable, "")
+        if not value:
+            raise SettingsError(
+                settings.source, [f"auth.{provider}.client_secret_env: the environment variable {variable} is not set"]
+            )
+        return value
+    path = Path(section["client_secret_file"])
+    try:
+        value = path.read_text().strip()
+    except OSError as e:
+        raise SettingsError(
+            settings.source, [f"auth.{provider}.client_secret_file: cannot read {path}: {e.strerror}"]
+        ) from None
+    if not value:
+        raise SettingsError(settings.source, [f"auth.{provider}.client_secret_file: {path} is empty"])
+    return value
+
+
+def oidc_endpoints(settings: Settings) -> dict[str, str]:
+    """authorize, token and userinfo URLs: the settings' overrides, else the discovery document."""
+    oidc = settings["auth"]["oidc"]
+    endpoints = {key: oidc[key] for key in ("authorize_url", "token_url", "userinfo_url")}
+    if all(endpoints.values()):
+        return endpoints
+    url = oidc["issuer"].rstrip("/") + "/.well-known/openid-configuration"
+    try:
+        with urllib.request.urlopen(url, timeout=DISCOVERY_TIMEOUT) as response:
+            document = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise SettingsError(
+            settings.source,
+            [f"auth.oidc.issuer: could not read the discovery document {url}: {getattr(e, 'reason', e)}"],
+        ) from None
+    discovered = {
+        "authorize_url": document.get("authorization_endpoint", ""),
+        "token_url": document.get("token_endpoint", ""),
+        "userinfo_url": document.get("userinfo_endpoint", ""),
+    }
+    if document.get("issuer", "").rstrip("/") != oidc["issuer"].rstrip("/"):
+        raise SettingsError(
+            settings.source,
+            [f"auth.oidc.issuer: the discovery document at {url} names the issuer {document.get('issuer')!r} instead"],
+        )
+    missing = [key for key, value in discovered.items() if not value and not endpoints[key]]
+    if missing:
+        raise SettingsError(
+            settings.source,
+            [f"auth.oidc: the discovery document at {url} has no {', '.join(missing)}; set them in the settings"],
+        )
+    return {key: endpoints[key] or discovered[key] for key in endpoints}
+
+
+def prepare(settings: Settings) -> Runtime:
+    """Create the state folder and gather what the apply functions need; SettingsError if anything is off."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)  # holds the database, cookie secret and demo password
+    if settings["spawner"]["kind"] == "local":
+        (state / "homes").mkdir(exist_ok=True)
+    provider = settings["auth"]["provider"]
+    found: dict = {}
+    if provider == "shared-password":
+        found["demo_password"] = demo_password(settings)[0]
+    if provider in OAUTH_PROVIDERS:
+        found["client_secret"] = client_secret(settings)
+    if provider == "oidc":
+        found["oidc_endpoints"] = oidc_endpoints(settings)
+    runbooks = settings["runbooks"]
+    if runbooks["mirror_from"]:
+        try:
+            mirror(runbooks["mirror_from"], runbooks["repository"], runbooks["branch"])
+        except MirrorError as e:
+            raise SettingsError(settings.source, [f"runbooks.mirror_from: {e}"]) from None
+    return Runtime.of_this_machine(**found)
