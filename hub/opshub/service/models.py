@@ -1,0 +1,105 @@
+"""The tables of the run history store (SQLAlchemy 2 ORM). Schema changes go through an alembic revision."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+TRIGGERS = ("headless", "interactive", "api", "schedule")
+RUNNING = "running"
+END_STATES = ("succeeded", "failed", "interrupted")
+STATUSES = (RUNNING, *END_STATES)
+
+# Named constraints and indexes, so later alembic revisions can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime.datetime]):
+    """A timezone-aware UTC datetime on every database.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones, so naive UTC is stored there and UTC is
+    attached again on the way out. Naive datetimes are refused: they are a bug waiting to happen.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime.datetime | None, dialect: Dialect) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: use a timezone-aware UTC datetime")
+        value = value.astimezone(datetime.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime.datetime | None, dialect: Dialect) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=datetime.timezone.utc)
+        return value.astimezone(datetime.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def new_run_id() -> str:
+    """A random run id (UUID4 as text)."""
+    return str(uuid.uuid4())
+
+
+class Run(Base):
+    """One execution of a runbook, written before the run starts and always brought to an end state."""
+
+    __tablename__ = "runs"
+
+    # A UUID rather than an integer: the id is shown in URLs and logs without revealing how many runs there
+    # are or letting anyone guess a neighbour's id, and it stays unique when runs are moved between databases
+    # (SQLite to PostgreSQL). Stored as text so both databases see the same string.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_run_id)
+    runbook: Mapped[str] = mapped_column(String(1024))  # path within the runbooks repository
+    runbook_commit: Mapped[str | None] = mapped_column(String(64))  # 40 hex digits for SHA-1, 64 for SHA-256
+    drift: Mapped[bool] = mapped_column(Boolean, default=False)  # the executed copy differed from the commit
+    trigger: Mapped[str] = mapped_column(String(16))  # one of TRIGGERS
+    user: Mapped[str] = mapped_column(String(255))  # JupyterHub user name of whoever started the run
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    last_heartbeat_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # one of STATUSES
+    failed_cell: Mapped[int | None] = mapped_column(Integer)  # index of the cell that failed
+    error_summary: Mapped[str | None] = mapped_column(Text)
+    output_notebook: Mapped[str | None] = mapped_column(Text)  # the executed notebook as JSON text
+    output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        # History pages: newest first, optionally for one runbook or one user; retention by age.
+        Index(None, "started_at"),
+        Index(None, "user", "started_at"),
+        # Metrics: counts by (runbook, status, trigger) and latest start by (runbook, status) read this
+        # index only, without touching the table rows.
+        Index(None, "runbook", "status", "trigger", "started_at"),
+        # The stale-run sweep looks at running runs only.
+        Index(None, "status", "last_heartbeat_at"),
+    )
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has reached an end state."""
+        return self.status != RUNNING
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} {self.runbook!r} by {self.user!r}: {self.status}>"
