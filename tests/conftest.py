@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.idp import oidc_hub as make_oidc_hub
+from tests.idp import start_provider
 from tests.livehub import Hub
 
 FOLDER_MARKERS = {"integration": "integration", "browser": "browser", "runbooks": "runbooks"}
@@ -21,6 +23,23 @@ def pytest_collection_modifyitems(items):
 def hub(tmp_path_factory):
     """One live opshub shared by the tests that need it (spawning is the slow part)."""
     the_hub = Hub(tmp_path_factory.mktemp("opshub"))
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()
+
+
+@pytest.fixture(scope="session")
+def idp():
+    """A real OpenID Connect provider on loopback that knows the people in tests/idp.py."""
+    provider = start_provider()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def oidc_hub(idp, tmp_path_factory):
+    """A live hub logging in through `idp`, configured from the issue's OIDC contract."""
+    the_hub = make_oidc_hub(idp, tmp_path_factory.mktemp("oidc-hub"))
     the_hub.start()
     yield the_hub
     the_hub.stop()

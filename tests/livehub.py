@@ -62,8 +62,11 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
 class Hub:
     """One opshub, started and stopped like a person would: `opshub hub`, then Ctrl-C (SIGINT)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, configure=None, env: dict[str, str] | None = None):
+        """`configure(settings)` may change the embedded default's settings dict; `env` is
+        added to the hub's environment."""
         self.root = root
+        self.env = env or {}
         self.state = root / "state"
         self.upstream = make_work_tree(root / "upstream", copy_from=SHARED_NOTEBOOKS)
         self.port = free_port_block()
@@ -73,6 +76,8 @@ class Hub:
         settings["runbooks"].update(
             repository=str(self.state / "runbooks.git"), mirror_from=str(self.upstream), mirror_interval=1
         )
+        if configure:
+            configure(settings)
         self.settings_file = root / "opshub.yaml"
         self.settings_file.write_text(yaml.safe_dump(settings))
         self.log_file = ARTIFACTS / f"hub-{self.port}.log"
@@ -87,7 +92,7 @@ class Hub:
 
     def start(self) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
-        env = {**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD}
+        env = {**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD, **self.env}
         env.pop("OPSHUB_SETTINGS", None)
         log = open(self.log_file, "a")  # noqa: SIM115 (the hub writes to it until stopped)
         self.proc = subprocess.Popen(

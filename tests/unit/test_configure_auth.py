@@ -99,6 +99,7 @@ def test_github_orgs_teams_scopes_and_roles(tmp_path):
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["opshub-operator"]["groups"] == ["acme:sre"]
     assert roles["opshub-viewer"]["groups"] == ["acme:management"]
+    assert roles["admin"]["groups"] == []  # admins come from gh.admin_groups at login
     assert "load_groups" not in c.JupyterHub  # groups are the provider's, not the settings'
 
 

@@ -11,6 +11,16 @@ EVERY_USER_SCOPES = ["read:users!user", "read:groups:name"]
 SERVER_USER_SCOPES = ["self"]
 
 
+def admin_role_groups(settings: Settings) -> list[str]:
+    """Groups bound to JupyterHub's admin role.
+
+    With an OAuth provider, the authenticator's `admin_groups` sets each person's admin flag
+    at login instead: the groups only exist once someone of them has logged in, and JupyterHub
+    6.1 fails at start when the admin role names a group that does not exist yet.
+    """
+    return settings["roles"]["admin"] if settings["auth"]["provider"] == "shared-password" else []
+
+
 def load_roles(settings: Settings) -> list[dict]:
     groups = settings["roles"]
     return [
@@ -20,7 +30,7 @@ def load_roles(settings: Settings) -> list[dict]:
             "scopes": EVERY_USER_SCOPES,
         },
         # JupyterHub's own admin role (its scopes and description cannot be changed): platform owners.
-        {"name": "admin", "groups": groups["admin"]},
+        {"name": "admin", "groups": admin_role_groups(settings)},
         {
             "name": "opshub-author",
             "description": "Writes runbooks: own server, runs and publishes runbooks.",

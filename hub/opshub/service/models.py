@@ -70,7 +70,7 @@ class Run(Base):
     # are or letting anyone guess a neighbour's id, and it stays unique when runs are moved between databases
     # (SQLite to PostgreSQL). Stored as text so both databases see the same string.
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_run_id)
-    runbook: Mapped[str] = mapped_column(String(1024))  # path within the runbooks repository
+    runbook: Mapped[str] = mapped_column(String(512))  # path within the runbooks repository
     runbook_commit: Mapped[str | None] = mapped_column(String(64))  # 40 hex digits for SHA-1, 64 for SHA-256
     drift: Mapped[bool] = mapped_column(Boolean, default=False)  # the executed copy differed from the commit
     trigger: Mapped[str] = mapped_column(String(16))  # one of TRIGGERS

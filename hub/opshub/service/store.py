@@ -1,0 +1,425 @@
+"""The run history store: every runbook execution, from start to end state, in SQLite or PostgreSQL.
+
+    store = RunStore("sqlite:///state/opshub.sqlite")   # or "postgresql+psycopg://user:pw@host/db"
+    store.upgrade()                                      # migrations to head; a no-op when up to date
+    store.interrupt_stale_runs(timedelta(minutes=5))     # at service start, then periodically
+    run = store.start_run("patch-server-stack.ipynb", "bob", "headless", {"stack": "web"})
+    store.heartbeat(run.id, "bob")
+    store.finish_run(run.id, "bob", "succeeded", output_notebook=executed_notebook)
+
+Every datetime going in or coming out is timezone-aware UTC. The clock is injectable (`now=`) so tests
+move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import ColumnElement, create_engine, delete, func, select, update
+from sqlalchemy.orm import Session, defer, sessionmaker
+
+from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DEFAULT_OUTPUT_CAP = 5_000_000  # bytes of notebook JSON kept per run
+MIN_OUTPUT_CAP = 10_000  # room for the truncation marker and a useful part of the notebook
+MAX_LIST_LIMIT = 1000
+TRUNCATION_MARKER_ID = "opshub-output-truncated"
+
+
+class RunStoreError(Exception):
+    """Base class of the store's refusals."""
+
+
+class RunNotFound(RunStoreError, LookupError):
+    """No run has this id."""
+
+
+class NotRunOwner(RunStoreError, PermissionError):
+    """Only the user who started a run may change it."""
+
+
+class RunAlreadyFinished(RunStoreError):
+    """The run has reached an end state; it cannot be changed any more."""
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """An executed notebook as it is stored: JSON text within the size cap."""
+
+    text: str
+    truncated: bool
+
+
+def utcnow() -> datetime.datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def alembic_config(connection=None, url: str | None = None) -> Config:
+    """An alembic configuration for the store's migrations, built in code (no alembic.ini).
+
+    Pass an open `connection` to migrate through it, or a `url` for alembic commands that need one
+    (for example `alembic.command.revision(alembic_config(url=...), "message", autogenerate=True)`).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        # ConfigParser interpolation: a '%' in a password must be doubled.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+class RunStore:
+    """Run records in a SQL database (SQLite by default, PostgreSQL with `postgresql+psycopg://`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+        now: Callable[[], datetime.datetime] = utcnow,
+    ) -> None:
+        """Connect to the database at `url` (nothing is created until `upgrade()`).
+
+        `output_cap` is the largest executed notebook kept, in bytes of JSON; bigger ones are truncated.
+        `now` returns the current time as a timezone-aware datetime.
+        """
+        if output_cap < MIN_OUTPUT_CAP:
+            raise ValueError(f"output_cap must be at least {MIN_OUTPUT_CAP} bytes, not {output_cap}")
+        self.output_cap = output_cap
+        self._now = now
+        # pool_pre_ping: a PostgreSQL restart must not leave the service with dead pooled connections.
+        self.engine = create_engine(url, pool_pre_ping=True)
+        # expire_on_commit=False: the Run objects we return stay readable after their session closes.
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        """Close every pooled database connection."""
+        self.engine.dispose()
+
+    def upgrade(self) -> None:
+        """Bring the database schema to the latest revision (creating it in an empty database)."""
+        with self.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+
+    # Writing runs
+
+    def start_run(
+        self,
+        runbook: str,
+        user: str,
+        trigger: str,
+        parameters: Mapping[str, Any] | None = None,
+        runbook_commit: str | None = None,
+        drift: bool = False,
+    ) -> Run:
+        """Record a run about to start: status running, heartbeat now. Returns the new run."""
+        _check_text("runbook", runbook, 512)
+        _check_text("user", user, 255)
+        if trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}")
+        if runbook_commit is not None:
+            _check_text("runbook_commit", runbook_commit, 64)
+        parameters = _json_roundtrip("parameters", dict(parameters or {}))
+        now = self._current_time()
+        run = Run(
+            runbook=runbook,
+            user=user,
+            trigger=trigger,
+            parameters=parameters,
+            runbook_commit=runbook_commit,
+            drift=bool(drift),
+            status=RUNNING,
+            started_at=now,
+            last_heartbeat_at=now,
+            output_truncated=False,
+        )
+        with self._sessions.begin() as session:
+            session.add(run)
+        return run
+
+    def heartbeat(self, run_id: str, user: str) -> datetime.datetime:
+        """Note that the run `user` started is still alive. Returns the heartbeat time."""
+        now = self._current_time()
+        with self._sessions.begin() as session:
+            result = session.execute(update(Run).where(*_owned_and_running(run_id, user)).values(last_heartbeat_at=now))
+            if result.rowcount != 1:
+                _explain_refusal(session, run_id, user)
+        return now
+
+    def finish_run(
+        self,
+        run_id: str,
+        user: str,
+        status: str,
+        failed_cell: int | None = None,
+        error_summary: str | None = None,
+        output_notebook: Mapping[str, Any] | str | None = None,
+    ) -> Run:
+        """Bring a running run to an end state (succeeded, failed or interrupted). Returns the run.
+
+        Only the user who started the run may finish it, and only once. `output_notebook` is the
+        executed notebook (a dict or its JSON text); above the size cap a truncated copy is stored.
+        """
+        if status not in END_STATES:
+            raise ValueError(f"status must be one of {', '.join(END_STATES)}, not {status!r}")
+        if failed_cell is not None and (isinstance(failed_cell, bool) or failed_cell < 0):
+            raise ValueError(f"failed_cell must be a cell index (0 or more), not {failed_cell!r}")
+        stored = None if output_notebook is None else cap_notebook(output_notebook, self.output_cap)
+        now = self._current_time()
+        with self._sessions.begin() as session:
+            # One conditional UPDATE, so a concurrent finish or stale-run sweep cannot both win.
+            result = session.execute(
+                update(Run)
+                .where(*_owned_and_running(run_id, user))
+                .values(
+                    status=status,
+                    ended_at=now,
+                    failed_cell=failed_cell,
+                    error_summary=error_summary,
+                    output_notebook=stored.text if stored else None,
+                    output_truncated=stored.truncated if stored else False,
+                )
+            )
+            if result.rowcount != 1:
+                _explain_refusal(session, run_id, user)
+        return self.get_run(run_id)
+
+    def interrupt_stale_runs(self, max_silence: datetime.timedelta) -> list[str]:
+        """Mark as interrupted every running run whose last heartbeat is older than `max_silence`.
+
+        Call it at service start (a crash or restart leaves nothing running for ever) and periodically.
+        Returns the ids of the runs interrupted.
+        """
+        if max_silence < datetime.timedelta(0):
+            raise ValueError(f"max_silence must not be negative, not {max_silence}")
+        now = self._current_time()
+        cutoff = now - max_silence
+        summary = (
+            f"Interrupted by opshub at {now.isoformat(timespec='seconds')}: no heartbeat for more than"
+            f" {max_silence}. The process running it stopped or lost contact with the opshub service."
+        )
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Run)
+                .where(Run.status == RUNNING, Run.last_heartbeat_at < cutoff)
+                .values(status="interrupted", ended_at=now, error_summary=summary)
+                .returning(Run.id)
+            )
+            return sorted(result.scalars())
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete one run, whatever its status. Returns whether there was one to delete."""
+        with self._sessions.begin() as session:
+            result = session.execute(delete(Run).where(Run.id == run_id))
+            return result.rowcount == 1
+
+    def apply_retention(self, max_age: datetime.timedelta | None = None, max_runs: int | None = None) -> int:
+        """Delete finished runs started more than `max_age` ago, and all but the newest `max_runs` finished runs.
+
+        Running runs are never deleted (nor counted in `max_runs`). None means no limit. Returns how many
+        runs were deleted.
+        """
+        if max_runs is not None and max_runs < 0:
+            raise ValueError(f"max_runs must not be negative, not {max_runs}")
+        finished = Run.status != RUNNING
+        deleted = 0
+        with self._sessions.begin() as session:
+            if max_age is not None:
+                cutoff = self._current_time() - max_age
+                deleted += session.execute(delete(Run).where(finished, Run.started_at < cutoff)).rowcount
+            if max_runs is not None:
+                beyond_newest = select(Run.id).where(finished).order_by(*_NEWEST_FIRST).offset(max_runs)
+                deleted += session.execute(delete(Run).where(Run.id.in_(beyond_newest))).rowcount
+        return deleted
+
+    # Reading runs
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, output notebook included, or None."""
+        with self._sessions() as session:
+            return session.get(Run, run_id)
+
+    def list_runs(
+        self,
+        runbook: str | None = None,
+        user: str | None = None,
+        status: str | None = None,
+        trigger: str | None = None,
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Run], int]:
+        """One page of runs matching every filter given, newest first, and how many match in all.
+
+        `since` and `until` bound the start time (since <= started_at < until). The output notebook is
+        not loaded (reading `run.output_notebook` raises): use `get_run` for one run's output.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, not {offset}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+        if trigger is not None and trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}")
+        conditions: list[ColumnElement[bool]] = []
+        for column, value in ((Run.runbook, runbook), (Run.user, user), (Run.status, status), (Run.trigger, trigger)):
+            if value is not None:
+                conditions.append(column == value)
+        if since is not None:
+            conditions.append(Run.started_at >= _aware("since", since))
+        if until is not None:
+            conditions.append(Run.started_at < _aware("until", until))
+        with self._sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Run).where(*conditions))
+            page = session.scalars(
+                select(Run)
+                .where(*conditions)
+                .options(defer(Run.output_notebook))
+                .order_by(*_NEWEST_FIRST)
+                .limit(limit)
+                .offset(offset)
+            )
+            return list(page), total or 0
+
+    # Aggregates for the metrics endpoint: one GROUP BY each, answered from an index.
+
+    def count_runs(self) -> dict[tuple[str, str, str], int]:
+        """How many runs there are by (runbook, status, trigger)."""
+        query = select(Run.runbook, Run.status, Run.trigger, func.count()).group_by(
+            Run.runbook, Run.status, Run.trigger
+        )
+        with self._sessions() as session:
+            return {(runbook, status, trigger): n for runbook, status, trigger, n in session.execute(query)}
+
+    def last_run_times(self) -> dict[tuple[str, str], datetime.datetime]:
+        """When the latest run started, by (runbook, status)."""
+        query = select(Run.runbook, Run.status, func.max(Run.started_at)).group_by(Run.runbook, Run.status)
+        with self._sessions() as session:
+            return {(runbook, status): latest for runbook, status, latest in session.execute(query)}
+
+    # Helpers
+
+    def _current_time(self) -> datetime.datetime:
+        return _aware("now()", self._now())
+
+
+_NEWEST_FIRST = (Run.started_at.desc(), Run.id.desc())
+
+
+def _owned_and_running(run_id: str, user: str) -> tuple[ColumnElement[bool], ...]:
+    return Run.id == run_id, Run.user == user, Run.status == RUNNING
+
+
+def _explain_refusal(session: Session, run_id: str, user: str) -> None:
+    """Raise the reason a conditional update on a run matched nothing."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    if run.user != user:
+        raise NotRunOwner(f"run {run_id} was started by another user; only they may change it")
+    raise RunAlreadyFinished(f"run {run_id} has already ended ({run.status}) and cannot be changed")
+
+
+def _check_text(name: str, value: str, max_length: int) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, not {value!r}")
+    if len(value) > max_length:
+        raise ValueError(f"{name} must be at most {max_length} characters, not {len(value)}")
+
+
+def _json_roundtrip(name: str, value: Any) -> Any:
+    """`value` as it will come back from the database, or ValueError if it is not JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be JSON-serialisable: {e}") from e
+
+
+def _aware(name: str, value: datetime.datetime) -> datetime.datetime:
+    if not isinstance(value, datetime.datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, not {value!r}")
+    return value.astimezone(datetime.timezone.utc)
+
+
+# Size cap of executed notebooks
+
+
+def _dumps(value: Any) -> str:
+    # Compact separators: the stored text is for machines, and every byte counts against the cap.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _size(value: Any) -> int:
+    return len(_dumps(value).encode())
+
+
+def cap_notebook(notebook: Mapping[str, Any] | str, cap: int) -> StoredOutput:
+    """The notebook as JSON text of at most `cap` bytes.
+
+    A notebook too big keeps its cells but loses outputs, from the last cell backwards, until it fits
+    (the first cells usually say what the run was about); if the sources alone are too big, cells
+    are dropped from the end. A markdown cell appended at the end (so cell indexes such as
+    `failed_cell` stay right) and `metadata.opshub.output_truncated` say so and give the original size.
+    """
+    if isinstance(notebook, str):
+        try:
+            notebook = json.loads(notebook)
+        except ValueError as e:
+            raise ValueError(f"output_notebook is not valid JSON: {e}") from e
+    if not isinstance(notebook, Mapping) or not isinstance(notebook.get("cells"), list):
+        raise ValueError("output_notebook must be a notebook: a JSON object with a list of cells")
+    text = _dumps(notebook)
+    original_size = len(text.encode())
+    if original_size <= cap:
+        return StoredOutput(text, truncated=False)
+
+    truncated = copy.deepcopy(dict(notebook))
+    cells = truncated["cells"]
+    cells.append(_truncation_marker(original_size, cap))
+    truncated.setdefault("metadata", {}).setdefault("opshub", {})["output_truncated"] = {
+        "original_size": original_size,
+        "cap": cap,
+    }
+    # Track the size by difference rather than serialising the whole notebook after every change:
+    # compact JSON of a list is the JSON of its items joined by commas, so the arithmetic is exact.
+    size = _size(truncated)
+    for cell in reversed(cells[:-1]):
+        if size <= cap:
+            break
+        if cell.get("outputs"):
+            size -= _size(cell["outputs"]) - _size([])
+            cell["outputs"] = []
+    while size > cap and len(cells) > 1:
+        size -= _size(cells[-2]) + len(",")
+        del cells[-2]
+    text = _dumps(truncated)
+    if len(text.encode()) > cap:  # only with a cap smaller than MIN_OUTPUT_CAP and a huge marker
+        raise ValueError(f"cannot fit even the truncation marker in {cap} bytes")
+    return StoredOutput(text, truncated=True)
+
+
+def _truncation_marker(original_size: int, cap: int) -> dict[str, Any]:
+    return {
+        "cell_type": "markdown",
+        "id": TRUNCATION_MARKER_ID,
+        "metadata": {"tags": [TRUNCATION_MARKER_ID]},
+        "source": (
+            f"**Output truncated by opshub.** The executed notebook was {original_size:,} bytes, more than the"
+            f" {cap:,} bytes kept per run. Outputs were removed starting from the last cell (and, if that was"
+            " not enough, the last cells themselves) until it fitted."
+        ),
+    }
