@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -68,9 +69,11 @@ class PostgresServer:
             try:
                 psycopg.connect(self.conninfo("postgres"), connect_timeout=2).close()
                 return
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as e:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres did not accept connections in {timeout} s: see {self.log_path}")
+                    raise RuntimeError(
+                        f"postgres did not accept connections in {timeout} s: see {self.log_path}"
+                    ) from e
                 time.sleep(0.1)
 
     def conninfo(self, database: str) -> str:
@@ -97,10 +100,8 @@ class PostgresServer:
     def stop(self) -> None:
         """Stop the server we started (fast shutdown, by its pid), then remove its data."""
         if self.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(self.pid, signal.SIGINT)  # SIGINT is postgres's "fast" shutdown
-            except ProcessLookupError:
-                pass
         if self.process is not None:
             try:
                 self.process.wait(timeout=30)

@@ -8,8 +8,6 @@ import json
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from papermill.parameterize import parameterize_notebook
-
 from opshub.runbooks.masking import (
     DEFAULT_PATTERNS,
     MASK,
@@ -19,6 +17,7 @@ from opshub.runbooks.masking import (
     mask_text,
     secret_values,
 )
+from papermill.parameterize import parameterize_notebook
 
 TOKEN = "ghp_s3cr3tTOKENvalue"
 PASSWORD = "hunter2-correct-horse"
@@ -47,7 +46,7 @@ def test_listed_names_are_secret_whatever_their_case():
 def test_patterns_can_be_replaced():
     assert is_secret_name("OPS_PIN", patterns=["*_PIN"])
     assert not is_secret_name("GITHUB_TOKEN", patterns=["*_PIN"])
-    assert is_secret_name("GITHUB_TOKEN", patterns=[])  is False
+    assert not is_secret_name("GITHUB_TOKEN", patterns=[])
     assert DEFAULT_PATTERNS == ("*_TOKEN", "*_PASSWORD", "*_SECRET", "*_KEY")
 
 

@@ -17,9 +17,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from sqlalchemy import event, insert, inspect
-from sqlalchemy.orm.exc import DetachedInstanceError
-
 from opshub.service.models import TRIGGERS, Base, Run
 from opshub.service.store import (
     TRUNCATION_MARKER_ID,
@@ -29,6 +26,8 @@ from opshub.service.store import (
     RunStore,
     alembic_config,
 )
+from sqlalchemy import event, insert, inspect
+from sqlalchemy.orm.exc import DetachedInstanceError
 
 UTC = datetime.timezone.utc
 START = datetime.datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -103,7 +102,9 @@ def test_upgrade_creates_the_schema_in_an_empty_database_and_a_second_upgrade_ch
 def test_the_migrated_schema_matches_the_models(store):
     """A model change without its alembic revision shows up here."""
     with store.engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        differences = compare_metadata(
+            MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata
+        )
     assert differences == []
 
 
@@ -241,7 +242,9 @@ def test_finish_run_failed_records_the_cell_the_error_and_the_output(store, cloc
     nb = new_notebook(cells=[new_code_cell("1/0", outputs=[new_output("error", ename="ZeroDivisionError")])])
     clock.advance(minutes=1)
 
-    store.finish_run(run.id, "bob", "failed", failed_cell=0, error_summary="ZeroDivisionError: division by zero", output_notebook=nb)
+    store.finish_run(
+        run.id, "bob", "failed", failed_cell=0, error_summary="ZeroDivisionError: division by zero", output_notebook=nb
+    )
 
     stored = store.get_run(run.id)
     assert stored.status == "failed"
@@ -618,7 +621,9 @@ def test_counts_by_runbook_status_and_trigger_and_last_run_times(store, clock):
     for run in history:
         key = (run.runbook, run.status, run.trigger)
         expected_counts[key] = expected_counts.get(key, 0) + 1
-        expected_last[(run.runbook, run.status)] = max(run.started_at, expected_last.get((run.runbook, run.status), START))
+        expected_last[(run.runbook, run.status)] = max(
+            run.started_at, expected_last.get((run.runbook, run.status), START)
+        )
 
     assert store.count_runs() == expected_counts
     last = store.last_run_times()
