@@ -77,10 +77,24 @@ def test_roles_give_servers_only_to_roles_that_may_have_one(settings):
     assert "self" not in roles["user"]["scopes"]  # the default role every user gets
     assert not any(s.startswith(("servers", "access:servers")) for s in roles["user"]["scopes"])
     assert roles["admin"]["groups"] == ["ops-leads"]
-    assert roles["opshub-author"] == {**roles["opshub-author"], "groups": ["ops-authors"], "scopes": ["self"]}
-    assert roles["opshub-operator"]["groups"] == ["ops"] and roles["opshub-operator"]["scopes"] == ["self"]
+    assert roles["opshub-author"]["groups"] == ["ops-authors"] and "self" in roles["opshub-author"]["scopes"]
+    assert roles["opshub-operator"]["groups"] == ["ops"] and "self" in roles["opshub-operator"]["scopes"]
     assert roles["opshub-viewer"]["groups"] == ["management"]
     assert not any(s.startswith(("self", "servers", "access:servers")) for s in roles["opshub-viewer"]["scopes"])
+
+
+def test_roles_decide_who_reads_records_and_deletes_runs(settings):
+    c = Config()
+    apply_roles(c, settings)
+    roles = {role["name"]: role for role in c.JupyterHub.load_roles}
+    read, record, delete = "access:services!service=opshub", "custom:opshub:runs:record", "custom:opshub:runs:delete"
+    for role in ["opshub-admin", "opshub-author", "opshub-operator", "opshub-viewer"]:
+        assert read in roles[role]["scopes"], role
+    for role in ["opshub-author", "opshub-operator"]:
+        assert f"{record}!user" in roles[role]["scopes"], role  # only as themselves
+        assert delete not in roles[role]["scopes"], role
+    assert not any(s.startswith(record) for s in roles["opshub-viewer"]["scopes"])
+    assert delete in roles["opshub-admin"]["scopes"] and roles["opshub-admin"]["groups"] == ["ops-leads"]
 
 
 def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
@@ -94,7 +108,16 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
         "OPSHUB_RUNBOOKS_REPO": (tmp_path / "state" / "runbooks.git").as_uri(),
         "OPSHUB_RUNBOOKS_BRANCH": "main",
         "OPSHUB_RUNBOOKS_TARGET": "runbooks",
+        "OPSHUB_SERVICE_URL": "http://127.0.0.1:8003/services/opshub/",
+        "OPSHUB_SECRET_NAMES": "",
     }
+    # the server's own token may record runs as its owner, and nothing more than JupyterHub's default
+    assert c.Spawner.server_token_scopes == [
+        "users:activity!user",
+        "access:servers!server",
+        "access:services!service=opshub",
+        "custom:opshub:runs:record!user",
+    ]
 
 
 def test_pages_link_to_a_runbooks_pull(settings, tmp_path):
@@ -114,19 +137,23 @@ def test_pages_link_to_a_runbooks_pull(settings, tmp_path):
     assert c.JupyterHub.template_vars["opshub_demo_team"] == "alice (admin, author), bob (operator), carol (viewer)"
 
 
-def test_mirror_service_runs_only_when_mirroring(settings, tmp_path):
+def test_services_run_history_always_and_mirror_when_mirroring(settings, tmp_path):
     c = Config()
     apply_services(c, settings, RUNTIME)
-    (service,) = c.JupyterHub.services
-    assert service["name"] == "runbooks-mirror"
-    assert service["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.runbooks.mirror"]
-    assert str(tmp_path / "shared-notebooks") in service["command"]
+    history, mirror = c.JupyterHub.services
+    assert history["name"] == "opshub" and history["url"] == "http://127.0.0.1:8003"
+    assert history["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.service"]
+    assert f"sqlite:///{tmp_path / 'state' / 'opshub.sqlite'}" in history["command"]
+    assert set(c.JupyterHub.custom_scopes) == {"custom:opshub:runs:record", "custom:opshub:runs:delete"}
+    assert mirror["name"] == "runbooks-mirror"
+    assert mirror["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.runbooks.mirror"]
+    assert str(tmp_path / "shared-notebooks") in mirror["command"]
 
     path = tmp_path / "s.yaml"
     path.write_text(EMBEDDED_SETTINGS.read_text().replace("mirror_from: shared-notebooks", "mirror_from: ''"))
     c = Config()
     apply_services(c, load_settings(path, cwd=tmp_path), RUNTIME)
-    assert c.JupyterHub.services == []
+    assert [s["name"] for s in c.JupyterHub.services] == ["opshub"]
 
 
 def test_apply_all_is_pure(settings):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from ..settings import Settings
+from .services import DELETE_SCOPE, RECORD_SCOPE, SERVICE_NAME
 
 # JupyterHub gives every user the `user` role, which by default holds `self` (start and use
 # one's own server). opshub narrows it to reading oneself, so that a viewer gets no server;
 # the roles that may have a server get `self` back through their groups.
 EVERY_USER_SCOPES = ["read:users!user", "read:groups:name"]
 SERVER_USER_SCOPES = ["self"]
+# Everyone on the team reads the run history; who may write to it is a custom scope.
+READ_HISTORY = f"access:services!service={SERVICE_NAME}"
+RECORD_RUNS = f"{RECORD_SCOPE}!user"
 
 
 def admin_role_groups(settings: Settings) -> list[str]:
@@ -32,21 +36,27 @@ def load_roles(settings: Settings) -> list[dict]:
         # JupyterHub's own admin role (its scopes and description cannot be changed): platform owners.
         {"name": "admin", "groups": admin_role_groups(settings)},
         {
+            "name": "opshub-admin",
+            "description": "Platform owners: may also delete runs from the history.",
+            "scopes": [READ_HISTORY, RECORD_SCOPE, DELETE_SCOPE],
+            "groups": groups["admin"],
+        },
+        {
             "name": "opshub-author",
             "description": "Writes runbooks: own server, runs and publishes runbooks.",
-            "scopes": SERVER_USER_SCOPES,
+            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS],
             "groups": groups["author"],
         },
         {
             "name": "opshub-operator",
             "description": "Runs runbooks: own server, runs runbooks, reads the history.",
-            "scopes": SERVER_USER_SCOPES,
+            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS],
             "groups": groups["operator"],
         },
         {
             "name": "opshub-viewer",
             "description": "Only looks: dashboards and run history, never a server.",
-            "scopes": EVERY_USER_SCOPES,
+            "scopes": [*EVERY_USER_SCOPES, READ_HISTORY],
             "groups": groups["viewer"],
         },
     ]

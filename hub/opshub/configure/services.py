@@ -1,12 +1,52 @@
-"""Services the hub starts and supervises next to itself."""
+"""Services the hub starts and supervises next to itself: the opshub service (run history) and,
+in embedded mode, the runbooks mirror."""
 
 from __future__ import annotations
 
 from ..settings import Settings
 
+SERVICE_NAME = "opshub"
+RECORD_SCOPE = "custom:opshub:runs:record"
+DELETE_SCOPE = "custom:opshub:runs:delete"
+# Custom RBAC scopes (JupyterHub >= 3): the hub hands them out through roles, the service checks them.
+CUSTOM_SCOPES = {
+    RECORD_SCOPE: {"description": "Record runbook runs as oneself in the opshub run history."},
+    DELETE_SCOPE: {"description": "Delete runs from the opshub run history."},
+}
+
+
+def service_url(settings: Settings) -> str:
+    """Where the opshub service listens: loopback, next to the hub's other ports."""
+    return f"http://127.0.0.1:{settings['hub']['port'] + 3}"
+
+
+def service_api_url(settings: Settings) -> str:
+    """The service's API as user servers on this machine reach it (directly, not through the proxy)."""
+    return f"{service_url(settings)}{settings['hub']['base_url']}services/{SERVICE_NAME}/"
+
+
+def database_url(settings: Settings) -> str:
+    return settings["history"]["database_url"] or f"sqlite:///{settings.state_dir / 'opshub.sqlite'}"
+
 
 def apply_services(c, settings: Settings, runtime) -> None:
-    services = []
+    history = settings["history"]
+    services = [
+        {
+            "name": SERVICE_NAME,
+            "url": service_url(settings),
+            "display": True,  # listed in the hub's Services menu
+            "command": [
+                runtime.python, "-m", "opshub.service",
+                "--database-url", database_url(settings),
+                "--heartbeat-timeout", str(history["heartbeat_timeout"]),
+                "--retention-days", str(history["retention_days"]),
+                "--output-cap", str(history["output_cap_bytes"]),
+            ],
+            # pages use the hub's OAuth; these are the scopes their cookies may carry
+            "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE],
+        }
+    ]  # fmt: skip
     runbooks = settings["runbooks"]
     if runbooks["mirror_from"]:
         # Embedded mode: keep the local runbooks repository in step with the committed
@@ -25,3 +65,4 @@ def apply_services(c, settings: Settings, runtime) -> None:
             }
         )  # fmt: skip
     c.JupyterHub.services = services
+    c.JupyterHub.custom_scopes = CUSTOM_SCOPES

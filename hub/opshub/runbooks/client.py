@@ -1,0 +1,110 @@
+"""Talk to the opshub service's run API from a user's server, as that user.
+
+The identity is the user's JupyterHub token (JUPYTERHUB_API_TOKEN in every single-user server);
+the service takes who records from the token, never from the request body.
+
+API (JSON, under the service's URL, `Authorization: token <token>`):
+    POST   api/runs                     {runbook, trigger, parameters, runbook_commit, drift} -> 201 run
+    POST   api/runs/<id>/heartbeat                                                          -> 200 run
+    POST   api/runs/<id>/finish         {status, failed_cell, error_summary, output_notebook} -> 200 run
+    GET    api/runs?runbook=&user=&status=&trigger=&since=&until=&limit=&offset=      -> 200 {runs, total}
+    GET    api/runs/<id>                                                               -> 200 run
+    DELETE api/runs/<id>                (admins)                                       -> 204
+Errors come back as {"message": "..."} with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+SERVICE_URL_ENV = "OPSHUB_SERVICE_URL"
+TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
+TIMEOUT = 30  # seconds per request
+
+
+class ServiceError(Exception):
+    """The service refused or could not be reached. `status` is the HTTP status, 0 if unreachable."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+        super().__init__(f"opshub service: {message}" + (f" (HTTP {status})" if status else ""))
+
+
+class ServiceClient:
+    def __init__(self, url: str | None = None, token: str | None = None):
+        url = url or os.environ.get(SERVICE_URL_ENV, "")
+        token = token or os.environ.get(TOKEN_ENV, "")
+        if not url:
+            raise ServiceError(0, f"no service URL: ${SERVICE_URL_ENV} is not set")
+        if not token:
+            raise ServiceError(0, f"no token: ${TOKEN_ENV} is not set")
+        self.url = url if url.endswith("/") else url + "/"
+        self.token = token
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                text = response.read()
+        except urllib.error.HTTPError as e:
+            raise ServiceError(e.code, _message(e.read()) or e.reason) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ServiceError(0, f"cannot reach {self.url}: {getattr(e, 'reason', e)}") from None
+        return json.loads(text) if text else None
+
+    def start_run(
+        self,
+        runbook: str,
+        parameters: dict | None = None,
+        trigger: str = "headless",
+        runbook_commit: str | None = None,
+        drift: bool = False,
+    ) -> dict:
+        body = {
+            "runbook": runbook,
+            "trigger": trigger,
+            "parameters": parameters or {},
+            "runbook_commit": runbook_commit,
+            "drift": drift,
+        }
+        return self.request("POST", "api/runs", body)
+
+    def heartbeat(self, run_id: str) -> dict:
+        return self.request("POST", f"api/runs/{run_id}/heartbeat", {})
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        failed_cell: int | None = None,
+        error_summary: str | None = None,
+        output_notebook: dict | None = None,
+    ) -> dict:
+        body = {
+            "status": status,
+            "failed_cell": failed_cell,
+            "error_summary": error_summary,
+            "output_notebook": output_notebook,
+        }
+        return self.request("POST", f"api/runs/{run_id}/finish", body)
+
+    def get_run(self, run_id: str) -> dict:
+        return self.request("GET", f"api/runs/{run_id}")
+
+
+def _message(body: bytes) -> str:
+    try:
+        return json.loads(body).get("message", "")
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace")[:500]

@@ -1,0 +1,90 @@
+"""Start the opshub service: `python -m opshub.service --database-url URL ...`.
+
+JupyterHub starts it as a managed service (see opshub.configure.services) and hands it its URL,
+prefix and OAuth client in JUPYTERHUB_SERVICE_* variables; in other modes it runs as its own
+process or container with the same variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import logging
+import os
+import signal
+from urllib.parse import urlparse
+
+from tornado.ioloop import PeriodicCallback
+
+from .app import make_app
+from .store import RunStore
+
+log = logging.getLogger("opshub.service")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m opshub.service", description=__doc__.splitlines()[0])
+    p.add_argument("--database-url", required=True, help="SQLAlchemy URL of the run history database")
+    p.add_argument("--heartbeat-timeout", type=int, default=120, help="seconds of silence before a run is interrupted")
+    p.add_argument("--retention-days", type=int, default=365, help="delete finished runs older than this (0: never)")
+    p.add_argument("--output-cap", type=int, default=5_000_000, help="largest executed notebook kept, in bytes")
+    return p.parse_args(argv)
+
+
+def database_url(url: str) -> str:
+    """The URL with the password from $OPSHUB_DATABASE_PASSWORD, when set, so it stays out of argv."""
+    password = os.environ.get("OPSHUB_DATABASE_PASSWORD")
+    if not password:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+async def serve(args) -> None:
+    store = RunStore(database_url(args.database_url), output_cap=args.output_cap)
+    store.upgrade()
+    timeout = datetime.timedelta(seconds=args.heartbeat_timeout)
+    retention = datetime.timedelta(days=args.retention_days) if args.retention_days else None
+    # Runs left `running` by a crash or restart get no heartbeat any more: the sweep ends them.
+    interrupted = store.interrupt_stale_runs(timeout)
+    if interrupted:
+        log.warning("marked %d silent run(s) as interrupted: %s", len(interrupted), ", ".join(interrupted))
+
+    def sweep():
+        for run_id in store.interrupt_stale_runs(timeout):
+            log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)
+
+    def apply_retention():
+        if retention:
+            deleted = store.apply_retention(max_age=retention)
+            if deleted:
+                log.info("retention: deleted %d run(s) older than %s", deleted, retention)
+
+    PeriodicCallback(sweep, max(timeout.total_seconds() / 4, 5) * 1000).start()
+    PeriodicCallback(apply_retention, 3600 * 1000).start()
+    apply_retention()
+
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/opshub/")
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+    # A per-process secret for the service's own OAuth state cookies: after a restart people are
+    # sent through the hub's OAuth again, without noticing.
+    app = make_app(store, prefix, cookie_secret=os.urandom(32))
+    app.listen(url.port, address=url.hostname)
+    log.info("opshub service at %s%s, history in %s", url.geturl().rstrip("/"), prefix, store.engine.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    store.close()
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+    asyncio.run(serve(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The opshub hub service: the run history API at /services/opshub/.
+
+A JupyterHub service authenticated by the hub (`jupyterhub.services.auth`): tokens for the API,
+the hub's OAuth cookie for pages. Who records, reads or deletes is always the identity of the
+token; RBAC scopes decide what they may do:
+
+- `access:services!service=opshub`: read the history (every role, viewers included)
+- `custom:opshub:runs:record`: record one's own runs (operators, authors, admins)
+- `custom:opshub:runs:delete`: delete runs (admins)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from dataclasses import dataclass
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from .models import STATUSES, TRIGGERS, Run
+from .store import NotRunOwner, RunAlreadyFinished, RunNotFound, RunStore
+
+log = logging.getLogger("opshub.service")
+
+RECORD_SCOPE = "custom:opshub:runs:record"
+DELETE_SCOPE = "custom:opshub:runs:delete"
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    heartbeat_timeout: datetime.timedelta
+    retention: datetime.timedelta | None  # None: keep runs for ever
+
+
+def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
+    data = {
+        "id": run.id,
+        "runbook": run.runbook,
+        "runbook_commit": run.runbook_commit,
+        "drift": run.drift,
+        "trigger": run.trigger,
+        "user": run.user,
+        "parameters": run.parameters,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "last_heartbeat_at": run.last_heartbeat_at.isoformat(),
+        "failed_cell": run.failed_cell,
+        "error_summary": run.error_summary,
+        "output_truncated": run.output_truncated,
+        "url": url_path_join(prefix, "runs", run.id),
+    }
+    if with_output:
+        data["output_notebook"] = json.loads(run.output_notebook) if run.output_notebook else None
+    return data
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    @property
+    def store(self) -> RunStore:
+        return self.settings["opshub_store"]
+
+    @property
+    def prefix(self) -> str:
+        return self.settings["opshub_prefix"]
+
+    def user_name(self) -> str:
+        """The person behind the token. Services' tokens cannot record or delete runs."""
+        model = self.current_user
+        if model.get("kind") != "user":
+            raise web.HTTPError(403, "only people record runs, not services")
+        return model["name"]
+
+    def require(self, scope: str) -> str:
+        """The user's name, if their token holds `scope` for themselves; 403 otherwise."""
+        name = self.user_name()
+        if not check_scopes({f"{scope}!user={name}"}, self.current_user.get("scopes", [])):
+            raise web.HTTPError(403, f"{name} may not do this: it needs the {scope} permission")
+        return name
+
+
+class ApiHandler(BaseHandler):
+    def prepare(self):
+        # An API answers anonymous callers with 403, not with a redirect to a login page.
+        if self.current_user is None:
+            raise web.HTTPError(403, "authentication required: send a JupyterHub token (Authorization: token ...)")
+
+    def check_xsrf_cookie(self):
+        # token-authenticated API calls carry no cookie to forge; cookie calls keep the check
+        if self.request.headers.get("Authorization"):
+            return None
+        return super().check_xsrf_cookie()
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def store_call(self, method, *args, **kwargs):
+        """Call the store, turning its refusals into HTTP errors that name the problem."""
+        try:
+            return method(*args, **kwargs)
+        except RunNotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+        except NotRunOwner as e:
+            raise web.HTTPError(403, str(e)) from None
+        except RunAlreadyFinished as e:
+            raise web.HTTPError(409, str(e)) from None
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+
+
+class RunsHandler(ApiHandler):
+    @web.authenticated
+    def get(self):
+        args = {key: self.get_argument(key, None) for key in ("runbook", "user", "status", "trigger")}
+        for key in ("since", "until"):
+            value = self.get_argument(key, None)
+            args[key] = _parse_time(key, value) if value else None
+        args["limit"] = _int_argument(self, "limit", 50)
+        args["offset"] = _int_argument(self, "offset", 0)
+        runs, total = self.store_call(self.store.list_runs, **args)
+        self.write({"runs": [run_json(r, self.prefix) for r in runs], "total": total})
+
+    @web.authenticated
+    def post(self):
+        user = self.require(RECORD_SCOPE)
+        body = self.body()
+        unknown = set(body) - {"runbook", "trigger", "parameters", "runbook_commit", "drift"}
+        if unknown:
+            raise web.HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))} (the user comes from the token)")
+        if not isinstance(body.get("parameters", {}), dict):
+            raise web.HTTPError(400, "parameters must be a JSON object")
+        run = self.store_call(
+            self.store.start_run,
+            runbook=body.get("runbook"),
+            user=user,
+            trigger=body.get("trigger", "headless"),
+            parameters=body.get("parameters") or {},
+            runbook_commit=body.get("runbook_commit"),
+            drift=bool(body.get("drift", False)),
+        )
+        log.info("run %s of %s started by %s (%s)", run.id, run.runbook, user, run.trigger)
+        self.set_status(201)
+        self.write(run_json(run, self.prefix))
+
+
+class RunHandler(ApiHandler):
+    @web.authenticated
+    def get(self, run_id):
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        self.write(run_json(run, self.prefix, with_output=True))
+
+    @web.authenticated
+    def delete(self, run_id):
+        user = self.require(DELETE_SCOPE)
+        if not self.store.delete_run(run_id):
+            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        log.info("run %s deleted by %s", run_id, user)
+        self.set_status(204)
+
+
+class HeartbeatHandler(ApiHandler):
+    @web.authenticated
+    def post(self, run_id):
+        user = self.require(RECORD_SCOPE)
+        self.store_call(self.store.heartbeat, run_id, user)
+        self.write(run_json(self.store.get_run(run_id), self.prefix))
+
+
+class FinishHandler(ApiHandler):
+    @web.authenticated
+    def post(self, run_id):
+        user = self.require(RECORD_SCOPE)
+        body = self.body()
+        run = self.store_call(
+            self.store.finish_run,
+            run_id,
+            user,
+            body.get("status"),
+            failed_cell=body.get("failed_cell"),
+            error_summary=body.get("error_summary"),
+            output_notebook=body.get("output_notebook"),
+        )
+        log.info("run %s of %s ended %s", run.id, run.runbook, run.status)
+        self.write(run_json(run, self.prefix))
+
+
+def _parse_time(name: str, value: str) -> datetime.datetime:
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise web.HTTPError(400, f"{name} must be an ISO 8601 time, not {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def _int_argument(handler: web.RequestHandler, name: str, default: int) -> int:
+    value = handler.get_argument(name, None)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise web.HTTPError(400, f"{name} must be a whole number, not {value!r}") from None
+
+
+def make_app(store: RunStore, prefix: str, **settings) -> web.Application:
+    """The service's tornado application, serving under `prefix` (/services/opshub/)."""
+    handlers = [
+        (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        (url_path_join(prefix, "api/runs"), RunsHandler),
+        (url_path_join(prefix, r"api/runs/([^/]+)"), RunHandler),
+        (url_path_join(prefix, r"api/runs/([^/]+)/heartbeat"), HeartbeatHandler),
+        (url_path_join(prefix, r"api/runs/([^/]+)/finish"), FinishHandler),
+    ]
+    return web.Application(
+        handlers,
+        opshub_store=store,
+        opshub_prefix=prefix,
+        cookie_secret=settings.pop("cookie_secret"),
+        xsrf_cookies=True,
+        **settings,
+    )
+
+
+__all__ = ["DELETE_SCOPE", "RECORD_SCOPE", "STATUSES", "TRIGGERS", "ServiceOptions", "make_app", "run_json"]

@@ -1,0 +1,104 @@
+"""The opshub service's run API, live behind the hub and proxy: identity comes from the token,
+RBAC decides who reads, records and deletes."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+
+@pytest.fixture(scope="module")
+def tokens(hub):
+    """A JupyterHub API token per demo user, made by alice (an admin) as any admin could."""
+    alice, _ = hub.login("alice")
+    xsrf = {"X-XSRFToken": alice.cookies.get("_xsrf", path="/hub/")}
+    made = {}
+    for user in ["alice", "bob", "carol"]:
+        response = alice.post(f"{hub.url}/hub/api/users/{user}/tokens", json={"note": "history tests"}, headers=xsrf)
+        assert response.status_code == 201, response.text
+        made[user] = response.json()["token"]
+    return made
+
+
+def api(hub, token, method, path, **kwargs):
+    headers = {"Authorization": f"token {token}"} if token else {}
+    return requests.request(method, f"{hub.url}/services/opshub/api/{path}", headers=headers, timeout=30, **kwargs)
+
+
+def start(hub, token, **body):
+    return api(
+        hub, token, "POST", "runs", json={"runbook": "host-health-check.ipynb", "parameters": {"hosts": ["h1"]}, **body}
+    )
+
+
+def test_operator_records_a_run_from_start_to_end(hub, tokens):
+    started = start(hub, tokens["bob"], runbook_commit="a" * 40)
+    assert started.status_code == 201, started.text
+    run = started.json()
+    assert run["user"] == "bob" and run["status"] == "running" and run["trigger"] == "headless"
+    assert run["url"] == f"/services/opshub/runs/{run['id']}"
+    assert api(hub, tokens["bob"], "POST", f"runs/{run['id']}/heartbeat").status_code == 200
+    notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    finished = api(
+        hub,
+        tokens["bob"],
+        "POST",
+        f"runs/{run['id']}/finish",
+        json={
+            "status": "failed",
+            "failed_cell": 3,
+            "error_summary": "RuntimeError: disk full",
+            "output_notebook": notebook,
+        },
+    )
+    assert finished.status_code == 200 and finished.json()["status"] == "failed"
+    again = api(hub, tokens["bob"], "POST", f"runs/{run['id']}/finish", json={"status": "succeeded"})
+    assert again.status_code == 409 and "already ended" in again.json()["message"]
+
+    listed = api(hub, tokens["carol"], "GET", "runs", params={"user": "bob", "status": "failed"}).json()
+    assert run["id"] in [r["id"] for r in listed["runs"]] and listed["total"] >= 1
+    one = api(hub, tokens["carol"], "GET", f"runs/{run['id']}").json()
+    assert one["failed_cell"] == 3 and one["output_notebook"] == notebook
+
+
+def test_nobody_records_as_someone_else(hub, tokens):
+    refused = start(hub, tokens["bob"], user="alice")
+    assert refused.status_code == 400 and "the user comes from the token" in refused.json()["message"]
+    run = start(hub, tokens["alice"]).json()
+    assert run["user"] == "alice"
+    for action in ["heartbeat", "finish"]:
+        response = api(hub, tokens["bob"], "POST", f"runs/{run['id']}/{action}", json={"status": "succeeded"})
+        assert response.status_code == 403, (action, response.text)
+    assert api(hub, tokens["alice"], "POST", f"runs/{run['id']}/finish", json={"status": "succeeded"}).ok
+
+
+def test_viewer_reads_but_cannot_record(hub, tokens):
+    assert api(hub, tokens["carol"], "GET", "runs").status_code == 200
+    refused = start(hub, tokens["carol"])
+    assert refused.status_code == 403 and "custom:opshub:runs:record" in refused.json()["message"]
+
+
+def test_anonymous_and_bad_tokens_are_refused(hub):
+    for token in [None, "not-a-token"]:
+        assert api(hub, token, "GET", "runs").status_code == 403
+        assert start(hub, token).status_code == 403
+
+
+def test_only_admins_delete(hub, tokens):
+    run = start(hub, tokens["bob"]).json()
+    assert api(hub, tokens["bob"], "DELETE", f"runs/{run['id']}").status_code == 403
+    assert api(hub, tokens["alice"], "DELETE", f"runs/{run['id']}").status_code == 204
+    assert api(hub, tokens["alice"], "GET", f"runs/{run['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"runbook": ""}, "runbook must be a non-empty string"),
+        ({"trigger": "cron"}, "trigger must be one of"),
+        ({"parameters": [1, 2]}, "parameters must be a JSON object"),
+    ],
+)
+def test_bad_records_name_the_problem(hub, tokens, body, expected):
+    response = start(hub, tokens["bob"], **body)
+    assert response.status_code == 400 and expected in response.json()["message"]
