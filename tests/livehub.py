@@ -128,9 +128,9 @@ class Hub:
 
     def processes_of_this_hub(self) -> list[str]:
         """Command lines of every process still using this hub's state folder or ports."""
-        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        out = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
         marks = [str(self.state), f"--port {self.port}", f":{self.port + 1}"]
-        return [line for line in out.splitlines() if any(m in line for m in marks) and "ps -eo" not in line]
+        return [line for line in out.splitlines() if any(m in line for m in marks) and "ps -eww" not in line]
 
     # -- what a person does in a browser, over HTTP ------------------------------------------
 
@@ -155,6 +155,25 @@ class Hub:
             return r if r.status_code == 200 and r.url.endswith(f"/user/{user}/lab") else None
 
         return wait_for(lab, timeout=timeout, interval=1, what=f"{user}'s JupyterLab")
+
+    def tokens(self, users=("alice", "bob", "carol"), admin="alice") -> dict[str, str]:
+        """A JupyterHub API token per user, made by an admin as any admin could."""
+        session, _ = self.login(admin)
+        xsrf = {"X-XSRFToken": session.cookies.get("_xsrf", path="/hub/")}
+        made = {}
+        for user in users:
+            response = session.post(
+                f"{self.url}/hub/api/users/{user}/tokens", json={"note": "opshub tests"}, headers=xsrf, timeout=30
+            )
+            assert response.status_code == 201, response.text
+            made[user] = response.json()["token"]
+        return made
+
+    def service_api(self, token: str | None, method: str, path: str, **kwargs) -> requests.Response:
+        """A call to the opshub service's API through the proxy, as the token's owner."""
+        headers = {"Authorization": f"token {token}"} if token else {}
+        url = f"{self.url}/services/opshub/api/{path}"
+        return requests.request(method, url, headers=headers, timeout=30, **kwargs)
 
     def server_xsrf(self, session: requests.Session, user: str) -> dict[str, str]:
         return {"X-XSRFToken": session.cookies.get("_xsrf", path=f"/user/{user}/")}

@@ -26,7 +26,7 @@ from .settings import (
 HUB_CONFIG = str(PACKAGE_DIR / "jupyterhub_config.py")
 
 
-def banner(settings: Settings, password: str | None, password_source: str) -> str:
+def banner(settings: Settings, password: str | None, password_source: str, metrics_token_source: str = "") -> str:
     lines = ["", f"opshub is starting at {public_url(settings.data)}", ""]
     provider = settings["auth"]["provider"]
     if provider == "shared-password":
@@ -44,6 +44,9 @@ def banner(settings: Settings, password: str | None, password_source: str) -> st
     runbooks = settings["runbooks"]
     lines += [
         f"  Runbooks: {repository_url(settings)} ({runbooks['branch']}) -> ~/{runbooks['target']}",
+        f"  Run history: {public_url(settings.data)}services/opshub/",
+        f"  Prometheus: scrape {public_url(settings.data)}services/opshub/metrics with the bearer token"
+        f" from {metrics_token_source}",
         f"  State (database, homes, secrets): {settings.state_dir}",
         "  Stop with Ctrl-C.",
         "",
@@ -52,12 +55,12 @@ def banner(settings: Settings, password: str | None, password_source: str) -> st
 
 
 def cmd_hub(args) -> int:
-    from .startup import demo_password, prepare
+    from .startup import demo_password, metrics_token, prepare
 
     settings = load_settings(args.settings, port=args.port)
     runtime = prepare(settings)
     source = demo_password(settings)[1] if runtime.demo_password else ""
-    print(banner(settings, runtime.demo_password, source), flush=True)
+    print(banner(settings, runtime.demo_password, source, metrics_token(settings)[1]), flush=True)
     os.environ[SETTINGS_ENV] = os.path.abspath(settings.source)
     if args.port:
         os.environ[PORT_ENV] = str(args.port)

@@ -18,29 +18,38 @@ from .runbooks.mirror import MirrorError, mirror
 from .settings import OAUTH_PROVIDERS, Settings, SettingsError
 
 DEMO_PASSWORD_FILE = "demo-password"
+METRICS_TOKEN_FILE = "metrics-token"
 MIN_PASSWORD_LENGTH = 8  # what JupyterHub's SharedPasswordAuthenticator requires
 DISCOVERY_TIMEOUT = 10  # seconds
+
+
+def secret_from_env_or_state(settings: Settings, variable: str, file_name: str, nbytes: int) -> tuple[str, str]:
+    """A secret from $variable, else generated once into the state folder (mode 0600).
+    Returns the value and where it came from."""
+    value = os.environ.get(variable)
+    if value:
+        return value, f"${variable}"
+    file = settings.state_dir / file_name
+    if not file.exists():
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(nbytes) + "\n")
+    return file.read_text().strip(), str(file)
 
 
 def demo_password(settings: Settings) -> tuple[str, str]:
     """The shared demo password and where it came from (the environment, or a file generated once)."""
     variable = settings["auth"]["shared_password"]["password_env"]
-    value = os.environ.get(variable)
-    if value:
-        if len(value) < MIN_PASSWORD_LENGTH:
-            raise SettingsError(
-                f"${variable}",
-                [
-                    f"{variable}: the shared password must be at least {MIN_PASSWORD_LENGTH} characters, not {len(value)}"
-                ],
-            )
-        return value, f"${variable}"
-    file = settings.state_dir / DEMO_PASSWORD_FILE
-    if not file.exists():
-        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(12) + "\n")
-    return file.read_text().strip(), str(file)
+    value, source = secret_from_env_or_state(settings, variable, DEMO_PASSWORD_FILE, 12)
+    if len(value) < MIN_PASSWORD_LENGTH:
+        problem = f"{variable}: the shared password must be at least {MIN_PASSWORD_LENGTH} characters, not {len(value)}"
+        raise SettingsError(f"${variable}", [problem])
+    return value, source
+
+
+def metrics_token(settings: Settings) -> tuple[str, str]:
+    """The bearer token Prometheus must send for /services/opshub/metrics, and where it came from."""
+    return secret_from_env_or_state(settings, settings["history"]["metrics_token_env"], METRICS_TOKEN_FILE, 32)
 
 
 def client_secret(settings: Settings) -> str:
@@ -109,7 +118,7 @@ def prepare(settings: Settings) -> Runtime:
     if settings["spawner"]["kind"] == "local":
         (state / "homes").mkdir(exist_ok=True)
     provider = settings["auth"]["provider"]
-    found: dict = {}
+    found: dict = {"metrics_token": metrics_token(settings)[0]}
     if provider == "shared-password":
         found["demo_password"] = demo_password(settings)[0]
     if provider in OAUTH_PROVIDERS:

@@ -4,25 +4,15 @@ RBAC decides who reads, records and deletes."""
 from __future__ import annotations
 
 import pytest
-import requests
 
 
 @pytest.fixture(scope="module")
 def tokens(hub):
-    """A JupyterHub API token per demo user, made by alice (an admin) as any admin could."""
-    alice, _ = hub.login("alice")
-    xsrf = {"X-XSRFToken": alice.cookies.get("_xsrf", path="/hub/")}
-    made = {}
-    for user in ["alice", "bob", "carol"]:
-        response = alice.post(f"{hub.url}/hub/api/users/{user}/tokens", json={"note": "history tests"}, headers=xsrf)
-        assert response.status_code == 201, response.text
-        made[user] = response.json()["token"]
-    return made
+    return hub.tokens()
 
 
 def api(hub, token, method, path, **kwargs):
-    headers = {"Authorization": f"token {token}"} if token else {}
-    return requests.request(method, f"{hub.url}/services/opshub/api/{path}", headers=headers, timeout=30, **kwargs)
+    return hub.service_api(token, method, path, **kwargs)
 
 
 def start(hub, token, **body):

@@ -31,6 +31,7 @@ class Runtime:
     demo_password: str | None = None  # the shared password, for the shared-password provider
     client_secret: str | None = None  # the OAuth client secret, for github, gitlab and oidc
     oidc_endpoints: dict[str, str] = field(default_factory=dict)  # authorize_url, token_url, userinfo_url
+    metrics_token: str | None = None  # the bearer token Prometheus sends to the opshub service
 
     @classmethod
     def of_this_machine(cls, **found) -> Runtime:

@@ -3,9 +3,10 @@ in embedded mode, the runbooks mirror."""
 
 from __future__ import annotations
 
-from ..settings import Settings
+from ..settings import Settings, repository_url
 
 SERVICE_NAME = "opshub"
+METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
 RECORD_SCOPE = "custom:opshub:runs:record"
 DELETE_SCOPE = "custom:opshub:runs:delete"
 # Custom RBAC scopes (JupyterHub >= 3): the hub hands them out through roles, the service checks them.
@@ -42,7 +43,12 @@ def apply_services(c, settings: Settings, runtime) -> None:
                 "--heartbeat-timeout", str(history["heartbeat_timeout"]),
                 "--retention-days", str(history["retention_days"]),
                 "--output-cap", str(history["output_cap_bytes"]),
+                "--runbooks-repository", repository_url(settings),
+                "--runbooks-branch", settings["runbooks"]["branch"],
+                "--cache-dir", str(settings.state_dir / "service-runbooks.git"),
+                "--metrics-token-env", METRICS_TOKEN_ENV,
             ],
+            "environment": {METRICS_TOKEN_ENV: runtime.metrics_token or ""},
             # pages use the hub's OAuth; these are the scopes their cookies may carry
             "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE],
         }

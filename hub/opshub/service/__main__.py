@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from tornado.ioloop import PeriodicCallback
 
+from ..runbooks.catalog import RunbookCatalog
 from .app import make_app
 from .store import RunStore
 
@@ -29,6 +30,10 @@ def parse_args(argv=None):
     p.add_argument("--heartbeat-timeout", type=int, default=120, help="seconds of silence before a run is interrupted")
     p.add_argument("--retention-days", type=int, default=365, help="delete finished runs older than this (0: never)")
     p.add_argument("--output-cap", type=int, default=5_000_000, help="largest executed notebook kept, in bytes")
+    p.add_argument("--runbooks-repository", required=True, help="git URL of the runbooks (metric labels)")
+    p.add_argument("--runbooks-branch", default="main")
+    p.add_argument("--cache-dir", required=True, help="folder for the service's copy of the runbooks repository")
+    p.add_argument("--metrics-token-env", default="OPSHUB_METRICS_TOKEN", help="variable holding the metrics token")
     return p.parse_args(argv)
 
 
@@ -62,7 +67,14 @@ async def serve(args) -> None:
             if deleted:
                 log.info("retention: deleted %d run(s) older than %s", deleted, retention)
 
+    catalog = RunbookCatalog(args.runbooks_repository, args.runbooks_branch, args.cache_dir)
+    catalog.refresh()
+
+    async def refresh_catalog():
+        await asyncio.get_running_loop().run_in_executor(None, catalog.refresh)
+
     PeriodicCallback(sweep, max(timeout.total_seconds() / 4, 5) * 1000).start()
+    PeriodicCallback(refresh_catalog, 60 * 1000).start()
     PeriodicCallback(apply_retention, 3600 * 1000).start()
     apply_retention()
 
@@ -70,7 +82,12 @@ async def serve(args) -> None:
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     # A per-process secret for the service's own OAuth state cookies: after a restart people are
     # sent through the hub's OAuth again, without noticing.
-    app = make_app(store, prefix, cookie_secret=os.urandom(32))
+    metrics_token = os.environ.get(args.metrics_token_env, "")
+    if not metrics_token:
+        log.warning("$%s is not set: /metrics answers 401 to everyone", args.metrics_token_env)
+    app = make_app(
+        store, prefix, known_runbooks=catalog.names, metrics_token=metrics_token, cookie_secret=os.urandom(32)
+    )
     app.listen(url.port, address=url.hostname)
     log.info("opshub service at %s%s, history in %s", url.geturl().rstrip("/"), prefix, store.engine.url)
     stop = asyncio.Event()

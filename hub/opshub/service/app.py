@@ -12,14 +12,17 @@ token; RBAC scopes decide what they may do:
 from __future__ import annotations
 
 import datetime
+import hmac
 import json
 import logging
 from dataclasses import dataclass
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import url_path_join
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from tornado import web
 
+from .metrics import RunMetrics
 from .models import STATUSES, TRIGGERS, Run
 from .store import NotRunOwner, RunAlreadyFinished, RunNotFound, RunStore
 
@@ -201,6 +204,19 @@ class FinishHandler(ApiHandler):
         self.write(run_json(run, self.prefix))
 
 
+class MetricsHandler(web.RequestHandler):
+    """Prometheus exposition, for whoever holds the metrics bearer token (Prometheus' `authorization`)."""
+
+    def get(self):
+        token = self.settings["opshub_metrics_token"]
+        sent = self.request.headers.get("Authorization", "")
+        if not token or not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            self.set_header("WWW-Authenticate", 'Bearer realm="opshub metrics"')
+            raise web.HTTPError(401, "send the metrics bearer token")
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(generate_latest(self.settings["opshub_registry"]))
+
+
 def _parse_time(name: str, value: str) -> datetime.datetime:
     try:
         parsed = datetime.datetime.fromisoformat(value)
@@ -219,9 +235,18 @@ def _int_argument(handler: web.RequestHandler, name: str, default: int) -> int:
         raise web.HTTPError(400, f"{name} must be a whole number, not {value!r}") from None
 
 
-def make_app(store: RunStore, prefix: str, **settings) -> web.Application:
-    """The service's tornado application, serving under `prefix` (/services/opshub/)."""
+def make_app(
+    store: RunStore, prefix: str, known_runbooks=frozenset, metrics_token: str = "", **settings
+) -> web.Application:
+    """The service's tornado application, serving under `prefix` (/services/opshub/).
+
+    `known_runbooks()` returns the runbooks of the repository (metric labels); `metrics_token` is
+    the bearer token Prometheus sends (empty: no metrics).
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunMetrics(store, known_runbooks))
     handlers = [
+        (url_path_join(prefix, "metrics"), MetricsHandler),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         (url_path_join(prefix, "api/runs"), RunsHandler),
         (url_path_join(prefix, r"api/runs/([^/]+)"), RunHandler),
@@ -232,6 +257,8 @@ def make_app(store: RunStore, prefix: str, **settings) -> web.Application:
         handlers,
         opshub_store=store,
         opshub_prefix=prefix,
+        opshub_registry=registry,
+        opshub_metrics_token=metrics_token,
         cookie_secret=settings.pop("cookie_secret"),
         xsrf_cookies=True,
         **settings,

@@ -16,14 +16,14 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, create_engine, delete, func, select, update
+from sqlalchemy import ColumnElement, case, create_engine, delete, func, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run
@@ -311,6 +311,32 @@ class RunStore:
         with self._sessions() as session:
             return {(runbook, status): latest for runbook, status, latest in session.execute(query)}
 
+    def duration_histogram(self, bounds: Sequence[float]) -> dict[tuple[str, str], tuple[list[int], float, int]]:
+        """Durations of finished runs by (runbook, trigger): cumulative counts per upper bound in
+        `bounds` (seconds, ascending), the sum of durations and the count. One GROUP BY."""
+        duration = _duration_seconds(self.engine.dialect.name)
+        columns = [func.sum(case((duration <= bound, 1), else_=0)) for bound in bounds]
+        query = (
+            select(Run.runbook, Run.trigger, *columns, func.sum(duration), func.count())
+            .where(Run.ended_at.is_not(None))
+            .group_by(Run.runbook, Run.trigger)
+        )
+        with self._sessions() as session:
+            return {
+                (row[0], row[1]): ([int(n or 0) for n in row[2 : 2 + len(bounds)]], float(row[-2] or 0), int(row[-1]))
+                for row in session.execute(query)
+            }
+
+    def cell_failures(self) -> dict[str, int]:
+        """How many runs failed in a cell, by runbook."""
+        query = (
+            select(Run.runbook, func.count())
+            .where(Run.status == "failed", Run.failed_cell.is_not(None))
+            .group_by(Run.runbook)
+        )
+        with self._sessions() as session:
+            return dict(session.execute(query).all())
+
     # Helpers
 
     def _current_time(self) -> datetime.datetime:
@@ -318,6 +344,13 @@ class RunStore:
 
 
 _NEWEST_FIRST = (Run.started_at.desc(), Run.id.desc())
+
+
+def _duration_seconds(dialect: str) -> ColumnElement[float]:
+    """ended_at - started_at in seconds, in the database's own date arithmetic."""
+    if dialect == "sqlite":  # naive UTC text; julianday() counts days
+        return (func.julianday(Run.ended_at) - func.julianday(Run.started_at)) * 86400.0
+    return func.extract("epoch", Run.ended_at - Run.started_at)
 
 
 def _owned_and_running(run_id: str, user: str) -> tuple[ColumnElement[bool], ...]:
