@@ -64,4 +64,5 @@ def apply_pages(c, settings: Settings) -> None:
         "opshub_runbooks_pull_link": runbooks_pull_link(settings),
         "opshub_runbooks_target": settings["runbooks"]["target"],
         "opshub_demo_team": demo_team(settings),
+        "opshub_history_url": f"{settings['hub']['base_url']}services/opshub/",
     }

@@ -51,6 +51,8 @@ def apply_services(c, settings: Settings, runtime) -> None:
             "environment": {METRICS_TOKEN_ENV: runtime.metrics_token or ""},
             # pages use the hub's OAuth; these are the scopes their cookies may carry
             "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE],
+            # part of the deployment, not a third party: no "authorize access?" page
+            "oauth_no_confirm": True,
         }
     ]  # fmt: skip
     runbooks = settings["runbooks"]

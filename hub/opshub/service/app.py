@@ -15,10 +15,14 @@ import datetime
 import hmac
 import json
 import logging
-from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
 
+import nbformat
+from jinja2 import Environment, FileSystemLoader
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import url_path_join
+from nbconvert import HTMLExporter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from tornado import web
 
@@ -28,14 +32,10 @@ from .store import NotRunOwner, RunAlreadyFinished, RunNotFound, RunStore
 
 log = logging.getLogger("opshub.service")
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+FAILED_CELL_TAG = "opshub-failed-cell"
 RECORD_SCOPE = "custom:opshub:runs:record"
 DELETE_SCOPE = "custom:opshub:runs:delete"
-
-
-@dataclass(frozen=True)
-class ServiceOptions:
-    heartbeat_timeout: datetime.timedelta
-    retention: datetime.timedelta | None  # None: keep runs for ever
 
 
 def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
@@ -204,6 +204,111 @@ class FinishHandler(ApiHandler):
         self.write(run_json(run, self.prefix))
 
 
+class PageHandler(BaseHandler):
+    def render_page(self, template: str, **namespace) -> None:
+        env = self.settings["opshub_templates"]
+        html = env.get_template(template).render(
+            prefix=self.prefix,
+            hub_prefix=self.hub_auth.hub_prefix,
+            user_name=self.current_user["name"],
+            duration=_duration,
+            **namespace,
+        )
+        self.finish(html)
+
+
+class HistoryPage(PageHandler):
+    """The run history: filters, newest first, PAGE_SIZE runs a page."""
+
+    PAGE_SIZE = 50
+
+    @web.authenticated
+    def get(self):
+        filters = {key: self.get_argument(key, "") or None for key in ("runbook", "user", "status", "trigger")}
+        dates = {key: self.get_argument(key, "") or None for key in ("since", "until")}
+        offset = max(_int_argument(self, "offset", 0), 0)
+        error = None
+        try:
+            args = {key: _parse_time(key, value) if value else None for key, value in dates.items()}
+            runs, total = self.store.list_runs(**filters, **args, limit=self.PAGE_SIZE, offset=offset)
+        except (ValueError, web.HTTPError) as e:
+            error = getattr(e, "log_message", None) or str(e)
+            runs, total = [], 0
+
+        def page_url(new_offset: int) -> str:
+            query = {k: v for k, v in {**filters, **dates}.items() if v}
+            if new_offset:
+                query["offset"] = new_offset
+            return self.prefix + ("?" + urlencode(query) if query else "")
+
+        known = sorted(self.settings["opshub_known_runbooks"]())
+        self.render_page(
+            "runs.html",
+            runs=runs,
+            total=total,
+            offset=offset,
+            error=error,
+            filters={**filters, **dates},
+            selects=[
+                ("runbook", "Runbook", known if filters["runbook"] in (None, *known) else [*known, filters["runbook"]]),
+                ("status", "Status", STATUSES),
+                ("trigger", "Trigger", TRIGGERS),
+            ],
+            previous_url=page_url(max(offset - self.PAGE_SIZE, 0)) if offset else None,
+            next_url=page_url(offset + self.PAGE_SIZE) if offset + self.PAGE_SIZE < total else None,
+        )
+
+
+class RunPage(PageHandler):
+    @web.authenticated
+    def get(self, run_id):
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        self.render_page("run.html", run=run, has_output=bool(run.output_notebook))
+
+
+class RunNotebookPage(BaseHandler):
+    """The executed notebook as HTML (nbconvert), with the failing cell highlighted.
+
+    Outputs are whatever the runbook printed, HTML included, so the page is served sandboxed:
+    no scripts, and an origin of its own, so it can never act as the person viewing it.
+    """
+
+    @web.authenticated
+    def get(self, run_id):
+        run = self.store.get_run(run_id)
+        if run is None or not run.output_notebook:
+            raise web.HTTPError(404, f"no recorded output for run {run_id!r}")
+        self.set_header(
+            "Content-Security-Policy", "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+        )
+        self.finish(notebook_html(run.output_notebook, run.failed_cell))
+
+
+def notebook_html(notebook_json: str, failed_cell: int | None) -> str:
+    notebook = nbformat.reads(notebook_json, as_version=4)
+    if failed_cell is not None and 0 <= failed_cell < len(notebook.cells):
+        cell = notebook.cells[failed_cell]
+        cell.metadata.setdefault("tags", []).append(FAILED_CELL_TAG)
+    exporter = HTMLExporter(template_name="lab")
+    html, _ = exporter.from_notebook_node(notebook)
+    highlight = (
+        f"<style>.celltag_{FAILED_CELL_TAG} {{ outline: 3px solid #dc3545; outline-offset: 4px; }}"
+        f" .celltag_{FAILED_CELL_TAG}::before {{ content: 'This cell failed'; color: #dc3545; font-weight: bold; }}</style>"
+    )
+    return html.replace("</head>", highlight + "</head>", 1)
+
+
+def _duration(run: Run) -> str:
+    if not run.ended_at:
+        return "running"
+    seconds = int((run.ended_at - run.started_at).total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
 class MetricsHandler(web.RequestHandler):
     """Prometheus exposition, for whoever holds the metrics bearer token (Prometheus' `authorization`)."""
 
@@ -246,6 +351,9 @@ def make_app(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RunMetrics(store, known_runbooks))
     handlers = [
+        (prefix, HistoryPage),
+        (url_path_join(prefix, r"runs/([^/]+)"), RunPage),
+        (url_path_join(prefix, r"runs/([^/]+)/notebook"), RunNotebookPage),
         (url_path_join(prefix, "metrics"), MetricsHandler),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
         (url_path_join(prefix, "api/runs"), RunsHandler),
@@ -259,10 +367,12 @@ def make_app(
         opshub_prefix=prefix,
         opshub_registry=registry,
         opshub_metrics_token=metrics_token,
+        opshub_known_runbooks=known_runbooks,
+        opshub_templates=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True),
         cookie_secret=settings.pop("cookie_secret"),
         xsrf_cookies=True,
         **settings,
     )
 
 
-__all__ = ["DELETE_SCOPE", "RECORD_SCOPE", "STATUSES", "TRIGGERS", "ServiceOptions", "make_app", "run_json"]
+__all__ = ["DELETE_SCOPE", "RECORD_SCOPE", "STATUSES", "TRIGGERS", "make_app", "run_json"]

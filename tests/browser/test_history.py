@@ -1,0 +1,60 @@
+"""The run history in a browser: from the hub's home page to a run and its failing cell."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.livehub import DEMO_PASSWORD
+
+from .conftest import screenshot
+
+
+def test_viewer_finds_a_failed_run_and_its_failing_cell(page, hub):
+    bob = hub.tokens(users=["bob"])["bob"]
+    notebook = {
+        "cells": [
+            {"cell_type": "markdown", "metadata": {}, "source": "# Health check of web01"},
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": 1,
+                "source": "check_disk('/var')",
+                "outputs": [
+                    {
+                        "output_type": "error",
+                        "ename": "RuntimeError",
+                        "evalue": "/var is 97% full",
+                        "traceback": ["RuntimeError: /var is 97% full"],
+                    }
+                ],
+            },
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    run = hub.service_api(
+        bob, "POST", "runs", json={"runbook": "host-health-check.ipynb", "parameters": {"hosts": ["web01"]}}
+    ).json()
+    body = {
+        "status": "failed",
+        "failed_cell": 1,
+        "error_summary": "RuntimeError: /var is 97% full",
+        "output_notebook": notebook,
+    }
+    assert hub.service_api(bob, "POST", f"runs/{run['id']}/finish", json=body).ok
+
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", "carol")
+    page.fill("#password_input", DEMO_PASSWORD)
+    page.click("#login_submit")
+    page.click("#opshub-history-link")
+    expect(page.locator("#runs")).to_be_visible()
+    page.select_option("#f-status", "failed")
+    page.click("text=Filter")
+    screenshot(page, "history-list")
+    page.locator(f"a[href='/services/opshub/runs/{run['id']}']").click()
+    expect(page.locator("#error-summary")).to_contain_text("/var is 97% full")
+    notebook_frame = page.frame_locator("iframe.notebook")
+    expect(notebook_frame.locator(".celltag_opshub-failed-cell")).to_be_visible()
+    screenshot(page, "history-run")
