@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 PYTEST_ARGS ?=
 
-.PHONY: help run install install-test test test-unit test-integration test-browser lint format docs clean
+.PHONY: help run install install-test bench test test-unit test-integration test-browser lint format docs clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ test-integration: install-test ## tests against a live hub, proxy, git remote an
 
 test-browser: install-test ## Debian's Chromium (installed when missing) driven by Playwright against a live hub
 	$(VENV)/bin/pytest tests/browser $(PYTEST_ARGS)
+
+bench: install-test ## benchmarks against a live hub, reported as ratios to a baseline of the same run
+	$(VENV)/bin/python tests/bench/bench_history.py
 
 lint: install-test ## ruff: lint and check formatting
 	$(VENV)/bin/ruff check hub tests

