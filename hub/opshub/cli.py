@@ -85,6 +85,12 @@ def cmd_config_docs(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .runbooks.headless import run_runbook
+
+    return run_runbook(args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opshub", description="opshub: JupyterHub for infrastructure teams.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +112,28 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func)
     docs = config_sub.add_parser("docs", help="print the settings reference (Markdown) rendered from the schema")
     docs.set_defaults(func=cmd_config_docs)
+
+    run = sub.add_parser(
+        "run",
+        help="execute a runbook headless, recorded in the run history",
+        description="Execute a runbook headless with papermill, showing progress per cell, and record the run"
+        " (parameters and outputs with secrets masked). Exit codes: 0 succeeded, 1 failed, 2 usage error"
+        " (nothing ran), 3 the run history could not record the start (nothing ran) or the end,"
+        " 130/143 interrupted by SIGINT/SIGTERM.",
+    )
+    run.add_argument("runbook", help="runbook path inside the runbooks folder, .ipynb optional (net/check)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a declared parameter; VALUE as papermill's -p (True, None, 3, 1.5, text) or JSON ('[\"a\"]')",
+    )
+    run.add_argument("--output", help="where to save the executed notebook (default ~/.opshub/runs/RUN_ID.ipynb)")
+    run.add_argument("--runbooks-dir", help="runbooks folder (default $HOME/$OPSHUB_RUNBOOKS_TARGET, else ~/runbooks)")
+    run.set_defaults(func=cmd_run)
     return p
 
 
