@@ -50,6 +50,7 @@ test-browser: install-test ## Debian's Chromium (installed when missing) driven 
 
 bench: install-test ## benchmarks against a live hub, reported as ratios to a baseline of the same run
 	$(VENV)/bin/python tests/bench/bench_history.py
+	$(VENV)/bin/python tests/bench/bench_opshub_run.py
 
 lint: install-test ## ruff: lint and check formatting
 	$(VENV)/bin/ruff check hub tests

@@ -175,6 +175,22 @@ class Hub:
         url = f"{self.url}/services/opshub/api/{path}"
         return requests.request(method, url, headers=headers, timeout=30, **kwargs)
 
+    def server_environment(self, user: str) -> dict[str, str]:
+        """The environment of the user's running single-user server (token, service URL, home)."""
+        out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if "jupyterhub.singleuser" not in args:
+                continue
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            env = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+            if env.get("JUPYTERHUB_USER") == user and env.get("HOME") == str(self.home(user)):
+                return env
+        raise AssertionError(f"{user}'s server process was not found")
+
     def server_xsrf(self, session: requests.Session, user: str) -> dict[str, str]:
         return {"X-XSRFToken": session.cookies.get("_xsrf", path=f"/user/{user}/")}
 
