@@ -119,6 +119,13 @@ def prepare(settings: Settings) -> Runtime:
         (state / "homes").mkdir(exist_ok=True)
     provider = settings["auth"]["provider"]
     found: dict = {"metrics_token": metrics_token(settings)[0]}
+    password_env = settings["history"]["database_password_env"]
+    if password_env:
+        if not os.environ.get(password_env):
+            raise SettingsError(
+                settings.source, [f"history.database_password_env: the environment variable {password_env} is not set"]
+            )
+        found["database_password"] = os.environ[password_env]
     if provider == "shared-password":
         found["demo_password"] = demo_password(settings)[0]
     if provider in OAUTH_PROVIDERS:

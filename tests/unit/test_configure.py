@@ -145,6 +145,7 @@ def test_services_run_history_always_and_mirror_when_mirroring(settings, tmp_pat
     assert history["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.service"]
     assert f"sqlite:///{tmp_path / 'state' / 'opshub.sqlite'}" in history["command"]
     assert set(c.JupyterHub.custom_scopes) == {"custom:opshub:runs:record", "custom:opshub:runs:delete"}
+    assert history["environment"]["OPSHUB_METRICS_TOKEN"] == "" and "OPSHUB_DATABASE_PASSWORD" in history["environment"]
     assert mirror["name"] == "runbooks-mirror"
     assert mirror["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.runbooks.mirror"]
     assert str(tmp_path / "shared-notebooks") in mirror["command"]

@@ -50,3 +50,25 @@ def test_banner_says_where_and_how_to_log_in(tmp_path, monkeypatch):
     assert "http://127.0.0.1:8000/" in text
     assert "alice (admin, author), bob (operator), carol (viewer)" in text
     assert "pw-123456" in text and "TRYING OPSHUB OUT ONLY" in text
+
+
+def test_database_password_comes_from_the_named_variable(tmp_path, monkeypatch):
+    import pytest
+    from opshub.service.__main__ import database_url
+    from opshub.settings import SettingsError
+
+    make_work_tree(tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        EMBEDDED_SETTINGS.read_text()
+        + "history:\n  database_url: postgresql+psycopg://ops@db/opshub\n  database_password_env: OPS_DB_PW\n"
+    )
+    settings = load_settings(path, cwd=tmp_path)
+    monkeypatch.delenv("OPS_DB_PW", raising=False)
+    with pytest.raises(SettingsError, match="history.database_password_env: the environment variable OPS_DB_PW"):
+        prepare(settings)
+    monkeypatch.setenv("OPS_DB_PW", "p@ss:word")
+    assert prepare(settings).database_password == "p@ss:word"
+    # the service puts it into the URL itself, quoted
+    monkeypatch.setenv("OPSHUB_DATABASE_PASSWORD", "p@ss:word")
+    assert database_url("postgresql+psycopg://ops@db/opshub") == "postgresql+psycopg://ops:p%40ss%3Aword@db/opshub"

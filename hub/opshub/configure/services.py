@@ -7,6 +7,7 @@ from ..settings import Settings, repository_url
 
 SERVICE_NAME = "opshub"
 METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
+DATABASE_PASSWORD_ENV = "OPSHUB_DATABASE_PASSWORD"  # ... and the database password
 RECORD_SCOPE = "custom:opshub:runs:record"
 DELETE_SCOPE = "custom:opshub:runs:delete"
 # Custom RBAC scopes (JupyterHub >= 3): the hub hands them out through roles, the service checks them.
@@ -48,7 +49,11 @@ def apply_services(c, settings: Settings, runtime) -> None:
                 "--cache-dir", str(settings.state_dir / "service-runbooks.git"),
                 "--metrics-token-env", METRICS_TOKEN_ENV,
             ],
-            "environment": {METRICS_TOKEN_ENV: runtime.metrics_token or ""},
+            # secrets reach the service in its environment, never on its command line
+            "environment": {
+                METRICS_TOKEN_ENV: runtime.metrics_token or "",
+                DATABASE_PASSWORD_ENV: runtime.database_password or "",
+            },
             # pages use the hub's OAuth; these are the scopes their cookies may carry
             "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE],
             # part of the deployment, not a third party: no "authorize access?" page

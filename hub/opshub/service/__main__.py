@@ -39,7 +39,8 @@ def parse_args(argv=None):
 
 
 def database_url(url: str) -> str:
-    """The URL with the password from $OPSHUB_DATABASE_PASSWORD, when set, so it stays out of argv."""
+    """The URL with the password from $OPSHUB_DATABASE_PASSWORD (set by the hub from
+    `history.database_password_env`), so that it stays out of the command line and the settings."""
     password = os.environ.get("OPSHUB_DATABASE_PASSWORD")
     if not password:
         return url
