@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from tests.helpers import VENV_BIN
+from tests.helpers import VENV_BIN, git
 
 SECRET = "s3cr3t-deploy-token-4d2f"
 
@@ -43,13 +43,15 @@ def find_run(hub, runbook: str, status: str) -> dict:
 
 
 def test_headless_run_succeeds_and_is_recorded(hub, bob_env):
-    result = opshub_run(bob_env, "host-health-check", "-p", "services", "[]", "-p", "disk_fail_percent", "100")
+    # a runbook bob has not edited (other tests edit host-health-check in his copy)
+    result = opshub_run(bob_env, "patch-server-stack", "-p", "stack", "lab", "-p", "dry_run", "True")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "▶" in result.stdout  # progress per cell
-    run = find_run(hub, "host-health-check.ipynb", "succeeded")
+    assert "▶" in result.stdout and "[dry run] ssh" in result.stdout  # progress per cell, then the cell's output
+    run = find_run(hub, "patch-server-stack.ipynb", "succeeded")
     assert run["user"] == "bob" and run["trigger"] == "headless"
-    assert run["parameters"] == {"services": [], "disk_fail_percent": 100}
-    assert run["runbook_commit"] and run["drift"] is False
+    assert run["parameters"] == {"stack": "lab", "dry_run": True}
+    clone = hub.home("bob") / "runbooks"
+    assert run["runbook_commit"] == git("rev-parse", "origin/main", cwd=clone) and run["drift"] is False
     assert run["output_notebook"]["cells"]
 
 
