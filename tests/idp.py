@@ -4,14 +4,13 @@ people it knows, and a hub configured from the issue's OIDC settings contract.""
 from __future__ import annotations
 
 import re
-import subprocess
 from html import unescape
 from urllib.parse import urljoin, urlparse
 
 import requests
 
 from tests.helpers import ARTIFACTS, VENV_BIN
-from tests.livehub import Hub, free_port_block, wait_for
+from tests.livehub import Hub, free_port_block, start_server
 
 CLIENT_SECRET = "oidc-client-secret-7f3a9c"
 CONTACT = "the platform team (#ops-platform)"
@@ -30,20 +29,11 @@ class OidcProvider:
     def __init__(self):
         self.port = free_port_block(1)
         self.url = f"http://127.0.0.1:{self.port}"
-        log = open(ARTIFACTS / f"oidc-provider-{self.port}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
             [str(VENV_BIN / "oidc-provider-mock"), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            f"oidc-provider-{self.port}.log",
+            f"{self.url}/.well-known/openid-configuration",
         )
-        log.close()
-        wait_for(self._is_up, timeout=30, what="the OIDC provider")
-
-    def _is_up(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/.well-known/openid-configuration", timeout=2).ok
-        except requests.ConnectionError:
-            return False
 
     def set_user(self, sub: str, groups: list[str]) -> None:
         claims = {"preferred_username": sub, "email": f"{sub}@example.com", "groups": groups}

@@ -59,6 +59,25 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def start_server(argv: list[str], log_name: str, ready_url: str, timeout: float = 60) -> subprocess.Popen:
+    """Start a server on loopback, its output in test-artifacts/<log_name>, and wait until
+    `ready_url` answers 2xx."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / log_name, "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv[0]} exited with {proc.returncode}; see {ARTIFACTS / log_name}")
+        try:
+            return requests.get(ready_url, timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    wait_for(ready, timeout=timeout, what=f"{argv[0]} at {ready_url}")
+    return proc
+
+
 class Hub:
     """One opshub, started and stopped like a person would: `opshub hub`, then Ctrl-C (SIGINT)."""
 

@@ -14,8 +14,8 @@ import pytest
 import requests
 import yaml
 
-from tests.helpers import ARTIFACTS, ROOT, ensure_debian_package
-from tests.livehub import Hub, free_port_block, wait_for
+from tests.helpers import ROOT, ensure_debian_package
+from tests.livehub import Hub, free_port_block, start_server, wait_for
 
 MONITORING = ROOT / "hub" / "docs" / "monitoring"
 METRIC_NAMES = {
@@ -57,25 +57,16 @@ class Prometheus:
             ],
         }
         (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-        log = open(ARTIFACTS / f"prometheus-{self.port}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.proc = start_server(
             [
                 "prometheus",
                 f"--config.file={root / 'prometheus.yml'}",
                 f"--storage.tsdb.path={root / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            f"prometheus-{self.port}.log",
+            f"{self.url}/-/ready",
         )
-        log.close()
-        wait_for(self._ready, timeout=60, what="Prometheus")
-
-    def _ready(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/-/ready", timeout=2).ok
-        except requests.ConnectionError:
-            return False
 
     def query(self, promql: str) -> dict[tuple, float]:
         response = requests.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10).json()

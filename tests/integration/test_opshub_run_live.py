@@ -5,7 +5,7 @@ token, the service URL, his home), as in a terminal of his JupyterLab."""
 
 from __future__ import annotations
 
-import os
+import contextlib
 import subprocess
 
 import nbformat
@@ -33,6 +33,25 @@ def opshub_run(env, *args, extra_env=None):
         text=True,
         timeout=300,
     )
+
+
+@contextlib.contextmanager
+def own_runbook(hub, name: str, parameters: str, code: str):
+    """A runbook bob writes next to the team's (not in the repository), removed afterwards."""
+    notebook = new_notebook(
+        cells=[
+            new_markdown_cell(f"# {name}"),
+            new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+            new_code_cell(code),
+        ],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    path = hub.home("bob") / "runbooks" / f"{name}.ipynb"
+    nbformat.write(notebook, path)
+    try:
+        yield path
+    finally:
+        path.unlink()
 
 
 def find_run(hub, runbook: str, status: str) -> dict:
@@ -77,21 +96,10 @@ def test_unknown_runbook_and_undeclared_parameter_are_refused_before_anything_ru
 
 
 def test_secrets_appear_nowhere_and_local_edits_are_drift(hub, bob_env):
-    # bob adds a runbook of his own next to the team's: not in the repository, so it is drift
-    notebook = new_notebook(
-        cells=[
-            new_markdown_cell("# Deploy check"),
-            new_code_cell("token_hint = 'none'", metadata={"tags": ["parameters"]}),
-            new_code_cell("import os\nprint('using', os.environ['DEPLOY_TOKEN'])\nprint(token_hint)"),
-        ],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    path = hub.home("bob") / "runbooks" / "deploy-check.ipynb"
-    nbformat.write(notebook, path)
-    try:
+    # bob's own runbook is not in the repository, so it is drift
+    code = "import os\nprint('using', os.environ['DEPLOY_TOKEN'])\nprint(token_hint)"
+    with own_runbook(hub, "deploy-check", "token_hint = 'none'", code):
         result = opshub_run(bob_env, "deploy-check", "-p", "token_hint", SECRET, extra_env={"DEPLOY_TOKEN": SECRET})
-    finally:
-        os.remove(path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert SECRET not in result.stdout + result.stderr
     run = find_run(hub, "deploy-check.ipynb", "succeeded")
@@ -110,17 +118,9 @@ def test_ctrl_c_ends_the_record_as_interrupted(hub, bob_env):
     import signal
     import time
 
-    notebook = new_notebook(
-        cells=[
-            new_markdown_cell("# Slow rollout"),
-            new_code_cell("hosts = 3", metadata={"tags": ["parameters"]}),
-            new_code_cell("import time\nprint('rolling out', flush=True)\ntime.sleep(120)"),
-        ],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-    )
-    path = hub.home("bob") / "runbooks" / "slow-rollout.ipynb"
-    nbformat.write(notebook, path)
-    try:
+    with own_runbook(
+        hub, "slow-rollout", "hosts = 3", "import time\nprint('rolling out', flush=True)\ntime.sleep(120)"
+    ):
         process = subprocess.Popen(
             [str(VENV_BIN / "opshub"), "run", "slow-rollout"],
             env=bob_env,
@@ -137,7 +137,5 @@ def test_ctrl_c_ends_the_record_as_interrupted(hub, bob_env):
         process.send_signal(signal.SIGINT)  # Ctrl-C
         process.communicate(timeout=60)
         assert process.returncode == 130
-    finally:
-        os.remove(path)
     run = find_run(hub, "slow-rollout.ipynb", "interrupted")
     assert run["ended_at"] and run["user"] == "bob"

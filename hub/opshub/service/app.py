@@ -71,6 +71,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def prefix(self) -> str:
         return self.settings["opshub_prefix"]
 
+    def run_or_404(self, run_id: str) -> Run:
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        return run
+
     def user_name(self) -> str:
         """The person behind the token. Services' tokens cannot record or delete runs."""
         model = self.current_user
@@ -166,10 +172,7 @@ class RunsHandler(ApiHandler):
 class RunHandler(ApiHandler):
     @web.authenticated
     def get(self, run_id):
-        run = self.store.get_run(run_id)
-        if run is None:
-            raise web.HTTPError(404, f"no run with id {run_id!r}")
-        self.write(run_json(run, self.prefix, with_output=True))
+        self.write(run_json(self.run_or_404(run_id), self.prefix, with_output=True))
 
     @web.authenticated
     def delete(self, run_id):
@@ -266,9 +269,7 @@ class HistoryPage(PageHandler):
 class RunPage(PageHandler):
     @web.authenticated
     def get(self, run_id):
-        run = self.store.get_run(run_id)
-        if run is None:
-            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        run = self.run_or_404(run_id)
         self.render_page("run.html", run=run, has_output=bool(run.output_notebook))
 
 
@@ -281,8 +282,8 @@ class RunNotebookPage(BaseHandler):
 
     @web.authenticated
     def get(self, run_id):
-        run = self.store.get_run(run_id)
-        if run is None or not run.output_notebook:
+        run = self.run_or_404(run_id)
+        if not run.output_notebook:
             raise web.HTTPError(404, f"no recorded output for run {run_id!r}")
         self.set_header(
             "Content-Security-Policy", "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
