@@ -6,6 +6,7 @@ PORT ?= 8000
 VENV := .venv
 PY := $(VENV)/bin/python
 NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
+LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
 .PHONY: help run install install-test bench test test-unit test-integration test-browser lint format docs clean
@@ -29,9 +30,17 @@ $(NODE_PROXY): hub/package.json
 	cd hub && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed-run $(NODE_PROXY) ## create the project-local virtualenv and node_modules
+# The JupyterLab extension (hub/labextension/), built with JupyterLab's own builder against the
+# JupyterLab in the virtualenv, into the package (opshub.singleuser puts it on JupyterLab's path).
+$(LABEXT): hub/labextension/package.json hub/labextension/src/index.js hub/labextension/style/index.css | $(VENV)/.installed-run
+	cd hub/labextension && npm install --no-audit --no-fund --loglevel=error
+	cd hub/labextension && node node_modules/@jupyterlab/builder/lib/build-labextension.js \
+		--core-path "$$(../../$(PY) -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
+	touch $@
 
-install-test: $(VENV)/.installed-test $(NODE_PROXY)
+install: $(VENV)/.installed-run $(NODE_PROXY) $(LABEXT) ## create the project-local virtualenv and node_modules
+
+install-test: $(VENV)/.installed-test $(NODE_PROXY) $(LABEXT)
 
 run: install ## start the embedded default on 127.0.0.1:$(PORT) (make run PORT=8123); Ctrl-C stops it
 	exec $(VENV)/bin/opshub hub --port $(PORT)

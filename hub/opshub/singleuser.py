@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import lab
 from .runbooks.pull import pull_runbooks
 
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> None:
         home = Path(os.environ.get("HOME") or os.getcwd())
         target = home / os.environ.get("OPSHUB_RUNBOOKS_TARGET", "runbooks")
         pull_runbooks(repo, os.environ.get("OPSHUB_RUNBOOKS_BRANCH", "main"), target, home)
+    # Our Jupyter config and data folders come first: they enable the opshub server extension (which
+    # records interactive runs) and the JupyterLab extension, and turn off JupyterLab's news prompt.
+    for variable, folder in (("JUPYTER_CONFIG_PATH", lab.CONFIG_DIR), ("JUPYTER_PATH", lab.DATA_DIR)):
+        os.environ[variable] = os.pathsep.join(filter(None, [str(folder), os.environ.get(variable)]))
     if os.geteuid() == 0 and "--allow-root" not in args:
         # The embedded default started by root (as on CI machines) runs servers as root too.
         args.append("--allow-root")

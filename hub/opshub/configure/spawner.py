@@ -27,6 +27,9 @@ def user_environment(settings: Settings) -> dict[str, str]:
         # read by `opshub run` to record runs
         "OPSHUB_SERVICE_URL": service_api_url(settings),
         "OPSHUB_SECRET_NAMES": ",".join(settings["history"]["secret_names"]),
+        # read by the opshub server extension that records interactive runs (opshub.lab)
+        "OPSHUB_INTERACTIVE_IDLE_MINUTES": str(settings["history"]["interactive_idle_minutes"]),
+        "OPSHUB_RECORD_OUTSIDE_RUNBOOKS": "true" if settings["history"]["record_outside_runbooks"] else "false",
     }
 
 

@@ -4,9 +4,10 @@ The identity is the user's JupyterHub token (JUPYTERHUB_API_TOKEN in every singl
 the service takes who records from the token, never from the request body.
 
 API (JSON, under the service's URL, `Authorization: token <token>`):
-    POST   api/runs                     {runbook, trigger, parameters, runbook_commit, drift} -> 201 run
-    POST   api/runs/<id>/heartbeat                                                          -> 200 run
-    POST   api/runs/<id>/finish         {status, failed_cell, error_summary, output_notebook} -> 200 run
+    POST   api/runs                     {runbook, trigger, parameters, runbook_commit, drift, id?} -> 201 run
+                                        (an `id` already recorded for the same run answers 200: a retry)
+    POST   api/runs/<id>/heartbeat      {output_notebook?, drift?} (progress so far)          -> 200 run
+    POST   api/runs/<id>/finish         {status, failed_cell, error_summary, output_notebook, drift?} -> 200 run
     GET    api/runs?runbook=&user=&status=&trigger=&since=&until=&limit=&offset=      -> 200 {runs, total}
     GET    api/runs/<id>                                                               -> 200 run
     DELETE api/runs/<id>                (admins)                                       -> 204

@@ -29,7 +29,7 @@ from tornado import web
 from .metrics import RunMetrics
 from .models import STATUSES, TRIGGERS, Run
 from .stats import RunStats
-from .store import NotRunOwner, RunAlreadyFinished, RunNotFound, RunStore
+from .store import NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
 
 log = logging.getLogger("opshub.service")
 
@@ -127,7 +127,7 @@ class ApiHandler(BaseHandler):
             raise web.HTTPError(404, str(e)) from None
         except NotRunOwner as e:
             raise web.HTTPError(403, str(e)) from None
-        except RunAlreadyFinished as e:
+        except (RunAlreadyFinished, RunConflict) as e:
             raise web.HTTPError(409, str(e)) from None
         except ValueError as e:
             raise web.HTTPError(400, str(e)) from None
@@ -149,7 +149,7 @@ class RunsHandler(ApiHandler):
     def post(self):
         user = self.require(RECORD_SCOPE)
         body = self.body()
-        unknown = set(body) - {"runbook", "trigger", "parameters", "runbook_commit", "drift"}
+        unknown = set(body) - {"id", "runbook", "trigger", "parameters", "runbook_commit", "drift"}
         if unknown:
             raise web.HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))} (the user comes from the token)")
         if not isinstance(body.get("parameters", {}), dict):
@@ -162,7 +162,12 @@ class RunsHandler(ApiHandler):
             parameters=body.get("parameters") or {},
             runbook_commit=body.get("runbook_commit"),
             drift=bool(body.get("drift", False)),
+            run_id=body.get("id"),
         )
+        if run.id in self.settings["opshub_stats"].running or run.finished:
+            # the same start sent again by a client that spools runs (its first answer was lost)
+            self.write(run_json(run, self.prefix))
+            return
         self.settings["opshub_stats"].started(run)
         log.info("run %s of %s started by %s (%s)", run.id, run.runbook, user, run.trigger)
         self.set_status(201)
@@ -188,7 +193,8 @@ class HeartbeatHandler(ApiHandler):
     @web.authenticated
     def post(self, run_id):
         user = self.require(RECORD_SCOPE)
-        self.store_call(self.store.heartbeat, run_id, user)
+        body = self.body()
+        self.store_call(self.store.heartbeat, run_id, user, body.get("output_notebook"), body.get("drift") is True)
         self.write(run_json(self.store.get_run(run_id), self.prefix))
 
 
@@ -205,6 +211,7 @@ class FinishHandler(ApiHandler):
             failed_cell=body.get("failed_cell"),
             error_summary=body.get("error_summary"),
             output_notebook=body.get("output_notebook"),
+            drift=body.get("drift") is True,
         )
         self.settings["opshub_stats"].ended(run)
         log.info("run %s of %s ended %s", run.id, run.runbook, run.status)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from alembic.config import Config
 from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
-from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run
+from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run, new_run_id
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_OUTPUT_CAP = 5_000_000  # bytes of notebook JSON kept per run
@@ -45,6 +46,10 @@ class RunNotFound(RunStoreError, LookupError):
 
 class NotRunOwner(RunStoreError, PermissionError):
     """Only the user who started a run may change it."""
+
+
+class RunConflict(RunStoreError):
+    """A client-chosen run id that belongs to a different run."""
 
 
 class RunAlreadyFinished(RunStoreError):
@@ -125,8 +130,13 @@ class RunStore:
         parameters: Mapping[str, Any] | None = None,
         runbook_commit: str | None = None,
         drift: bool = False,
+        run_id: str | None = None,
     ) -> Run:
-        """Record a run about to start: status running, heartbeat now. Returns the new run."""
+        """Record a run about to start: status running, heartbeat now. Returns the new run.
+
+        `run_id` lets a client that spools runs on disk choose the id, so that a start sent again (its
+        first answer was lost) finds the run it already created instead of recording a second one.
+        """
         _check_text("runbook", runbook, 512)
         _check_text("user", user, 255)
         if trigger not in TRIGGERS:
@@ -134,8 +144,16 @@ class RunStore:
         if runbook_commit is not None:
             _check_text("runbook_commit", runbook_commit, 64)
         parameters = _json_roundtrip("parameters", dict(parameters or {}))
+        if run_id is not None:
+            run_id = _check_run_id(run_id)
+            existing = self.get_run(run_id)
+            if existing is not None:
+                if (existing.user, existing.runbook, existing.trigger) != (user, runbook, trigger):
+                    raise RunConflict(f"run {run_id} already exists and is another run")
+                return existing
         now = self._current_time()
         run = Run(
+            id=run_id or new_run_id(),
             runbook=runbook,
             user=user,
             trigger=trigger,
@@ -151,11 +169,27 @@ class RunStore:
             session.add(run)
         return run
 
-    def heartbeat(self, run_id: str, user: str) -> datetime.datetime:
-        """Note that the run `user` started is still alive. Returns the heartbeat time."""
+    def heartbeat(
+        self,
+        run_id: str,
+        user: str,
+        output_notebook: Mapping[str, Any] | str | None = None,
+        drift: bool | None = None,
+    ) -> datetime.datetime:
+        """Note that the run `user` started is still alive. Returns the heartbeat time.
+
+        An interactive run also sends its progress: the cells run so far (`output_notebook`) and whether
+        they drifted from the repository, so the history shows them while the session goes on.
+        """
         now = self._current_time()
+        values: dict[str, Any] = {"last_heartbeat_at": now}
+        if output_notebook is not None:
+            stored = cap_notebook(output_notebook, self.output_cap)
+            values.update(output_notebook=stored.text, output_truncated=stored.truncated)
+        if drift:
+            values["drift"] = True
         with self._sessions.begin() as session:
-            result = session.execute(update(Run).where(*_owned_and_running(run_id, user)).values(last_heartbeat_at=now))
+            result = session.execute(update(Run).where(*_owned_and_running(run_id, user)).values(**values))
             if result.rowcount != 1:
                 _explain_refusal(session, run_id, user)
         return now
@@ -168,11 +202,13 @@ class RunStore:
         failed_cell: int | None = None,
         error_summary: str | None = None,
         output_notebook: Mapping[str, Any] | str | None = None,
+        drift: bool | None = None,
     ) -> Run:
         """Bring a running run to an end state (succeeded, failed or interrupted). Returns the run.
 
         Only the user who started the run may finish it, and only once. `output_notebook` is the
         executed notebook (a dict or its JSON text); above the size cap a truncated copy is stored.
+        `drift` True marks drift found during the run (an interactive run's edited cells).
         """
         if status not in END_STATES:
             raise ValueError(f"status must be one of {', '.join(END_STATES)}, not {status!r}")
@@ -192,6 +228,7 @@ class RunStore:
                     error_summary=error_summary,
                     output_notebook=stored.text if stored else None,
                     output_truncated=stored.truncated if stored else False,
+                    **({"drift": True} if drift else {}),
                 )
             )
             if result.rowcount != 1:
@@ -374,6 +411,13 @@ def _explain_refusal(session: Session, run_id: str, user: str) -> None:
     if run.user != user:
         raise NotRunOwner(f"run {run_id} was started by another user; only they may change it")
     raise RunAlreadyFinished(f"run {run_id} has already ended ({run.status}) and cannot be changed")
+
+
+def _check_run_id(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise ValueError(f"id must be a UUID, not {value!r}") from None
 
 
 def _check_text(name: str, value: str, max_length: int) -> None:

@@ -1,0 +1,73 @@
+"""opshub inside each user's JupyterLab: a Jupyter server extension and a JupyterLab extension.
+
+The server extension records interactive runs of runbooks (`recorder.py`) and answers the JupyterLab
+extension (`handlers.py`). The JupyterLab extension (source in hub/labextension/, built into
+`jupyter_data/labextensions/`) adds "Run as recorded run", "Publish as dashboard", the drift warning
+and the run history to the launcher.
+
+`opshub.singleuser` puts `jupyter_config/` and `jupyter_data/` on the server's Jupyter paths, which
+enables both extensions (and turns off JupyterLab's news prompt) in every deployment mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+HERE = Path(__file__).resolve().parent
+CONFIG_DIR = HERE / "jupyter_config"  # on JUPYTER_CONFIG_PATH: enables the server extension, page config
+DATA_DIR = HERE / "jupyter_data"  # on JUPYTER_PATH: the built JupyterLab extension
+SPOOL_DIR = Path("~/.local/share/opshub/interactive-runs")
+
+log = logging.getLogger("opshub.lab")
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "opshub.lab"}]
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    from ..runbooks.client import SERVICE_URL_ENV, ServiceClient
+    from .handlers import default_runbooks_dir, handlers, service_prefix
+    from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool
+
+    runbooks_dir = default_runbooks_dir()
+    serverapp.web_app.settings.update(
+        opshub_runbooks_dir=runbooks_dir,
+        opshub_jobs={},
+        opshub_service_prefix=service_prefix(),
+    )
+    serverapp.web_app.add_handlers(".*$", handlers(serverapp.base_url))
+
+    if not os.environ.get(SERVICE_URL_ENV):
+        serverapp.log.info("opshub: no %s, interactive runs are not recorded", SERVICE_URL_ENV)
+        return
+    spool = Spool(SPOOL_DIR.expanduser())
+    for record in spool.records():
+        if record.get("end") is None:  # left open by a server that stopped before its kernels ended
+            record["end"] = {
+                "status": "interrupted",
+                "failed_cell": None,
+                "error_summary": "Interactive session ended: the Jupyter server stopped.",
+            }
+            record["version"] += 1
+            spool.write(record)
+    deliverer = Deliverer(spool, ServiceClient)
+    recorder = Recorder(
+        serverapp,
+        runbooks_dir,
+        spool,
+        record_outside=os.environ.get(RECORD_OUTSIDE_ENV, "").lower() in ("1", "true", "yes"),
+        idle_minutes=float(os.environ.get(IDLE_MINUTES_ENV) or 60),
+        secret_names=[n for n in os.environ.get("OPSHUB_SECRET_NAMES", "").split(",") if n],
+        on_change=deliverer.wake.set,
+    )
+    serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=recorder.on_kernel_action)
+    PeriodicCallback(recorder.check, 5000).start()
+    IOLoop.current().add_callback(lambda: asyncio.ensure_future(deliverer.run_forever()))
+    serverapp.web_app.settings["opshub_recorder"] = recorder
+    serverapp.log.info("opshub: recording interactive runs of the runbooks in %s", runbooks_dir)

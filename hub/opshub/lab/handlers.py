@@ -1,0 +1,247 @@
+"""The JupyterLab side's API in the user's server, under /user/<name>/opshub/api/.
+
+    GET  runbook?path=P         what JupyterLab needs to know about the open notebook P: is it a runbook,
+                                its parameters (for the run form), its commit and drift
+    POST runs {path, parameters}  run P headless as a recorded run (`opshub run`); answers a job id
+    GET  runs/<job>             that job's progress lines, state, exit code and run id
+    POST publish {path, name, mode, groups}  publish P as a dashboard, through the opshub service
+    GET  links                  where the run history and the dashboards are
+
+Paths are relative to the server's root folder, as JupyterLab names files. The server's own token
+talks to the opshub service, so the service sees the server's owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.httputil import url_concat
+
+from ..runbooks.client import ServiceClient, ServiceError
+from ..runbooks.headless import declared_parameters, default_runbooks_dir, git_state
+
+RUN_LINE = re.compile(r"^run ([0-9a-f-]{36})\b")
+MAX_JOB_LINES = 2000
+
+
+class Job:
+    """One `opshub run` started from JupyterLab, with its output kept for the progress dialog."""
+
+    def __init__(self, runbook: str, argv: list[str]):
+        self.id = str(uuid.uuid4())
+        self.runbook = runbook
+        self.argv = argv
+        self.lines: list[str] = []
+        self.exit_code: int | None = None
+        self.run_id: str | None = None
+
+    async def run(self) -> None:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+        except OSError as e:
+            self.lines.append(f"cannot start opshub run: {e}")
+            self.exit_code = 2
+            return
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            match = RUN_LINE.match(line)
+            if match:
+                self.run_id = match.group(1)
+            self.lines.append(line)
+            del self.lines[:-MAX_JOB_LINES]
+        self.exit_code = await process.wait()
+
+    def json(self) -> dict:
+        return {
+            "id": self.id,
+            "runbook": self.runbook,
+            "state": "running" if self.exit_code is None else "done",
+            "exit_code": self.exit_code,
+            "run_id": self.run_id,
+            "lines": self.lines,
+        }
+
+
+class OpshubHandler(APIHandler):
+    @property
+    def runbooks_dir(self) -> Path:
+        return self.settings["opshub_runbooks_dir"]
+
+    def notebook_path(self, relative: str | None) -> Path:
+        """The notebook at `relative` inside the server's root folder; 400 for anything else."""
+        if not relative:
+            raise web.HTTPError(400, "path is required: the notebook's path as JupyterLab names it")
+        root = Path(self.settings["server_root_dir"]).resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root) or path.suffix != ".ipynb":
+            raise web.HTTPError(400, f"{relative!r} is not a notebook inside this server's folder")
+        if not path.is_file():
+            raise web.HTTPError(404, f"no notebook {relative!r}")
+        return path
+
+    def runbook_name(self, path: Path) -> str | None:
+        """The runbook's path inside the runbooks folder (as the history names it), or None."""
+        try:
+            return path.relative_to(self.runbooks_dir.resolve()).as_posix()
+        except ValueError:
+            return None
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": message}))
+
+
+class RunbookHandler(OpshubHandler):
+    @web.authenticated
+    async def get(self):
+        path = self.notebook_path(self.get_argument("path", None))
+        name = self.runbook_name(path)
+        info = {"path": self.get_argument("path"), "runbook": name, "is_runbook": name is not None}
+        if name is not None:
+            commit, drift = await asyncio.to_thread(git_state, path.parent, path.name)
+            behind = await asyncio.to_thread(upstream_moved, path.parent)
+            try:
+                declared = await asyncio.to_thread(declared_parameters, path)
+                parameters = [{"name": p.name, "default": p.default, "help": p.help} for p in declared.values()]
+                problem = None
+            except Exception as e:  # a malformed notebook: say so in the form rather than fail
+                parameters, problem = [], f"cannot read the parameters: {e}"
+            metadata = json.loads(path.read_text()).get("metadata", {}).get("opshub", {})
+            info.update(
+                commit=commit,
+                drift=drift,
+                upstream_moved=behind,
+                parameters=parameters,
+                parameters_problem=problem,
+                title=metadata.get("title") or name,
+                changes_systems=bool(metadata.get("changes_systems")),
+            )
+        self.finish(info)
+
+
+class RunsHandler(OpshubHandler):
+    @web.authenticated
+    async def post(self):
+        body = self.body()
+        path = self.notebook_path(body.get("path"))
+        name = self.runbook_name(path)
+        if name is None:
+            raise web.HTTPError(400, f"{body.get('path')} is not in the runbooks folder; only runbooks run recorded")
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
+            raise web.HTTPError(400, "parameters must map names to values written as text (as for `opshub run -p`)")
+        argv = [sys.executable, "-m", "opshub.cli", "run", name, "--runbooks-dir", str(self.runbooks_dir)]
+        for key, value in parameters.items():
+            argv += ["-p", key, value]
+        job = Job(name, argv)
+        self.settings["opshub_jobs"][job.id] = job
+        asyncio.ensure_future(job.run())
+        self.set_status(202)
+        self.finish(job.json())
+
+
+class RunJobHandler(OpshubHandler):
+    @web.authenticated
+    def get(self, job_id):
+        job = self.settings["opshub_jobs"].get(job_id)
+        if job is None:
+            raise web.HTTPError(404, f"no run job {job_id!r} in this server (jobs are forgotten when it restarts)")
+        self.finish(job.json())
+
+
+class PublishHandler(OpshubHandler):
+    @web.authenticated
+    async def post(self):
+        body = self.body()
+        path = self.notebook_path(body.get("path"))
+        notebook = json.loads(path.read_text())
+        request = {key: body[key] for key in ("name", "mode", "groups", "title", "description") if key in body}
+        request["notebook"] = notebook
+        runbook = self.runbook_name(path)
+        if runbook is not None:
+            request["runbook"] = runbook
+        try:
+            answer = await asyncio.to_thread(lambda: ServiceClient().request("POST", "api/dashboards", request))
+        except ServiceError as e:
+            raise web.HTTPError(e.status if 400 <= e.status < 500 else 502, e.message) from None
+        self.set_status(201)
+        self.finish(answer)
+
+
+class LinksHandler(OpshubHandler):
+    @web.authenticated
+    def get(self):
+        service = self.settings["opshub_service_prefix"]
+        # nbgitpuller's own link: pulls the team's branch, keeping local edits (its merge rules)
+        pull = url_concat(
+            self.base_url + "git-pull",
+            {
+                "repo": os.environ.get("OPSHUB_RUNBOOKS_REPO", ""),
+                "branch": os.environ.get("OPSHUB_RUNBOOKS_BRANCH", "main"),
+                "targetpath": os.environ.get("OPSHUB_RUNBOOKS_TARGET", "runbooks"),
+                "urlpath": "lab",
+            },
+        )
+        self.finish(
+            {"history": service, "dashboards": service + "dashboards/", "runs": service + "runs/", "pull": pull}
+        )
+
+
+def upstream_moved(folder: Path) -> bool:
+    """Whether the team's branch has moved on since the runbooks were last pulled (False when unknown)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=15)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        upstream = git("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{upstream}")  # origin/main
+        if "/" not in upstream:
+            return False
+        remote, branch = upstream.split("/", 1)
+        known = git("rev-parse", upstream)
+        listed = git("ls-remote", remote, f"refs/heads/{branch}").split()
+        return bool(known and listed) and listed[0] != known
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def handlers(base_url: str) -> list:
+    prefix = base_url.rstrip("/") + "/opshub/api/"
+    return [
+        (prefix + "runbook", RunbookHandler),
+        (prefix + "runs", RunsHandler),
+        (prefix + r"runs/([0-9a-f-]{36})", RunJobHandler),
+        (prefix + "publish", PublishHandler),
+        (prefix + "links", LinksHandler),
+    ]
+
+
+def service_prefix() -> str:
+    """The service's pages as the browser reaches them (through the proxy)."""
+    return os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/services/opshub/"
+
+
+__all__ = ["handlers", "default_runbooks_dir", "service_prefix"]

@@ -1,0 +1,445 @@
+"""Record interactive runs: the cells a person runs in a runbook's kernel become a run in the history.
+
+This runs inside the user's Jupyter server (a server extension), not inside the kernel. It listens to
+each kernel's IOPub channel, where every kernel broadcasts the code it executes (`execute_input`), the
+outputs and its busy/idle status. So it never slows a cell (it is not on the kernel's execution path), it
+works for every kernel language (bash runbooks too), and the user's namespace is left alone.
+
+A run starts with the first cell executed in a notebook inside the runbooks folder, and ends when the
+kernel shuts down or restarts, or after `idle_minutes` without an execution. Its state is written to a
+spool folder on local disk after every cell; a `Deliverer` sends it to the opshub service in order, and
+retries while the service is unreachable. The run id is chosen here, so a retried start is recognised by
+the service instead of recorded twice, and a finish already recorded answers 409, which counts as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..runbooks.client import ServiceClient, ServiceError
+from ..runbooks.headless import git_state
+from ..runbooks.masking import mask_obj, secret_values
+
+log = logging.getLogger("opshub.recorder")
+
+KERNEL_ACTIONS = "https://events.jupyter.org/jupyter_server/kernel_actions/v1"
+OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error", "update_display_data"}
+FAILED_CELL_TAG = "opshub-failed-cell"  # the service's run page highlights the cell with this tag
+RECORD_OUTSIDE_ENV = "OPSHUB_RECORD_OUTSIDE_RUNBOOKS"
+IDLE_MINUTES_ENV = "OPSHUB_INTERACTIVE_IDLE_MINUTES"
+
+
+def utcnow() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+@dataclass
+class InteractiveRun:
+    """One kernel session on one runbook, from its first executed cell to its end."""
+
+    id: str
+    runbook: str  # path inside the runbooks folder, as headless runs record it
+    commit: str | None
+    drift: bool
+    repository_sources: set[str]  # the sources of the runbook's cells at `commit`, to spot edited cells
+    metadata: dict[str, Any]
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    # execute_request msg_id -> (its cell, when it started): the cells still running
+    by_request: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
+    last_activity: float = field(default_factory=time.monotonic)
+    version: int = 0  # bumped on every change, so the deliverer knows what the service has not seen
+    end: dict[str, Any] | None = None
+
+    def failed_cell(self) -> int | None:
+        for index, cell in enumerate(self.cells):
+            if any(output.get("output_type") == "error" for output in cell["outputs"]):
+                return index
+        return None
+
+    def notebook(self) -> dict[str, Any]:
+        """The run as a notebook: the executed cells in the order they ran, with their outputs."""
+        return {"nbformat": 4, "nbformat_minor": 5, "metadata": self.metadata, "cells": self.cells}
+
+    def spool_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "start": {
+                "id": self.id,
+                "runbook": self.runbook,
+                "trigger": "interactive",
+                "runbook_commit": self.commit,
+                "drift": self.drift,
+                "parameters": {},
+            },
+            "drift": self.drift,
+            "notebook": self.notebook(),
+            "end": self.end,
+        }
+
+
+class Spool:
+    """Run records waiting for delivery: one JSON file per run, replaced atomically on every change."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def write(self, record: dict[str, Any]) -> None:
+        path = self.folder / f"{record['id']}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, path)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every spooled record, oldest first. Unreadable files are moved aside (and logged), not lost."""
+        found = []
+        for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                log.error("opshub: cannot read spooled run %s (%s); moved to %s.bad", path, e, path.name)
+                path.rename(path.with_suffix(".bad"))
+        return found
+
+    def delivered(self, run_id: str) -> int | None:
+        """The version of the run the service has (None: not even its start)."""
+        try:
+            return int((self.folder / f"{run_id}.delivered").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def mark_delivered(self, run_id: str, version: int) -> None:
+        (self.folder / f"{run_id}.delivered").write_text(str(version))
+
+    def remove(self, run_id: str) -> None:
+        for suffix in (".json", ".delivered"):
+            (self.folder / f"{run_id}{suffix}").unlink(missing_ok=True)
+
+    def set_aside(self, run_id: str, reason: str) -> None:
+        """Keep a record the service refused for good, with the reason, out of the delivery loop."""
+        path = self.folder / f"{run_id}.json"
+        if path.exists():
+            path.rename(self.folder / f"{run_id}.refused")
+            (self.folder / f"{run_id}.refused.reason").write_text(reason + "\n")
+        (self.folder / f"{run_id}.delivered").unlink(missing_ok=True)
+
+
+class Deliverer:
+    """Sends spooled runs to the opshub service, one request at a time, in order, until each is finished."""
+
+    def __init__(self, spool: Spool, client_factory: Callable[[], ServiceClient], heartbeat_seconds: float = 30):
+        self.spool = spool
+        self.client_factory = client_factory
+        self.heartbeat_seconds = heartbeat_seconds
+        self.last_heartbeat: dict[str, float] = {}
+        self.wake = asyncio.Event()
+
+    async def run_forever(self, interval: float = 2.0, max_backoff: float = 30.0) -> None:
+        delay = interval
+        while True:
+            try:
+                delivered_all = await asyncio.get_running_loop().run_in_executor(None, self.deliver_once)
+            except Exception:
+                log.exception("opshub: delivering interactive runs failed")
+                delivered_all = False
+            delay = interval if delivered_all else min(delay * 2, max_backoff)
+            self.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+
+    def deliver_once(self) -> bool:
+        """One pass over the spool. Returns False when the service could not be reached."""
+        records = self.spool.records()
+        if not records:
+            return True
+        try:
+            client = self.client_factory()
+        except ServiceError as e:
+            log.warning("opshub: interactive runs kept on disk, not recorded yet: %s", e)
+            return False
+        for record in records:
+            try:
+                self._deliver(client, record)
+            except ServiceError as e:
+                if e.status == 0 or e.status >= 500:
+                    log.warning("opshub: run %s kept on disk until the service answers: %s", record["id"], e)
+                    return False
+                log.error("opshub: the service refused run %s: %s", record["id"], e)
+                self.spool.set_aside(record["id"], str(e))
+        return True
+
+    def _deliver(self, client: ServiceClient, record: dict[str, Any]) -> None:
+        run_id, version = record["id"], record["version"]
+        delivered = self.spool.delivered(run_id)
+        if delivered is None:
+            client.request("POST", "api/runs", record["start"])
+            delivered = 0
+            self.spool.mark_delivered(run_id, delivered)
+        end = record.get("end")
+        if end is not None:
+            body = {**end, "drift": record["drift"], "output_notebook": record["notebook"]}
+            try:
+                client.request("POST", f"api/runs/{run_id}/finish", body)
+            except ServiceError as e:
+                if e.status != 409:  # 409: already ended, by an earlier attempt whose answer was lost
+                    raise
+            self.spool.remove(run_id)
+            self.last_heartbeat.pop(run_id, None)
+        elif delivered < version:
+            # progress: the cells so far, so the history shows them and nothing is lost if this server dies
+            client.request(
+                "POST",
+                f"api/runs/{run_id}/heartbeat",
+                {"output_notebook": record["notebook"], "drift": record["drift"]},
+            )
+            self.spool.mark_delivered(run_id, version)
+            self.last_heartbeat[run_id] = time.monotonic()
+        elif time.monotonic() - self.last_heartbeat.get(run_id, 0) >= self.heartbeat_seconds:
+            client.request("POST", f"api/runs/{run_id}/heartbeat")
+            self.last_heartbeat[run_id] = time.monotonic()
+
+
+class Recorder:
+    """Watches the kernels of one Jupyter server and records the runs of runbooks."""
+
+    def __init__(
+        self,
+        serverapp,
+        runbooks_dir: Path,
+        spool: Spool,
+        *,
+        record_outside: bool = False,
+        idle_minutes: float = 60,
+        secret_names: Iterable[str] = (),
+        on_change: Callable[[], None] = lambda: None,
+    ):
+        self.serverapp = serverapp
+        self.runbooks_dir = Path(runbooks_dir)
+        self.spool = spool
+        self.record_outside = record_outside
+        self.idle_seconds = idle_minutes * 60
+        self.secrets = secret_values(os.environ, names=list(secret_names))
+        self.on_change = on_change
+        self.streams: dict[str, Any] = {}  # kernel id -> IOPub ZMQStream
+        self.runs: dict[str, InteractiveRun] = {}  # kernel id -> open run
+        self.paths: dict[str, Path | None] = {}  # kernel id -> notebook path (None: not recorded)
+
+    # Kernels
+
+    def watch(self, kernel_id: str) -> None:
+        """Subscribe to a kernel's IOPub channel (from its start, so no cell is missed)."""
+        if kernel_id in self.streams:
+            return
+        km = self.serverapp.kernel_manager
+        try:
+            stream = km.connect_iopub(kernel_id)
+        except Exception as e:  # the kernel went away meanwhile
+            log.debug("opshub: cannot watch kernel %s: %s", kernel_id, e)
+            return
+        self.streams[kernel_id] = stream
+        session = km.get_kernel(kernel_id).session
+        stream.on_recv(lambda parts: self._on_iopub(kernel_id, session, parts))
+
+    def forget(self, kernel_id: str, how: str) -> None:
+        self.end(kernel_id, how)
+        stream = self.streams.pop(kernel_id, None)
+        if stream is not None:
+            stream.close()
+        self.paths.pop(kernel_id, None)
+
+    async def on_kernel_action(self, logger=None, schema_id=None, data=None) -> None:
+        """jupyter_server's kernel_actions events: start, restart, shutdown."""
+        try:
+            self._on_kernel_action(data or {})
+        except Exception:  # never let recording break a kernel action
+            log.exception("opshub: cannot follow the kernel action %s", data)
+
+    def _on_kernel_action(self, data: dict) -> None:
+        kernel_id, action = data.get("kernel_id"), data.get("action")
+        if not kernel_id or data.get("status") != "success":
+            return
+        if action == "start":
+            self.watch(kernel_id)
+        elif action == "restart":
+            self.end(kernel_id, "the kernel was restarted")
+            self.paths.pop(kernel_id, None)  # the notebook may have been renamed meanwhile
+        elif action == "shutdown":
+            self.forget(kernel_id, "the kernel was shut down")
+
+    def check(self) -> None:
+        """Periodic: watch kernels started before us, end runs of vanished kernels and idle runs."""
+        alive = set(self.serverapp.kernel_manager.list_kernel_ids())
+        for kernel_id in alive - set(self.streams):
+            self.watch(kernel_id)
+        for kernel_id in set(self.streams) - alive:
+            self.forget(kernel_id, "the kernel stopped")
+        now = time.monotonic()
+        for kernel_id, run in list(self.runs.items()):
+            if now - run.last_activity > self.idle_seconds:
+                self.end(kernel_id, f"no cell ran for {self.idle_seconds / 60:g} minutes")
+
+    def end_all(self, how: str) -> None:
+        for kernel_id in list(self.runs):
+            self.end(kernel_id, how)
+
+    # Messages
+
+    def _on_iopub(self, kernel_id: str, session, parts: list) -> None:
+        try:
+            _, parts = session.feed_identities(parts)
+            message = session.deserialize(parts, content=True)
+            self.on_message(kernel_id, message)
+        except Exception:
+            log.exception("opshub: cannot record a message of kernel %s", kernel_id)
+
+    def on_message(self, kernel_id: str, message: dict) -> None:
+        kind = message["header"]["msg_type"]
+        request = message.get("parent_header", {}).get("msg_id")
+        if kind == "execute_input":
+            self._cell_started(kernel_id, request, message["content"])
+            return
+        run = self.runs.get(kernel_id)
+        if run is None or request not in run.by_request:
+            return
+        cell, started = run.by_request[request]
+        content = message["content"]
+        if kind in OUTPUT_TYPES:
+            output = {"output_type": kind, **_output_fields(kind, content)}
+            cell["outputs"].append(mask_obj(output, self.secrets))
+            if kind == "error":
+                cell["metadata"].setdefault("tags", []).append(FAILED_CELL_TAG)
+        elif kind == "clear_output":
+            cell["outputs"].clear()
+        elif kind == "status" and content.get("execution_state") == "idle":
+            cell["metadata"]["opshub"]["duration_seconds"] = round(time.monotonic() - started, 3)
+            del run.by_request[request]
+            run.last_activity = time.monotonic()
+            self._save(run)
+
+    def _cell_started(self, kernel_id: str, request: str, content: dict) -> None:
+        run = self.runs.get(kernel_id)
+        if run is None:
+            run = self._new_run(kernel_id)
+            if run is None:
+                return
+        code = content.get("code", "")
+        edited = code.strip() not in run.repository_sources
+        if edited:
+            run.drift = True  # executed code the repository's runbook does not have
+        cell = {
+            "cell_type": "code",
+            "id": f"cell-{len(run.cells)}",
+            "execution_count": content.get("execution_count"),
+            "source": mask_obj(code, self.secrets),
+            "outputs": [],
+            "metadata": {"opshub": {"started_at": utcnow(), "edited": edited}},
+        }
+        run.cells.append(cell)
+        run.by_request[request] = (cell, time.monotonic())
+        run.last_activity = time.monotonic()
+
+    def _new_run(self, kernel_id: str) -> InteractiveRun | None:
+        if kernel_id not in self.paths:
+            self.paths[kernel_id] = self._runbook_path(kernel_id)
+        path = self.paths[kernel_id]
+        if path is None:
+            return None
+        try:
+            runbook = path.resolve().relative_to(self.runbooks_dir.resolve()).as_posix()
+            folder = path.parent
+        except ValueError:  # outside the runbooks folder, recorded because the settings say so
+            runbook, folder = str(path), path.parent
+        commit, drift = git_state(folder, path.name)
+        metadata = {}
+        with contextlib.suppress(OSError, ValueError):
+            metadata = json.loads(path.read_text()).get("metadata", {})
+        run = InteractiveRun(
+            id=str(uuid.uuid4()),
+            runbook=runbook,
+            commit=commit,
+            drift=drift,
+            repository_sources=_repository_sources(folder, path.name, commit),
+            metadata={**metadata, "opshub_run": {"trigger": "interactive", "kernel_id": kernel_id}},
+        )
+        self.runs[kernel_id] = run
+        log.info("opshub: recording the interactive run %s of %s", run.id, runbook)
+        return run
+
+    def _runbook_path(self, kernel_id: str) -> Path | None:
+        """The notebook this kernel runs, if it is to be recorded; None otherwise."""
+        # SessionManager's own SQLite table, read synchronously: its methods are coroutines, and a
+        # message callback must not wait (the session exists before the first cell can run).
+        row = self.serverapp.session_manager.cursor.execute(
+            "SELECT path FROM session WHERE kernel_id=?", (kernel_id,)
+        ).fetchone()
+        if row is None or not row[0].endswith(".ipynb"):
+            return None
+        path = Path(self.serverapp.root_dir) / row[0]
+        inside = path.resolve().is_relative_to(self.runbooks_dir.resolve())
+        return path if inside or self.record_outside else None
+
+    def end(self, kernel_id: str, how: str) -> None:
+        run = self.runs.pop(kernel_id, None)
+        if run is None:
+            return
+        failed = run.failed_cell()
+        summary = None
+        if failed is not None:
+            error = next(o for o in run.cells[failed]["outputs"] if o["output_type"] == "error")
+            summary = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}"[:1000]
+        for cell, _ in run.by_request.values():  # cells still running when the kernel went away
+            cell["metadata"]["opshub"]["unfinished"] = True
+        run.end = {
+            "status": "failed" if failed is not None else "succeeded",
+            "failed_cell": failed,
+            "error_summary": summary or f"Interactive session ended: {how}.",
+        }
+        self._save(run)
+        log.info("opshub: interactive run %s of %s ended (%s)", run.id, run.runbook, how)
+
+    def _save(self, run: InteractiveRun) -> None:
+        run.version += 1
+        self.spool.write(run.spool_record())
+        self.on_change()
+
+
+def _output_fields(kind: str, content: dict) -> dict[str, Any]:
+    if kind == "stream":
+        return {"name": content.get("name", "stdout"), "text": content.get("text", "")}
+    if kind == "error":
+        return {k: content.get(k) for k in ("ename", "evalue", "traceback")}
+    fields = {"data": content.get("data", {}), "metadata": content.get("metadata", {})}
+    if kind == "execute_result":
+        fields["execution_count"] = content.get("execution_count")
+    return fields
+
+
+def _repository_sources(folder: Path, name: str, commit: str | None) -> set[str]:
+    """The code cells' sources of the runbook at `commit` (empty when it is not in the repository)."""
+    if commit is None:
+        return set()
+    try:
+        shown = subprocess.run(
+            ["git", "-C", str(folder), "show", f"{commit}:./{name}"], capture_output=True, text=True, timeout=30
+        )
+        cells = json.loads(shown.stdout).get("cells", []) if shown.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return set()
+    return {
+        ("".join(c["source"]) if isinstance(c["source"], list) else c["source"]).strip()
+        for c in cells
+        if c.get("cell_type") == "code"
+    }
