@@ -47,7 +47,10 @@ class Job:
     async def run(self) -> None:
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+                *self.argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},  # progress line by line, not at the end
             )
         except OSError as e:
             self.lines.append(f"cannot start opshub run: {e}")

@@ -1,0 +1,71 @@
+"""JupyterLab's "Run as recorded run" in a real browser: bob opens a runbook, fills in its
+parameters in the form built from its parameters cell, follows the progress, and opens the run."""
+
+from __future__ import annotations
+
+import shutil
+
+import nbformat
+from playwright.sync_api import expect
+
+from tests.livehub import DEMO_PASSWORD
+
+from .conftest import screenshot
+
+RUNBOOK = "host-health-check.ipynb"
+
+
+def log_in_to_lab(page, hub, user: str, path: str) -> None:
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", DEMO_PASSWORD)
+    page.click("#login_submit")
+    page.goto(f"{hub.url}/hub/spawn/{user}")
+    page.wait_for_url(f"**/user/{user}/**", timeout=120_000)
+    page.goto(f"{hub.url}/user/{user}/lab/tree/{path}")
+    expect(page.locator(".jp-Notebook").first).to_be_visible(timeout=90_000)
+
+
+def test_run_as_recorded_run_from_jupyterlab(page, hub):
+    log_in_to_lab(page, hub, "bob", f"runbooks/{RUNBOOK}")
+    page.locator(".opshub-run-recorded").first.click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog.locator("input[name=hosts]")).to_have_value('["localhost"]')
+    dialog.locator("input[name=fail_on_problem]").fill("False")
+    screenshot(page, "lab-run-parameters")
+    dialog.locator("button.jp-mod-accept").click()
+
+    state = page.locator(".opshub-progress-state")
+    expect(state).to_contain_text("Running", timeout=30_000)
+    expect(page.locator(".opshub-progress-lines")).to_contain_text("opshub run host-health-check.ipynb", timeout=60_000)
+    screenshot(page, "lab-run-progress")
+    expect(state).to_have_text("The run succeeded.", timeout=180_000)
+    link = page.locator("a.opshub-run-link")
+    expect(link).to_be_visible()
+    screenshot(page, "lab-run-done")
+
+    with page.context.expect_page() as opened:
+        link.click()  # target=_blank: the run page opens in a new tab
+    run_page = opened.value
+    expect(run_page.locator("body")).to_contain_text("host-health-check.ipynb")
+    expect(run_page.locator("body")).to_contain_text("succeeded")
+    expect(run_page.locator("body")).to_contain_text("fail_on_problem")
+    screenshot(run_page, "lab-run-page")
+    run_page.close()
+
+
+def test_a_locally_edited_runbook_is_flagged_when_opened(page, hub):
+    path = hub.home("alice") / "runbooks" / "tls-certificate-expiry.ipynb"
+    log_in_to_lab(page, hub, "alice", "runbooks/host-health-check.ipynb")  # alice's server, runbooks pulled
+    saved = path.with_suffix(".saved")
+    shutil.copy(path, saved)
+    try:
+        notebook = nbformat.read(path, as_version=4)
+        notebook.cells.append(nbformat.v4.new_code_cell("print('my local change')"))
+        nbformat.write(notebook, path)
+        page.goto(f"{hub.url}/user/alice/lab/tree/runbooks/tls-certificate-expiry.ipynb")
+        toast = page.locator(".Toastify__toast", has_text="differs from the repository")
+        expect(toast).to_be_visible(timeout=60_000)
+        screenshot(page, "lab-drift-warning")
+    finally:
+        shutil.move(saved, path)
