@@ -60,6 +60,8 @@ test-browser: install-test ## Debian's Chromium (installed when missing) driven 
 bench: install-test ## benchmarks against a live hub, reported as ratios to a baseline of the same run
 	$(VENV)/bin/python tests/bench/bench_history.py
 	$(VENV)/bin/python tests/bench/bench_opshub_run.py
+	$(VENV)/bin/python tests/bench/bench_interactive.py
+	$(VENV)/bin/python tests/bench/bench_docker.py
 
 lint: install-test ## ruff: lint and check formatting
 	$(VENV)/bin/ruff check hub tests
