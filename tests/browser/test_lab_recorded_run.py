@@ -3,12 +3,13 @@ parameters in the form built from its parameters cell, follows the progress, and
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import nbformat
 from playwright.sync_api import expect
 
-from tests.livehub import DEMO_PASSWORD
+from tests.livehub import DEMO_PASSWORD, wait_for
 
 from .conftest import screenshot
 
@@ -69,3 +70,34 @@ def test_a_locally_edited_runbook_is_flagged_when_opened(page, hub):
         screenshot(page, "lab-drift-warning")
     finally:
         shutil.move(saved, path)
+
+
+def test_stepping_through_a_runbook_is_recorded_and_found_in_the_history(page, hub):
+    log_in_to_lab(page, hub, "bob", f"runbooks/{RUNBOOK}")
+    expect(page.locator(".jp-StatusBar-TextItem", has_text="Idle").first).to_be_visible(timeout=60_000)
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    for _ in range(4):  # the title, the parameters, a heading, the collecting cell: Shift+Enter each
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_timeout(300)
+    collect = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
+    expect(collect.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]:"), timeout=60_000)
+    screenshot(page, "lab-stepping-through")
+
+    page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Shut Down Kernel").click()
+    expect(page.locator(".jp-StatusBar-TextItem", has_text="No Kernel").first).to_be_visible(timeout=30_000)
+
+    history = f"{hub.url}/services/opshub/?trigger=interactive&user=bob&runbook={RUNBOOK}"
+
+    def newest_row_ended():
+        page.goto(history)
+        row = page.locator("#runs tbody tr").first
+        return row.inner_text() if "running" not in row.inner_text() else None
+
+    text = wait_for(newest_row_ended, timeout=90, interval=2, what="the interactive run in the history")
+    assert "interactive" in text and "succeeded" in text
+    screenshot(page, "history-interactive-run")
+    page.locator("#runs tbody tr a").first.click()
+    notebook = page.frame_locator("iframe.notebook")
+    expect(notebook.locator("body")).to_contain_text("hosts = ")
+    screenshot(page, "history-interactive-run-page")

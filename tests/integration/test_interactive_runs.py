@@ -174,7 +174,7 @@ def service_pids(hub) -> list[int]:
     return [
         int(line.split()[0])
         for line in out.splitlines()
-        if "opshub.service" in line and str(hub.state) in line and "ps -eww" not in line
+        if "-m opshub.service " in line and str(hub.state) in line and "ps -eww" not in line
     ]
 
 

@@ -110,6 +110,8 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
         "OPSHUB_RUNBOOKS_TARGET": "runbooks",
         "OPSHUB_SERVICE_URL": "http://127.0.0.1:8003/services/opshub/",
         "OPSHUB_SECRET_NAMES": "",
+        "OPSHUB_INTERACTIVE_IDLE_MINUTES": "60",
+        "OPSHUB_RECORD_OUTSIDE_RUNBOOKS": "false",
     }
     # the server's own token may record runs as its owner, and nothing more than JupyterHub's default
     assert c.Spawner.server_token_scopes == [

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runbooks.client import ServiceClient, ServiceError
-from ..runbooks.headless import git_state
+from ..runbooks.headless import DEFAULT_HEARTBEAT_SECONDS, git_state
 from ..runbooks.masking import mask_obj, secret_values
 
 log = logging.getLogger("opshub.recorder")
@@ -140,7 +140,12 @@ class Spool:
 class Deliverer:
     """Sends spooled runs to the opshub service, one request at a time, in order, until each is finished."""
 
-    def __init__(self, spool: Spool, client_factory: Callable[[], ServiceClient], heartbeat_seconds: float = 30):
+    def __init__(
+        self,
+        spool: Spool,
+        client_factory: Callable[[], ServiceClient],
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,  # as `opshub run`: well inside the sweep's timeout
+    ):
         self.spool = spool
         self.client_factory = client_factory
         self.heartbeat_seconds = heartbeat_seconds
@@ -405,8 +410,9 @@ class Recorder:
         run.end = {
             "status": "failed" if failed is not None else "succeeded",
             "failed_cell": failed,
-            "error_summary": summary or f"Interactive session ended: {how}.",
+            "error_summary": summary,
         }
+        run.metadata["opshub_run"]["ended"] = how  # shown with the recorded notebook
         self._save(run)
         log.info("opshub: interactive run %s of %s ended (%s)", run.id, run.runbook, how)
 
