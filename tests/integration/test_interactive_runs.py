@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,6 +91,14 @@ def test_cells_outputs_and_a_failing_cell_are_recorded(hub, bob):
     assert "ZeroDivisionError" in run["error_summary"]
     assert cells[2]["outputs"][0]["data"]["text/plain"] == "42"
     assert [c["execution_count"] for c in cells] == sorted(c["execution_count"] for c in cells)
+
+    token = (hub.state / "metrics-token").read_text().strip()
+    metrics = requests.get(f"{hub.url}/services/opshub/metrics", headers={"Authorization": f"Bearer {token}"})
+    # a runbook the repository does not have is counted as `other` (bounded label values)
+    counted = re.search(
+        r'opshub_runbook_runs_total\{runbook="other",status="failed",trigger="interactive"\} (\S+)', metrics.text
+    )
+    assert counted and float(counted.group(1)) >= 1, metrics.text
 
 
 def test_a_kernel_restart_ends_the_run_and_the_next_cell_starts_another(hub, bob):
