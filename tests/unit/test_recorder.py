@@ -1,0 +1,167 @@
+"""The interactive-run recorder's rules, fed with Jupyter messages as a kernel broadcasts them.
+
+The live behaviour (a real kernel in a real server, delivery to the real service, outages) is
+tested in tests/integration/test_interactive_runs.py; these cover the rules one by one."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from types import SimpleNamespace
+
+import pytest
+from opshub.lab.recorder import FAILED_CELL_TAG, Recorder, Spool
+
+KERNEL = "k-1"
+
+
+class Server(SimpleNamespace):
+    """What the recorder reads from the Jupyter server: its root folder, sessions and kernels."""
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "runbooks").mkdir()
+    (tmp_path / "runbooks" / "check.ipynb").write_text(
+        json.dumps({"cells": [], "metadata": {"opshub": {"title": "Check"}}})
+    )
+    (tmp_path / "scratch.ipynb").write_text("{}")
+    sessions = sqlite3.connect(":memory:")
+    sessions.execute("CREATE TABLE session (session_id, path, name, type, kernel_id)")
+    kernels = []
+    return Server(
+        root_dir=str(tmp_path),
+        session_manager=SimpleNamespace(cursor=sessions.cursor()),
+        kernel_manager=SimpleNamespace(list_kernel_ids=lambda: list(kernels)),
+        sessions=sessions,
+        kernels=kernels,
+    )
+
+
+def open_notebook(server, path: str, kernel: str = KERNEL) -> None:
+    server.sessions.execute("INSERT INTO session VALUES (?, ?, ?, 'notebook', ?)", ("s", path, path, kernel))
+    server.kernels.append(kernel)
+
+
+def recorder_for(server, tmp_path, **options) -> Recorder:
+    options.setdefault("secret_names", [])
+    return Recorder(server, tmp_path / "runbooks", Spool(tmp_path / "spool"), **options)
+
+
+def message(kind: str, request: str, **content) -> dict:
+    return {"header": {"msg_type": kind}, "parent_header": {"msg_id": request}, "content": content}
+
+
+def run_cell(recorder: Recorder, request: str, code: str, *outputs: dict, count: int = 1) -> None:
+    recorder.on_message(KERNEL, message("status", request, execution_state="busy"))
+    recorder.on_message(KERNEL, message("execute_input", request, code=code, execution_count=count))
+    for output in outputs:
+        recorder.on_message(KERNEL, output)
+    recorder.on_message(KERNEL, message("status", request, execution_state="idle"))
+
+
+def spooled(tmp_path) -> list[dict]:
+    return Spool(tmp_path / "spool").records()
+
+
+def test_cells_and_outputs_are_recorded_in_the_order_they_ran(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path)
+    run_cell(recorder, "r1", "print('a')", message("stream", "r1", name="stdout", text="a\n"))
+    run_cell(
+        recorder,
+        "r2",
+        "6 * 7",
+        message("execute_result", "r2", data={"text/plain": "42"}, metadata={}, execution_count=2),
+        count=2,
+    )
+    (record,) = spooled(tmp_path)
+    cells = record["notebook"]["cells"]
+    assert [c["source"] for c in cells] == ["print('a')", "6 * 7"]
+    assert cells[0]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "a\n"}]
+    assert cells[1]["outputs"][0]["data"] == {"text/plain": "42"}
+    assert record["start"]["runbook"] == "check.ipynb"
+    assert record["start"]["trigger"] == "interactive"
+    assert record["notebook"]["metadata"]["opshub"] == {"title": "Check"}
+    assert record["end"] is None
+
+
+def test_an_error_fails_the_run_and_tags_the_cell(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path)
+    run_cell(recorder, "r1", "ok = 1")
+    error = message("error", "r2", ename="RuntimeError", evalue="disk full", traceback=["RuntimeError: disk full"])
+    run_cell(recorder, "r2", "raise RuntimeError('disk full')", error, count=2)
+    recorder.end(KERNEL, "the kernel was shut down")
+    (record,) = spooled(tmp_path)
+    assert record["end"] == {"status": "failed", "failed_cell": 1, "error_summary": "RuntimeError: disk full"}
+    assert FAILED_CELL_TAG in record["notebook"]["cells"][1]["metadata"]["tags"]
+    assert record["notebook"]["metadata"]["opshub_run"]["ended"] == "the kernel was shut down"
+
+
+def test_clear_output_clears_what_the_cell_printed_so_far(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path)
+    run_cell(
+        recorder,
+        "r1",
+        "progress()",
+        message("stream", "r1", name="stdout", text="10%\n"),
+        message("clear_output", "r1", wait=False),
+        message("stream", "r1", name="stdout", text="100%\n"),
+    )
+    (record,) = spooled(tmp_path)
+    assert record["notebook"]["cells"][0]["outputs"][0]["text"] == "100%\n"
+
+
+def test_secret_values_are_masked_in_sources_and_outputs(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("VAULT_CREDS", "hunter2-value")
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path, secret_names=["VAULT_CREDS"])
+    run_cell(recorder, "r1", "login('hunter2-value')", message("stream", "r1", name="stdout", text="hunter2-value\n"))
+    text = json.dumps(spooled(tmp_path))
+    assert "hunter2-value" not in text
+    assert "[masked]" in text
+
+
+def test_notebooks_outside_the_runbooks_folder_are_left_alone_unless_the_settings_say_so(server, tmp_path):
+    open_notebook(server, "scratch.ipynb")
+    run_cell(recorder_for(server, tmp_path), "r1", "print('x')")
+    assert spooled(tmp_path) == []
+    run_cell(recorder_for(server, tmp_path, record_outside=True), "r1", "print('x')")
+    (record,) = spooled(tmp_path)
+    assert record["start"]["runbook"].endswith("scratch.ipynb")
+
+
+def test_an_idle_session_ends_and_the_next_cell_starts_a_new_run(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path, idle_minutes=0.001)  # 60 ms
+    run_cell(recorder, "r1", "print('x')")
+    time.sleep(0.1)
+    recorder.check()
+    run_cell(recorder, "r2", "print('y')", count=2)
+    first, second = spooled(tmp_path)
+    assert first["end"]["status"] == "succeeded"
+    assert second["end"] is None
+    assert first["id"] != second["id"]
+
+
+def test_a_vanished_kernel_ends_its_run(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path)
+    recorder.streams[KERNEL] = SimpleNamespace(close=lambda: None)
+    run_cell(recorder, "r1", "print('x')")
+    server.kernels.clear()
+    recorder.check()
+    (record,) = spooled(tmp_path)
+    assert record["end"]["status"] == "succeeded"
+    assert record["notebook"]["metadata"]["opshub_run"]["ended"] == "the kernel stopped"
+
+
+def test_a_runbook_not_in_the_repository_is_drift(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")  # tmp_path is no git checkout
+    run_cell(recorder_for(server, tmp_path), "r1", "print('x')")
+    (record,) = spooled(tmp_path)
+    assert record["start"]["drift"] is True
+    assert record["notebook"]["cells"][0]["metadata"]["opshub"]["edited"] is True
