@@ -39,6 +39,7 @@ OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error", "update_dis
 FAILED_CELL_TAG = "opshub-failed-cell"  # the service's run page highlights the cell with this tag
 RECORD_OUTSIDE_ENV = "OPSHUB_RECORD_OUTSIDE_RUNBOOKS"
 IDLE_MINUTES_ENV = "OPSHUB_INTERACTIVE_IDLE_MINUTES"
+PROGRESS_SECONDS = 3
 
 
 def utcnow() -> str:
@@ -203,8 +204,9 @@ class Deliverer:
                     raise
             self.spool.remove(run_id)
             self.last_heartbeat.pop(run_id, None)
-        elif delivered < version:
-            # progress: the cells so far, so the history shows them and nothing is lost if this server dies
+        elif delivered < version and time.monotonic() - self.last_heartbeat.get(run_id, 0) >= PROGRESS_SECONDS:
+            # progress: the cells so far, so the history shows them and nothing is lost if this server
+            # dies; at most every PROGRESS_SECONDS, as each sends the whole notebook so far
             client.request(
                 "POST",
                 f"api/runs/{run_id}/heartbeat",
