@@ -91,6 +91,50 @@ def cmd_run(args) -> int:
     return run_runbook(args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir)
 
 
+def cmd_publish(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .runbooks.client import ServiceClient, ServiceError
+    from .runbooks.headless import default_runbooks_dir
+
+    path = Path(args.notebook).resolve()
+    try:
+        notebook = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        print(f"opshub publish: cannot read {args.notebook} as a notebook: {e}", file=sys.stderr)
+        return 2
+    runbooks = default_runbooks_dir().resolve()
+    runbook = path.relative_to(runbooks).as_posix() if path.is_relative_to(runbooks) else None
+    declared = notebook.get("metadata", {}).get("opshub", {}).get("dashboard")
+    declared_mode = declared.get("mode") if isinstance(declared, dict) else None
+    # snapshots are the default for runbooks: viewing one never runs anything
+    mode = args.mode or declared_mode or ("snapshot" if runbook else "live")
+    body = {"name": args.name, "mode": mode, "groups": args.group or None, "runbook": runbook}
+    if mode == "live":
+        body["notebook"] = notebook  # the copy published: later edits to the file do not change it
+    try:
+        dashboard = ServiceClient().request("POST", "api/dashboards", body)
+    except ServiceError as e:
+        print(f"opshub publish: {e}", file=sys.stderr)
+        return 3 if e.status == 0 else 1
+    groups = ", ".join(dashboard["groups"]) or "every team member"
+    print(f"Published {dashboard['name']} ({dashboard['mode']}) for {groups}: {dashboard['url']}")
+    return 0
+
+
+def cmd_unpublish(args) -> int:
+    from .runbooks.client import ServiceClient, ServiceError
+
+    try:
+        ServiceClient().request("DELETE", f"api/dashboards/{args.name}")
+    except ServiceError as e:
+        print(f"opshub unpublish: {e}", file=sys.stderr)
+        return 3 if e.status == 0 else 1
+    print(f"Unpublished {args.name}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opshub", description="opshub: JupyterHub for infrastructure teams.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +178,23 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="where to save the executed notebook (default ~/.opshub/runs/RUN_ID.ipynb)")
     run.add_argument("--runbooks-dir", help="runbooks folder (default $HOME/$OPSHUB_RUNBOOKS_TARGET, else ~/runbooks)")
     run.set_defaults(func=cmd_run)
+
+    publish = sub.add_parser(
+        "publish",
+        help="publish a notebook as a dashboard (authors and admins)",
+        description="Publish a dashboard at /services/opshub/dashboards/NAME/. live: a copy of the notebook,"
+        " rendered on each view (refused for runbooks marked changes_systems). snapshot: the output of the"
+        " runbook's latest recorded run (the default for runbooks). Exit codes: 0 published, 1 refused,"
+        " 2 usage error, 3 the service could not be reached.",
+    )
+    publish.add_argument("notebook", help="the notebook (a runbook in ~/runbooks for a snapshot)")
+    publish.add_argument("--name", required=True, help="the dashboard's name in its URL: lowercase, digits, dashes")
+    publish.add_argument("--mode", choices=["live", "snapshot"], help="default: snapshot for runbooks, else live")
+    publish.add_argument("--group", action="append", help="a group that may see it (repeat); default: everyone")
+    publish.set_defaults(func=cmd_publish)
+    unpublish = sub.add_parser("unpublish", help="remove a published dashboard")
+    unpublish.add_argument("name")
+    unpublish.set_defaults(func=cmd_unpublish)
     return p
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--runbooks-branch", default="main")
     p.add_argument("--cache-dir", required=True, help="folder for the service's copy of the runbooks repository")
     p.add_argument("--metrics-token-env", default="OPSHUB_METRICS_TOKEN", help="variable holding the metrics token")
+    p.add_argument("--dashboards-dir", help="folder for published dashboards and their Voila backend (none: off)")
+    p.add_argument("--dashboards-settings", default="{}", help="the `dashboards:` settings section, as JSON")
     return p.parse_args(argv)
 
 
@@ -91,6 +94,13 @@ async def serve(args) -> None:
     metrics_token = os.environ.get(args.metrics_token_env, "")
     if not metrics_token:
         log.warning("$%s is not set: /metrics answers 401 to everyone", args.metrics_token_env)
+    dashboards = None
+    if args.dashboards_dir:
+        from .dashboards import Dashboards
+
+        dashboards = Dashboards(
+            store, args.dashboards_dir, prefix, url.geturl(), catalog, json.loads(args.dashboards_settings), stats
+        )
     app = make_app(
         store,
         prefix,
@@ -98,14 +108,19 @@ async def serve(args) -> None:
         known_runbooks=catalog.names,
         metrics_token=metrics_token,
         cookie_secret=os.urandom(32),
+        opshub_dashboards=dashboards,
     )
     app.listen(url.port, address=url.hostname)
+    if dashboards is not None:
+        await dashboards.start()
     log.info("opshub service at %s%s, history in %s", url.geturl().rstrip("/"), prefix, store.engine.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if dashboards is not None:
+        dashboards.stop()
     store.close()
 
 

@@ -363,7 +363,8 @@ def make_app(
     """The service's tornado application, serving under `prefix` (/services/opshub/).
 
     `known_runbooks()` returns the runbooks of the repository (metric labels); `metrics_token` is
-    the bearer token Prometheus sends (empty: no metrics).
+    the bearer token Prometheus sends (empty: no metrics); `opshub_dashboards` (a
+    dashboards.Dashboards) adds the published dashboards.
     """
     stats = stats if stats is not None else RunStats.from_store(store)
     registry = CollectorRegistry(auto_describe=False)
@@ -379,6 +380,10 @@ def make_app(
         (url_path_join(prefix, r"api/runs/([^/]+)/heartbeat"), HeartbeatHandler),
         (url_path_join(prefix, r"api/runs/([^/]+)/finish"), FinishHandler),
     ]
+    if settings.get("opshub_dashboards") is not None:
+        from .dashboards import dashboard_handlers  # imports this module: import it late
+
+        handlers += dashboard_handlers(prefix)
     return web.Application(
         handlers,
         opshub_store=store,

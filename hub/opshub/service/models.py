@@ -103,3 +103,28 @@ class Run(Base):
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.runbook!r} by {self.user!r}: {self.status}>"
+
+
+DASHBOARD_MODES = ("live", "snapshot")
+
+
+class Dashboard(Base):
+    """A published dashboard: a live copy of a notebook (rendered by Voila) or the latest run of a runbook."""
+
+    __tablename__ = "dashboards"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # a slug: its URL /dashboards/<name>/
+    mode: Mapped[str] = mapped_column(String(16))  # one of DASHBOARD_MODES
+    title: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)  # who may see it; empty: every team member
+    owner: Mapped[str] = mapped_column(String(255))  # who published it ("git" for the repository's)
+    source: Mapped[str] = mapped_column(String(16))  # "api" (opshub publish, JupyterLab) or "git"
+    runbook: Mapped[str | None] = mapped_column(String(512))  # path in the runbooks repository
+    commit: Mapped[str | None] = mapped_column(String(64))  # repository commit of a git-published copy
+    notebook: Mapped[str | None] = mapped_column(Text)  # live: the published copy (JSON), served by Voila
+    created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<Dashboard {self.name} ({self.mode}) by {self.owner!r}>"

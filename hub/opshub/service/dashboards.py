@@ -1,0 +1,798 @@
+"""Published dashboards at /services/opshub/dashboards/: runbooks for the people who only look.
+
+Two kinds:
+
+- `live`: a copy of a read-only notebook taken at publish time (or at a repository commit), rendered
+  by the standalone Voila backend on each view with preheated kernels (see `voila.py`). Viewers use
+  its widgets; nothing else they send reaches a kernel.
+- `snapshot`: the executed notebook of the latest finished run of a runbook, from the run history,
+  rendered as sandboxed HTML. Nothing executes when it is viewed: the default for runbooks, and the
+  only choice for runbooks whose metadata says `changes_systems: true`.
+
+Authors and admins publish (`custom:opshub:dashboards:publish`) through the API (`opshub publish`,
+JupyterLab), or by declaring the dashboard in a runbook's metadata in the repository:
+
+    "opshub": {"dashboard": {"name": "patching-status", "mode": "live", "groups": ["managers"]}}
+
+Who may see a dashboard: members of its groups (none: every logged-in team member), its owner and
+publishers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hmac
+import io
+import json
+import logging
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jupyterhub.services.auth import HubOAuthenticated, check_scopes
+from jupyterhub.utils import url_path_join
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+from tornado import httpclient, web
+from tornado.ioloop import PeriodicCallback
+
+from .app import ApiHandler, BaseHandler, PageHandler, notebook_html
+from .models import DASHBOARD_MODES, END_STATES, Dashboard, Run
+from .voila import UUID, KernelSocketProxy, VoilaBackend
+
+log = logging.getLogger("opshub.service.dashboards")
+
+PUBLISH_SCOPE = "custom:opshub:dashboards:publish"
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+GROUP = re.compile(r"^[^\x00-\x1f/]{1,255}$")
+KERNEL_ID = re.compile(rf'"kernelId":\s*"({UUID})"')
+GIT_OWNER = "git"  # the owner of dashboards published from the repository
+DEFAULTS = {"pool_size": 2, "cull_idle_seconds": 600, "default_groups": [], "git_sync_interval": 60}
+
+
+class PublishError(ValueError):
+    """A publication refused; the message names the problem. `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not SLUG.match(name):
+        raise PublishError(
+            f"invalid dashboard name {name!r}: use 1 to 64 lowercase letters, digits and dashes"
+            " (no slashes, dots or encoded characters), starting and ending with a letter or digit"
+        )
+    return name
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64].strip("-") or "dashboard"
+
+
+def check_groups(groups: Any) -> list[str]:
+    if not isinstance(groups, list) or not all(isinstance(g, str) and GROUP.match(g) for g in groups):
+        raise PublishError(f"groups must be a list of group names, not {groups!r}")
+    return sorted(set(groups))
+
+
+def opshub_metadata(notebook: dict) -> dict:
+    meta = notebook.get("metadata", {}).get("opshub", {})
+    return meta if isinstance(meta, dict) else {}
+
+
+def parse_notebook(notebook: Any, what: str) -> dict:
+    """The notebook as a validated nbformat v4 dict (what Voila will be given)."""
+    if isinstance(notebook, str):
+        try:
+            notebook = json.loads(notebook)
+        except ValueError:
+            raise PublishError(f"{what} is not JSON") from None
+    if not isinstance(notebook, dict):
+        raise PublishError(f"{what} must be a notebook (nbformat v4 JSON object)")
+    try:
+        node = nbformat.from_dict(notebook)
+        if node.get("nbformat") != 4:
+            raise PublishError(f"{what} is not an nbformat v4 notebook")
+        nbformat.validate(node)
+    except nbformat.ValidationError as e:
+        raise PublishError(f"{what} is not a valid notebook: {str(e).splitlines()[0]}") from None
+    return notebook
+
+
+def refuse_live_if_it_changes_systems(notebook: dict, what: str) -> None:
+    if opshub_metadata(notebook).get("changes_systems") is True:
+        raise PublishError(
+            f"{what} is marked `changes_systems: true` in its opshub metadata: as a live dashboard it would"
+            " run again every time someone opens the page. Publish it as a snapshot instead"
+            " (mode `snapshot`: the output of its latest recorded run, executing nothing when viewed)."
+        )
+
+
+def dashboard_json(dashboard: Dashboard, prefix: str) -> dict:
+    return {
+        "name": dashboard.name,
+        "mode": dashboard.mode,
+        "title": dashboard.title,
+        "description": dashboard.description,
+        "groups": dashboard.groups,
+        "owner": dashboard.owner,
+        "source": dashboard.source,
+        "runbook": dashboard.runbook,
+        "commit": dashboard.commit,
+        "created_at": dashboard.created_at.isoformat(),
+        "updated_at": dashboard.updated_at.isoformat(),
+        "url": url_path_join(prefix, "dashboards", dashboard.name) + "/",
+    }
+
+
+class RunbooksRepository:
+    """Read-only access to the service's bare copy of the runbooks repository (see runbooks/catalog.py)."""
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+
+    @property
+    def ref(self) -> str:
+        return f"refs/heads/{self.catalog.branch}"
+
+    def _git(self, *args: str, text: bool = True):
+        return subprocess.run(
+            ["git", *args], cwd=self.catalog.cache_dir, capture_output=True, text=text, check=True, timeout=120
+        ).stdout
+
+    def commit(self) -> str | None:
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", self.ref).strip() or None
+        except (subprocess.CalledProcessError, OSError):
+            return None
+
+    def notebook(self, path: str, commit: str) -> dict:
+        if path not in self.catalog.names():
+            known = ", ".join(sorted(self.catalog.names())) or "none"
+            raise PublishError(f"unknown runbook {path!r}: the repository has {known}", status=404)
+        return json.loads(self._git("show", f"{commit}:{path}"))
+
+    def export(self, commit: str, dest: Path) -> None:
+        """The repository's files at `commit` in `dest` (data files for live dashboards' kernels)."""
+        archive = self._git("archive", "--format=tar", commit, text=False)
+        fresh = dest.with_name(dest.name + ".new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (Debian bookworm's 3.11.2 lacks it)
+                tar.extractall(fresh, filter="data")
+            else:  # the same idea by hand: plain files and folders inside `fresh`, nothing else
+                tar.extractall(fresh, members=[m for m in tar.getmembers() if _plain_member(m)])
+        shutil.rmtree(dest, ignore_errors=True)
+        fresh.rename(dest)
+
+
+def _plain_member(member: tarfile.TarInfo) -> bool:
+    parts = Path(member.name).parts
+    return (member.isfile() or member.isdir()) and not Path(member.name).is_absolute() and ".." not in parts
+
+
+class Dashboards:
+    """The registry of dashboards (a table of the run history database), their published copies and
+    the Voila backend that renders the live ones."""
+
+    def __init__(
+        self,
+        store,
+        folder: Path,
+        prefix: str,
+        service_url: str,
+        catalog=None,
+        settings: dict | None = None,
+        stats=None,
+    ):
+        self.store = store
+        self.stats = stats  # the service's RunStats: when a run ends, preheated pages are made again
+        self._finished_runs = self.finished_runs()
+        self.sessions = sessionmaker(store.engine, expire_on_commit=False)
+        self.folder = Path(folder)
+        self.prefix = prefix
+        self.settings = {**DEFAULTS, **(settings or {})}
+        self.repository = RunbooksRepository(catalog) if catalog is not None else None
+        self.published = self.folder / "published"
+        self.runbooks_dir = self.folder / "runbooks"
+        # The one credential dashboard kernels get: read-only run summaries (see DataRunsHandler).
+        self.data_token = secrets.token_urlsafe(32)
+        self.backend = VoilaBackend(
+            root=self.published,
+            workdir=self.folder / "home",
+            base_url=url_path_join(prefix, "dashboards", "-") + "/",
+            kernel_env=self.kernel_environment(service_url),
+            pool_size=self.settings["pool_size"],
+            cull_idle=self.settings["cull_idle_seconds"],
+            log_file=self.folder / "voila.log",
+        )
+        self.kernels: OrderedDict[str, str] = OrderedDict()  # kernel id handed out in a page -> dashboard
+        self.synced_commit: str | None = None
+        self._snapshot_html: OrderedDict[str, str] = OrderedDict()  # run id -> rendered HTML
+        self._sync_lock = asyncio.Lock()
+        self._cache_lock = threading.Lock()
+
+    def kernel_environment(self, service_url: str) -> dict[str, str]:
+        """Everything a live dashboard's kernel gets: no hub, service or user token, only a
+        read-only token for run summaries and the repository's files."""
+        home = self.folder / "home"
+        return {
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "OPSHUB_DASHBOARD": "1",
+            "OPSHUB_RUNBOOKS_DIR": str(self.runbooks_dir),
+            "OPSHUB_HISTORY_URL": url_path_join(service_url.rstrip("/") + self.prefix, "api/dashboard-data/"),
+            "OPSHUB_HISTORY_TOKEN": self.data_token,
+        }
+
+    # -- the registry --------------------------------------------------------------------------
+
+    def get(self, name: str) -> Dashboard | None:
+        with self.sessions() as session:
+            return session.get(Dashboard, name)
+
+    def all(self) -> list[Dashboard]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Dashboard).order_by(Dashboard.title, Dashboard.name)))
+
+    def latest_run(self, runbook: str) -> Run | None:
+        """The latest finished run of a runbook (what a snapshot shows)."""
+        with self.sessions() as session:
+            query = (
+                select(Run)
+                .where(Run.runbook == runbook, Run.status.in_(END_STATES))
+                .order_by(Run.started_at.desc())
+                .limit(1)
+            )
+            return session.scalars(query).first()
+
+    def may_view(self, user: dict, dashboard: Dashboard) -> bool:
+        if not user or user.get("kind") != "user":
+            return False
+        if not dashboard.groups or dashboard.owner == user["name"]:
+            return True
+        if set(dashboard.groups) & set(user.get("groups") or []):
+            return True
+        return bool(check_scopes({f"{PUBLISH_SCOPE}!user={user['name']}"}, user.get("scopes", [])))
+
+    def publish(self, body: dict, owner: str, source: str = "api", commit: str | None = None) -> Dashboard:
+        """Check a publication (API body or repository declaration), store it and publish its copy."""
+        unknown = set(body) - {"name", "mode", "groups", "title", "description", "notebook", "runbook"}
+        if unknown:
+            raise PublishError(f"unknown field(s) {', '.join(sorted(unknown))} (the owner comes from the token)")
+        name = check_name(body.get("name"))
+        mode = body.get("mode") or "snapshot"
+        if mode not in DASHBOARD_MODES:
+            raise PublishError(f"mode must be one of {', '.join(DASHBOARD_MODES)}, not {mode!r}")
+        groups = check_groups(body["groups"] if body.get("groups") is not None else self.settings["default_groups"])
+        runbook = body.get("runbook")
+        if runbook is not None and (not isinstance(runbook, str) or not runbook.endswith(".ipynb")):
+            raise PublishError(f"runbook must be the path of a notebook in the runbooks repository, not {runbook!r}")
+        notebook = None
+        if body.get("notebook") is not None:
+            notebook = parse_notebook(body["notebook"], "the notebook")
+        if mode == "snapshot":
+            if not runbook:
+                raise PublishError("a snapshot dashboard shows the latest run of a runbook: give `runbook`")
+            if self.repository is None or runbook not in self.repository.catalog.names():
+                known = ", ".join(sorted(self.repository.catalog.names())) if self.repository else "none"
+                raise PublishError(f"unknown runbook {runbook!r}: the repository has {known}", status=404)
+            notebook = None  # a snapshot executes nothing and keeps no copy
+        elif notebook is None:
+            if not runbook:
+                raise PublishError("a live dashboard needs the notebook (or the `runbook` to copy from the repository)")
+            if self.repository is None:
+                raise PublishError("no runbooks repository to copy the notebook from")
+            commit = commit or self.repository.commit()
+            notebook = parse_notebook(self.repository.notebook(runbook, commit), f"runbook {runbook}")
+        if mode == "live":
+            refuse_live_if_it_changes_systems(notebook, f"runbook {runbook}" if runbook else "this notebook")
+        if notebook:
+            meta = opshub_metadata(notebook)
+        else:  # a snapshot is titled like its runbook
+            commit = commit or self.repository.commit()
+            meta = opshub_metadata(self.repository.notebook(runbook, commit))
+        title = body.get("title") or meta.get("title") or name
+        description = body.get("description") or meta.get("description") or ""
+        if not isinstance(title, str) or len(title) > 255 or not isinstance(description, str):
+            raise PublishError("title must be text of at most 255 characters, description text")
+
+        now = utcnow()
+        with self.sessions.begin() as session:
+            dashboard = session.get(Dashboard, name)
+            if dashboard is not None and dashboard.source == "git" and source != "git":
+                raise PublishError(
+                    f"dashboard {name!r} is published from the runbooks repository ({dashboard.runbook}):"
+                    " change its metadata there, or choose another name",
+                    status=409,
+                )
+            if dashboard is None:
+                dashboard = Dashboard(name=name, created_at=now)
+                session.add(dashboard)
+            dashboard.mode = mode
+            dashboard.title = title
+            dashboard.description = description
+            dashboard.groups = groups
+            dashboard.owner = owner
+            dashboard.source = source
+            dashboard.runbook = runbook
+            dashboard.commit = commit
+            dashboard.notebook = json.dumps(notebook) if notebook else None
+            dashboard.updated_at = now
+        self._write_copy(dashboard)
+        log.info("%s published dashboard %s (%s, %s)", owner, name, mode, source)
+        return dashboard
+
+    def unpublish(self, name: str, source: str = "api") -> Dashboard:
+        check_name(name)
+        with self.sessions.begin() as session:
+            dashboard = session.get(Dashboard, name)
+            if dashboard is None:
+                raise PublishError(f"no dashboard named {name!r}", status=404)
+            if dashboard.source == "git" and source != "git":
+                raise PublishError(
+                    f"dashboard {name!r} is published from the runbooks repository ({dashboard.runbook}):"
+                    " remove the `dashboard` entry from its opshub metadata there",
+                    status=409,
+                )
+            session.delete(dashboard)
+        (self.published / f"{name}.ipynb").unlink(missing_ok=True)
+        return dashboard
+
+    def _write_copy(self, dashboard: Dashboard) -> None:
+        path = self.published / f"{dashboard.name}.ipynb"
+        if dashboard.mode == "live":
+            self.published.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(dashboard.notebook)
+            tmp.rename(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    # -- publishing from git ----------------------------------------------------------------------
+
+    def declared_in_repository(self, commit: str) -> dict[str, dict]:
+        """Publications declared in the `opshub.dashboard` metadata of the repository's notebooks."""
+        declared = {}
+        for path in sorted(self.repository.catalog.names()):
+            try:
+                notebook = self.repository.notebook(path, commit)
+            except (PublishError, subprocess.CalledProcessError, ValueError) as e:
+                log.error("cannot read %s at %s: %s", path, commit[:12], e)
+                continue
+            spec = opshub_metadata(notebook).get("dashboard")
+            if not spec:
+                continue
+            spec = {} if spec is True else spec
+            if not isinstance(spec, dict):
+                log.error("%s: opshub.dashboard must be true or an object, not %r", path, spec)
+                continue
+            name = spec.get("name") or slugify(Path(path).stem)
+            body = {key: spec[key] for key in ("mode", "groups", "title", "description") if key in spec}
+            body.update(name=name, runbook=path)
+            if body.get("mode") == "live":
+                body["notebook"] = notebook
+            if name in declared:
+                log.error(
+                    "%s and %s both declare dashboard %r: keeping the first", declared[name]["runbook"], path, name
+                )
+                continue
+            declared[name] = body
+        return declared
+
+    def sync_from_git(self) -> list[str]:
+        """Publish what the repository's branch declares (when it moved); return the live notebooks
+        to preheat again."""
+        if self.repository is None:
+            return []
+        commit = self.repository.commit()
+        if commit is None or commit == self.synced_commit:
+            return []
+        self.repository.export(commit, self.runbooks_dir)
+        declared = self.declared_in_repository(commit)
+        changed = []
+        for name, body in declared.items():
+            existing = self.get(name) if SLUG.match(str(name)) else None
+            if existing is not None and existing.source != "git":
+                log.warning("dashboard %s from %s replaces the one %s published", name, body["runbook"], existing.owner)
+                self.unpublish(name, source="git")
+            try:
+                dashboard = self.publish(body, owner=GIT_OWNER, source="git", commit=commit)
+            except PublishError as e:
+                log.error("not publishing %s from %s: %s", name, body["runbook"], e)
+                continue
+            if dashboard.mode == "live":
+                changed.append(f"{name}.ipynb")
+        for dashboard in self.all():
+            if dashboard.source == "git" and dashboard.name not in declared:
+                self.unpublish(dashboard.name, source="git")
+                changed.append(f"{dashboard.name}.ipynb")
+                log.info("dashboard %s unpublished: no longer declared in the repository", dashboard.name)
+        self.synced_commit = commit
+        log.info("dashboards in step with the repository at %s (%d declared)", commit[:12], len(declared))
+        return changed
+
+    async def sync_and_preheat(self) -> None:
+        async with self._sync_lock:
+            loop = asyncio.get_running_loop()
+            if self.repository is not None:
+                await loop.run_in_executor(None, self.repository.catalog.refresh)
+            changed = await loop.run_in_executor(None, self.sync_from_git)
+            for notebook in changed:
+                await self.refresh_backend(notebook)
+
+    async def refresh_backend(self, notebook: str) -> None:
+        """Make the backend serve the current copy: preheat it again, or drop it if unpublished."""
+        try:
+            if (self.published / notebook).exists():
+                await self.backend.preheat(notebook)
+            else:
+                await self.backend.drop(notebook)
+        except (OSError, httpclient.HTTPClientError) as e:
+            log.error("the Voila backend did not refresh %s: %s", notebook, e)
+
+    def finished_runs(self) -> int:
+        return sum(self.stats.finished.values()) if self.stats is not None else 0
+
+    async def refresh_after_runs(self) -> None:
+        """Preheated kernels ran their notebook before anyone asked: when runs have ended since,
+        make them again, so that live dashboards show the run history as it is now."""
+        finished = self.finished_runs()
+        if finished == self._finished_runs:
+            return
+        self._finished_runs = finished
+        await self.render_snapshots()
+        for dashboard in self.all():
+            if dashboard.mode == "live" and self.settings["pool_size"] > 0:
+                await self.refresh_backend(f"{dashboard.name}.ipynb")
+
+    async def render_snapshots(self) -> None:
+        """Render the latest run of each snapshot ahead of its viewers (nbconvert takes seconds)."""
+        loop = asyncio.get_running_loop()
+        for dashboard in self.all():
+            run = self.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+            if run is not None and run.output_notebook:
+                try:
+                    await loop.run_in_executor(None, self.snapshot_html, run)
+                except Exception as e:  # a broken notebook is reported when viewed
+                    log.warning("cannot render the snapshot of %s: %s", dashboard.name, e)
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild the published folder from the database, start Voila, then follow the repository."""
+        for folder in (self.folder, self.folder / "home"):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
+        await asyncio.get_running_loop().run_in_executor(None, self.sync_from_git)
+        shutil.rmtree(self.published, ignore_errors=True)
+        self.published.mkdir(parents=True)
+        for dashboard in self.all():
+            self._write_copy(dashboard)
+        self.backend.start()
+        try:
+            await self.backend.wait_ready()
+        except (RuntimeError, TimeoutError) as e:
+            # the pages and snapshots still work; the watchdog below keeps trying to start Voila
+            log.error("live dashboards are down: %s (see %s)", e, self.backend.log_file)
+        interval = self.settings["git_sync_interval"] * 1000
+        PeriodicCallback(self.sync_and_preheat, interval).start()
+        PeriodicCallback(self.backend.ensure_running, 10_000).start()
+        PeriodicCallback(self.refresh_after_runs, 5_000).start()
+        asyncio.get_running_loop().create_task(self.render_snapshots())
+
+    def stop(self) -> None:
+        self.backend.stop()
+
+    # -- what pages need ---------------------------------------------------------------------------
+
+    def remember_kernel(self, kernel_id: str, name: str) -> None:
+        self.kernels[kernel_id] = name
+        while len(self.kernels) > 10_000:
+            self.kernels.popitem(last=False)
+
+    def snapshot_html(self, run: Run) -> str:
+        html = self._snapshot_html.get(run.id)
+        if html is None:
+            html = notebook_html(run.output_notebook, run.failed_cell)
+            with self._cache_lock:  # also filled from a worker thread by render_snapshots
+                self._snapshot_html[run.id] = html
+                while len(self._snapshot_html) > 32:
+                    self._snapshot_html.popitem(last=False)
+        return html
+
+
+# -- handlers ---------------------------------------------------------------------------------------
+
+
+class DashboardMixin:
+    @property
+    def dashboards(self) -> Dashboards:
+        return self.settings["opshub_dashboards"]
+
+    def visible_or_error(self, name: str) -> Dashboard:
+        if not SLUG.match(name):
+            raise web.HTTPError(404, f"invalid dashboard name {name!r}")
+        dashboard = self.dashboards.get(name)
+        if dashboard is None:
+            raise web.HTTPError(404, f"no dashboard named {name!r}")
+        if not self.dashboards.may_view(self.current_user, dashboard):
+            raise web.HTTPError(
+                403, f"{self.current_user['name']} is not in the groups that may see dashboard {name!r}"
+            )
+        return dashboard
+
+
+class DashboardsApi(DashboardMixin, ApiHandler):
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "message": message, "status": status_code}))
+
+    def call(self, method, *args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except PublishError as e:
+            raise web.HTTPError(e.status, str(e)) from None
+
+
+class DashboardsListApi(DashboardsApi):
+    @web.authenticated
+    def get(self):
+        visible = [d for d in self.dashboards.all() if self.dashboards.may_view(self.current_user, d)]
+        self.write({"dashboards": [dashboard_json(d, self.prefix) for d in visible]})
+
+    @web.authenticated
+    async def post(self):
+        user = self.require(PUBLISH_SCOPE)
+        dashboard = self.call(self.dashboards.publish, self.body(), owner=user)
+        if dashboard.mode == "live":
+            await self.dashboards.refresh_backend(f"{dashboard.name}.ipynb")
+        self.set_status(201)
+        self.write(dashboard_json(dashboard, self.prefix))
+
+
+class DashboardApi(DashboardsApi):
+    @web.authenticated
+    def get(self, name):
+        self.write(dashboard_json(self.visible_or_error(name), self.prefix))
+
+    @web.authenticated
+    async def delete(self, name):
+        user = self.require(PUBLISH_SCOPE)
+        dashboard = self.call(self.dashboards.unpublish, name)
+        if dashboard.mode == "live":
+            await self.dashboards.refresh_backend(f"{name}.ipynb")
+        log.info("%s unpublished dashboard %s", user, name)
+        self.set_status(204)
+
+
+class DashboardPageBase(DashboardMixin, PageHandler):
+    def write_error(self, status_code, **kwargs):
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        if self.current_user is None:
+            return super().write_error(status_code, **kwargs)
+        self.render_page("dashboard_error.html", nav="dashboards", status=status_code, message=message)
+
+
+class DashboardsPage(DashboardPageBase):
+    @web.authenticated
+    def get(self):
+        rows = []
+        for dashboard in self.dashboards.all():
+            if not self.dashboards.may_view(self.current_user, dashboard):
+                continue
+            run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+            rows.append((dashboard, run))
+        self.render_page("dashboards.html", nav="dashboards", rows=rows)
+
+
+class DashboardPage(DashboardPageBase):
+    """A dashboard's stable URL: the live page from Voila, or the snapshot of the latest run."""
+
+    @web.authenticated
+    async def get(self, name):
+        dashboard = self.visible_or_error(name)
+        if dashboard.mode == "snapshot":
+            run = self.dashboards.latest_run(dashboard.runbook)
+            self.render_page("dashboard_snapshot.html", nav="dashboards", dashboard=dashboard, run=run)
+            return
+        await self.live(dashboard)
+
+    async def live(self, dashboard: Dashboard) -> None:
+        dashboards = self.dashboards
+        try:
+            await dashboards.backend.ensure_running()
+            await asyncio.wait_for(dashboards.backend.ready.wait(), timeout=60)
+        except (RuntimeError, asyncio.TimeoutError):
+            raise web.HTTPError(503, "live dashboards are starting or down: try again in a minute") from None
+        pending = {"text": "", "found": False}
+
+        def on_headers(line: str) -> None:
+            if line.startswith("HTTP/"):
+                self.set_status(int(line.split()[1]))
+
+        def on_chunk(chunk: bytes) -> None:
+            if not pending["found"]:
+                pending["text"] += chunk.decode(errors="ignore")
+                match = KERNEL_ID.search(pending["text"])
+                if match:
+                    dashboards.remember_kernel(match.group(1), dashboard.name)
+                    pending.update(found=True, text="")
+            self.write(chunk)
+            self.flush()
+
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        try:
+            response = await dashboards.backend.fetch(
+                dashboards.backend.base_url + f"voila/render/{dashboard.name}.ipynb",
+                header_callback=on_headers,
+                streaming_callback=on_chunk,
+                request_timeout=600,
+                raise_error=False,
+            )
+        except OSError as e:
+            raise web.HTTPError(502, f"the dashboard backend did not answer: {e}") from None
+        if response.code == 599 and not self._headers_written:
+            raise web.HTTPError(502, f"the dashboard backend did not answer: {response.error}")
+        self.finish()
+
+
+class SnapshotNotebook(DashboardMixin, BaseHandler):
+    """The snapshot's executed notebook, sandboxed like the run pages' (no scripts, own origin)."""
+
+    @web.authenticated
+    def get(self, name):
+        dashboard = self.visible_or_error(name)
+        run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+        if run is None or not run.output_notebook:
+            raise web.HTTPError(404, f"no recorded output for dashboard {name!r}")
+        self.set_header(
+            "Content-Security-Policy", "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+        )
+        self.finish(self.dashboards.snapshot_html(run))
+
+
+# What a live dashboard page may fetch from the backend: Voila's own static files, never notebooks
+# (no files, tree, render or contents routes) nor the kernels API.
+ASSET = re.compile(r"^voila/(static|templates|labextensions|api/themes)/[A-Za-z0-9_@.+/-]*$")
+
+
+class VoilaAssetProxy(DashboardMixin, BaseHandler):
+    @web.authenticated
+    async def get(self, path):
+        if not ASSET.match(path) or ".." in path or "//" in path:
+            raise web.HTTPError(404, "not a dashboard asset")
+        backend = self.dashboards.backend
+        url = backend.base_url + path + (f"?{self.request.query}" if self.request.query else "")
+        response = await backend.fetch(url, raise_error=False, request_timeout=60)
+        if response.code == 599:
+            raise web.HTTPError(502, "the dashboard backend did not answer")
+        self.set_status(response.code)
+        for header in ("Content-Type", "Cache-Control", "Etag", "Last-Modified"):
+            if header in response.headers:
+                self.set_header(header, response.headers[header])
+        self.finish(response.body or b"")
+
+
+class KernelModelProxy(DashboardMixin, BaseHandler):
+    """The page reads its own kernel's model (GET only: no listing, starting or deleting kernels)."""
+
+    @web.authenticated
+    async def get(self, kernel_id):
+        name = self.dashboards.kernels.get(kernel_id)
+        if name is None:
+            raise web.HTTPError(404, "unknown kernel")
+        self.visible_or_error(name)
+        backend = self.dashboards.backend
+        response = await backend.fetch(backend.base_url + f"api/kernels/{kernel_id}", raise_error=False)
+        self.set_status(response.code if response.code != 599 else 502)
+        self.set_header("Content-Type", "application/json")
+        self.finish(response.body or b"{}")
+
+
+class KernelShutdownProxy(DashboardMixin, BaseHandler):
+    """The page asks to stop its kernel when it closes (Voila's shutdown route), for its own kernel only."""
+
+    def check_xsrf_cookie(self):
+        # Voila's page sends no XSRF token; the kernel id (random, handed to this viewer's page) is the check.
+        return None
+
+    @web.authenticated
+    async def post(self, kernel_id):
+        name = self.dashboards.kernels.get(kernel_id)
+        if name is None:
+            raise web.HTTPError(404, "unknown kernel")
+        self.visible_or_error(name)
+        backend = self.dashboards.backend
+        await backend.fetch(
+            backend.base_url + f"voila/api/shutdown/{kernel_id}", method="POST", body=b"", raise_error=False
+        )
+        self.dashboards.kernels.pop(kernel_id, None)
+        self.set_status(204)
+
+
+class KernelSocket(DashboardMixin, HubOAuthenticated, KernelSocketProxy):
+    @property
+    def backend(self) -> VoilaBackend:
+        return self.dashboards.backend
+
+    def authorize(self, kernel_id: str) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "log in to the hub first")
+        name = self.dashboards.kernels.get(kernel_id)
+        if name is None:
+            raise web.HTTPError(403, "this kernel was not handed to a dashboard page")
+        self.visible_or_error(name)
+
+
+class DataRunsHandler(web.RequestHandler):
+    """Run summaries for live dashboards' kernels, read with the data token in their environment.
+
+    No user identity and no output notebooks: exactly what a dashboard may chart, nothing to act on.
+    """
+
+    def get(self):
+        token = self.settings["opshub_dashboards"].data_token
+        sent = self.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPError(401, "send the dashboards' data token")
+        runbook = self.get_argument("runbook", None)
+        try:
+            limit = min(max(int(self.get_argument("limit", "200")), 1), 1000)
+        except ValueError:
+            raise web.HTTPError(400, "limit must be a whole number") from None
+        runs, total = self.settings["opshub_store"].list_runs(runbook=runbook, limit=limit)
+        keys = ("id", "runbook", "user", "trigger", "parameters", "status", "failed_cell", "error_summary")
+        self.write(
+            {
+                "total": total,
+                "runs": [
+                    {
+                        **{key: getattr(run, key) for key in keys},
+                        "started_at": run.started_at.isoformat(),
+                        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+                    }
+                    for run in runs
+                ],
+            }
+        )
+
+
+def dashboard_handlers(prefix: str) -> list[tuple]:
+    """The dashboards' routes under the service's prefix."""
+    base = url_path_join(prefix, "dashboards")
+    return [
+        (url_path_join(prefix, "api/dashboards"), DashboardsListApi),
+        (url_path_join(prefix, r"api/dashboards/([^/]+)"), DashboardApi),
+        (url_path_join(prefix, "api/dashboard-data/runs"), DataRunsHandler),
+        (base + "/", DashboardsPage),
+        (base, web.RedirectHandler, {"url": base + "/"}),
+        (url_path_join(base, rf"-/(api/kernels/({UUID})/channels)"), KernelSocket),
+        (url_path_join(base, rf"-/api/kernels/({UUID})"), KernelModelProxy),
+        (url_path_join(base, rf"-/voila/api/shutdown/({UUID})"), KernelShutdownProxy),
+        (url_path_join(base, r"-/(.*)"), VoilaAssetProxy),
+        (url_path_join(base, r"([^/]+)/"), DashboardPage),
+        (url_path_join(base, r"([^/]+)/notebook"), SnapshotNotebook),
+        (url_path_join(base, r"([a-z0-9-]+)"), web.RedirectHandler, {"url": base + "/{0}/"}),
+    ]

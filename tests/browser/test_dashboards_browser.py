@@ -1,0 +1,93 @@
+"""Dashboards in a browser: carol, a viewer, opens the list, uses the live patching-status dashboard's
+stack dropdown, then reads the snapshot of the last patching run (made with `opshub run`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from playwright.sync_api import expect
+
+from tests.helpers import ARTIFACTS, VENV_BIN
+from tests.livehub import DEMO_PASSWORD, wait_for
+
+from .conftest import screenshot
+
+
+def test_viewer_uses_a_live_dashboard_and_reads_a_snapshot(page, hub, tmp_path):
+    tokens = hub.tokens(users=["alice", "bob"])
+    snapshot = {"name": "patching-last-run", "mode": "snapshot", "runbook": "patch-server-stack.ipynb"}
+    published = hub.service_api(tokens["alice"], "POST", "dashboards", json=snapshot)
+    assert published.status_code == 201, published.text
+    # bob patches the web stack (a dry run), recorded like any headless run
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "OPSHUB_SERVICE_URL": f"{hub.url}/services/opshub/",
+        "JUPYTERHUB_API_TOKEN": tokens["bob"],
+    }
+    run = subprocess.run(
+        [
+            str(VENV_BIN / "opshub"),
+            "run",
+            "patch-server-stack",
+            "-p",
+            "stack",
+            "web",
+            "--runbooks-dir",
+            str(hub.upstream),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    (ARTIFACTS / "dashboards-opshub-run.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0, run.stderr
+
+    # preheated pages ran before bob's run: the service makes them again within seconds of a run's end
+    carol, _ = hub.login("carol")
+    wait_for(
+        lambda: "(dry run)" in carol.get(f"{hub.url}/services/opshub/dashboards/patching-status/", timeout=120).text,
+        timeout=90,
+        interval=2,
+        what="the live dashboard to show bob's run",
+    )
+
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        page.fill("#username_input", "carol")
+        page.fill("#password_input", DEMO_PASSWORD)
+        page.click("#login_submit")
+        page.click("#opshub-dashboards-link")
+        expect(page.locator("#dashboards")).to_be_visible()
+        expect(page.locator("tr[data-dashboard='patching-status']")).to_contain_text("live")
+        screenshot(page, "dashboards-list")
+
+        page.click("text=Patching status")
+        picker = page.locator(".widget-dropdown select")
+        expect(picker).to_be_visible(timeout=120_000)
+        expect(page.locator(".widget-output")).to_contain_text("Stack db", timeout=60_000)
+        screenshot(page, "dashboard-live-db")
+        picker.select_option("web")
+        output = page.locator(".widget-output")
+        expect(output).to_contain_text("Stack web", timeout=60_000)
+        expect(output).to_contain_text("web01.example.internal")
+        expect(output).not_to_contain_text("Stack db")
+        # the table of every stack shows bob's dry run of web, from the run history
+        expect(page.locator("body")).to_contain_text("(dry run)")
+        chart = output.locator("img")  # the runs of web per month, drawn by matplotlib in the kernel
+        expect(chart).to_be_visible()
+        chart.scroll_into_view_if_needed()
+        screenshot(page, "dashboard-live-web")
+
+        page.goto(f"{hub.url}/services/opshub/dashboards/")
+        page.locator("tr[data-dashboard='patching-last-run'] a").click()
+        expect(page.locator("#dashboard-title")).to_have_text("Patch a server stack")
+        expect(page.locator("#run-status")).to_have_text("succeeded")
+        expect(page.locator("#snapshot-facts")).to_contain_text("bob")
+        frame = page.frame_locator("iframe.notebook")
+        expect(frame.locator("body")).to_contain_text("ops@web01.example.internal", timeout=30_000)
+        screenshot(page, "dashboard-snapshot")
+    finally:
+        hub.service_api(tokens["alice"], "DELETE", "dashboards/patching-last-run")

@@ -1,0 +1,514 @@
+"""Published dashboards, live behind the hub and proxy: publishing and its refusals, the list and
+pages, live dashboards through standalone Voila (widgets work, code does not run), snapshots of the
+latest run, publishing from git, and every way around the service's authentication we could think of,
+each tried for real."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import nbformat
+import pytest
+import requests
+import websocket
+
+from tests.helpers import VENV_BIN, git
+from tests.livehub import Hub, wait_for
+
+PREFIX = "/services/opshub/"
+LIVE = "patching-status"  # declared in shared-notebooks/dashboards/patching-status.ipynb
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.fixture(scope="module")
+def dash_hub(tmp_path_factory):
+    """A hub of our own: it follows the repository every 2 s, and other tests' runbook edits stay out."""
+
+    def configure(settings):
+        settings["dashboards"] = {"git_sync_interval": 2, "pool_size": 1}
+
+    the_hub = Hub(tmp_path_factory.mktemp("dashboards"), configure=configure)
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()
+    assert not [p for p in the_hub.processes_of_this_hub() if "opshub.service.voila" in p], "Voila outlived the hub"
+
+
+@pytest.fixture(scope="module")
+def tokens(dash_hub):
+    return dash_hub.tokens()
+
+
+@pytest.fixture(scope="module")
+def sessions(dash_hub):
+    return {user: dash_hub.login(user)[0] for user in ("alice", "bob", "carol")}
+
+
+def api(hub, token, method, path, **kwargs):
+    return hub.service_api(token, method, path, **kwargs)
+
+
+def page(hub, session, name, timeout=120):
+    return session.get(f"{hub.url}{PREFIX}dashboards/{name}/", timeout=timeout)
+
+
+def live_page(hub, session, name=LIVE):
+    """The live dashboard, once the service and its Voila backend are up."""
+
+    def rendered():
+        r = page(hub, session, name)
+        return r if r.status_code == 200 and '"kernelId"' in r.text else None
+
+    return wait_for(rendered, timeout=90, interval=1, what=f"the live dashboard {name}")
+
+
+def kernel_id(html: str) -> str:
+    return re.search(r'"kernelId":\s*"([0-9a-f-]{36})"', html).group(1)
+
+
+def widget_models(html: str) -> list[str]:
+    outputs = re.findall(r'<script type="application/vnd.voila.cell-output\+json">\s*(.*?)\s*</script>', html, re.S)
+    views = [json.loads(o).get("data", {}).get(WIDGET_VIEW) for o in outputs]
+    return [v["model_id"] for v in views if v]
+
+
+def kernel_socket(hub, session, kernel, **kwargs) -> websocket.WebSocket:
+    url = hub.url.replace("http", "ws", 1) + f"{PREFIX}dashboards/-/api/kernels/{kernel}/channels"
+    cookie = "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+    return websocket.create_connection(url, cookie=cookie, **{"origin": hub.url, "timeout": 30, **kwargs})
+
+
+def message(msg_type: str, content: dict, channel: str = "shell") -> str:
+    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "", "session": uuid.uuid4().hex}
+    header.update(version="5.3", date="")
+    return json.dumps(
+        {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel, "buffers": []}
+    )
+
+
+def execute(code: str) -> str:
+    return message(
+        "execute_request",
+        {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False},
+    )
+
+
+def receive_until(ws, predicate, timeout=30) -> list[dict]:
+    """Messages from the kernel until one satisfies `predicate` (which must happen)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(deadline - time.monotonic(), 0.1))
+        seen.append(json.loads(ws.recv()))
+        if predicate(seen[-1]):
+            return seen
+    raise AssertionError(f"no expected message within {timeout}s; got {[m['msg_type'] for m in seen]}")
+
+
+def backend_process(hub) -> tuple[int, str, int]:
+    """pid, secret and port of the hub's Voila backend (the secret from its initial environment)."""
+    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "opshub.service.voila" in line and str(hub.state) in line:
+            pid = int(line.split()[0])
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            secret = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"OPSHUB_VOILA_SECRET="))
+            port = int(re.search(r"--port (\d+)", line).group(1))
+            return pid, secret, port
+    raise AssertionError("the Voila backend process was not found")
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+
+
+def raw_get(hub, path: str, session=None) -> tuple[int, bytes]:
+    """GET with the path sent exactly as written (no client-side normalisation of `..` or `%2F`)."""
+    url = urlparse(hub.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    headers = {"Cookie": "; ".join(f"{c.name}={c.value}" for c in session.cookies)} if session else {}
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    conn.close()
+    return response.status, body
+
+
+def live_notebook(title="Scratch", changes_systems=False, code="print('hello from a dashboard')") -> dict:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["opshub"] = {"title": title, "description": "a test", "changes_systems": changes_systems}
+    return json.loads(nbformat.writes(nb))
+
+
+# -- the list and the live dashboard published from git ---------------------------------------------
+
+
+def test_viewer_sees_the_list_and_the_live_dashboard_from_git(dash_hub, sessions):
+    carol = sessions["carol"]
+    r = live_page(dash_hub, carol)
+    assert "stacks in the inventory" in r.text  # the notebook ran, in a preheated kernel
+    assert "OPSHUB_HISTORY_TOKEN" not in r.text  # sources are stripped
+    listing = carol.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30)
+    assert listing.status_code == 200
+    row = re.search(r'<tr data-dashboard="patching-status">(.*?)</tr>', listing.text, re.S).group(1)
+    assert "Patching status" in row and "live" in row and "git" in row
+    assert f'href="{PREFIX}dashboards/patching-status/"' in row
+    home = carol.get(f"{dash_hub.url}/hub/home", timeout=30)
+    assert f'href="{PREFIX}dashboards/"' in home.text
+
+
+def test_widgets_work_but_execute_request_does_not_run(dash_hub, sessions, tmp_path):
+    carol = sessions["carol"]
+    html = live_page(dash_hub, carol).text
+    picker, details = widget_models(html)[-2:]
+    ws = kernel_socket(dash_hub, carol, kernel_id(html))
+    try:
+        # what the dropdown sends when carol picks the 4th stack (db, lab, monitoring, web)
+        update = {"comm_id": picker, "data": {"method": "update", "state": {"index": 3}, "buffer_paths": []}}
+        ws.send(message("comm_msg", update))
+        # the kernel ran the dropdown's callback: it set the output widget to capture, then displayed web's hosts
+        seen = receive_until(ws, lambda m: "web01.example.internal" in json.dumps(m["content"]))
+        assert any(m["content"].get("comm_id") == details for m in seen if m["msg_type"] == "comm_msg")
+        assert "Stack web" in json.dumps(seen)
+
+        marker = tmp_path / "executed"
+        ws.send(execute(f"open({str(marker)!r}, 'w').write('ran')"))
+        ws.send(message("comm_info_request", {}))
+        # the kernel answers what came after the execute_request, so it had its chance to run it
+        seen = receive_until(ws, lambda m: m["msg_type"] == "comm_info_reply")
+        assert not [m for m in seen if m["msg_type"] in ("execute_reply", "execute_input")]
+        assert not marker.exists()
+    finally:
+        ws.close()
+
+
+def test_voila_itself_drops_execute_requests(dash_hub, sessions, tmp_path):
+    """Behind the service's filter, the backend refuses them too (for a caller holding its secret)."""
+    _, secret, port = backend_process(dash_hub)
+    html = live_page(dash_hub, sessions["carol"]).text
+    url = f"ws://127.0.0.1:{port}{PREFIX}dashboards/-/api/kernels/{kernel_id(html)}/channels"
+    ws = websocket.create_connection(url, header=[f"X-Opshub-Voila-Secret: {secret}"], timeout=30)
+    try:
+        marker = tmp_path / "executed-directly"
+        ws.send(execute(f"open({str(marker)!r}, 'w').write('ran')"))
+        ws.send(message("comm_info_request", {}))
+        seen = receive_until(ws, lambda m: m["msg_type"] == "comm_info_reply")
+        assert not [m for m in seen if m["msg_type"] == "execute_reply"]
+        assert not marker.exists()
+    finally:
+        ws.close()
+
+
+def test_backend_port_is_useless_without_the_service(dash_hub, sessions):
+    _, secret, port = backend_process(dash_hub)
+    backend = f"http://127.0.0.1:{port}{PREFIX}dashboards/-/"
+    for path in ("voila/render/patching-status.ipynb", "voila/tree", "voila/static/voila.js", "opshub-backend/pools/"):
+        assert requests.get(backend + path, timeout=30).status_code == 403, path
+        wrong = requests.get(backend + path, headers={"X-Opshub-Voila-Secret": secret[:-1]}, timeout=30)
+        assert wrong.status_code == 403, path
+    html = live_page(dash_hub, sessions["carol"]).text
+    url = f"ws://127.0.0.1:{port}{PREFIX}dashboards/-/api/kernels/{kernel_id(html)}/channels"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, timeout=30)
+    assert refused.value.status_code == 403
+    assert secret not in html
+
+
+def test_kernel_websocket_needs_login_a_handed_out_kernel_and_our_origin(dash_hub, sessions):
+    html = live_page(dash_hub, sessions["carol"]).text
+    url = dash_hub.url.replace("http", "ws", 1) + f"{PREFIX}dashboards/-/api/kernels/{kernel_id(html)}/channels"
+    attempts = {
+        "anonymous": lambda: websocket.create_connection(url, origin=dash_hub.url, timeout=30),
+        "another site": lambda: kernel_socket(dash_hub, sessions["carol"], kernel_id(html), origin="http://evil.test"),
+        "unknown kernel": lambda: kernel_socket(dash_hub, sessions["carol"], str(uuid.uuid4())),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            attempt().close()
+        assert refused.value.status_code == 403, what
+
+
+def test_no_files_apis_or_sources_through_dashboard_urls(dash_hub, sessions):
+    carol = sessions["carol"]
+    live_page(dash_hub, carol)
+    base = f"{PREFIX}dashboards/"
+    probes = [
+        "-/voila/files/patching-status.ipynb",
+        "-/voila/files/../published/patching-status.ipynb",
+        "-/voila/render/patching-status.ipynb",
+        "-/voila/tree",
+        "-/voila/tree/",
+        "-/voila/api/contents",
+        "-/voila/api/contents/patching-status.ipynb",
+        "-/api/contents",
+        "-/api/contents/patching-status.ipynb",
+        "-/api/kernels",
+        "-/api/sessions",
+        "-/api/terminals",
+        "-/terminals/websocket/1",
+        "-/api/kernelspecs",
+        "-/static/../../../../etc/passwd",
+        "-/voila/static/../../../../etc/passwd",
+        "-/voila/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "-/voila/static/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "-/voila/templates/lab/../../../../../etc/passwd",
+        "-/opshub-backend/pools/",
+        "-/login",
+        "patching-status/../../../../etc/passwd",
+        "patching-status/notebook",  # a live dashboard has no snapshot
+        "patching-status.ipynb/",
+    ]
+    for probe in probes:
+        status, body = raw_get(dash_hub, base + probe, session=carol)
+        # refused, or (for raw `..`) normalised by the proxy into a hub URL that redirects elsewhere
+        assert status in (302, 400, 403, 404, 405), f"{probe}: {status}"
+        assert b"root:x:" not in body and b"OPSHUB_HISTORY_TOKEN" not in body and b'"cells"' not in body, probe
+    # what the page does need is served
+    assert raw_get(dash_hub, base + "-/voila/static/voila.js", session=carol)[0] == 200
+
+
+KERNEL_ENV = {
+    "PATH",
+    "HOME",
+    "LANG",
+    "OPSHUB_DASHBOARD",
+    "OPSHUB_RUNBOOKS_DIR",
+    "OPSHUB_HISTORY_URL",
+    "OPSHUB_HISTORY_TOKEN",
+}
+# set by jupyter_client and Voila for each kernel: its parent, and the request (CGI-like variables)
+ADDED_BY_JUPYTER = re.compile(
+    r"^(JPY_PARENT_PID|JPY_SESSION_NAME|PYDEVD_\w+|VOILA_\w+|SCRIPT_NAME|PATH_INFO|QUERY_STRING|SERVER_\w+)$"
+)
+
+
+def test_kernels_get_a_minimal_environment(dash_hub, sessions):
+    live_page(dash_hub, sessions["carol"])
+    voila_pid, secret, _ = backend_process(dash_hub)
+    children = subprocess.run(["pgrep", "-P", str(voila_pid)], capture_output=True, text=True).stdout.split()
+    kernels = [int(pid) for pid in children if "ipykernel" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert kernels, "no kernel process found under the Voila backend"
+    for pid in kernels:
+        env = environment_of(pid)
+        unexpected = [k for k in env if k not in KERNEL_ENV and not ADDED_BY_JUPYTER.match(k)]
+        assert not unexpected, unexpected  # no JUPYTERHUB_*, no user's or service's token, no backend secret
+        assert set(env) >= KERNEL_ENV
+        assert secret not in "".join(env.values())
+        assert env["HOME"] == str(dash_hub.state / "dashboards" / "home")
+        # the one credential: read-only run summaries, refused without it
+        history = env["OPSHUB_HISTORY_URL"] + "runs"
+        assert requests.get(history, timeout=30).status_code == 401
+        ok = requests.get(history, headers={"Authorization": f"Bearer {env['OPSHUB_HISTORY_TOKEN']}"}, timeout=30)
+        assert ok.status_code == 200 and "runs" in ok.json()
+        # ... and it opens nothing else of the service
+        for path in ("api/runs", "api/dashboards"):
+            refused = requests.post(
+                env["OPSHUB_HISTORY_URL"].replace("api/dashboard-data/", path),
+                headers={"Authorization": f"Bearer {env['OPSHUB_HISTORY_TOKEN']}"},
+                json={},
+                timeout=30,
+            )
+            assert refused.status_code in (401, 403), path
+
+
+# -- publishing ---------------------------------------------------------------------------------------
+
+
+def test_only_authors_and_admins_publish_and_the_owner_comes_from_the_token(dash_hub, tokens):
+    body = {"name": "scratch", "mode": "live", "notebook": live_notebook()}
+    for user in ("bob", "carol"):
+        r = api(dash_hub, tokens[user], "POST", "dashboards", json=body)
+        assert r.status_code == 403 and "custom:opshub:dashboards:publish" in r.json()["error"], user
+    assert api(dash_hub, None, "POST", "dashboards", json=body).status_code == 403
+    r = api(dash_hub, tokens["alice"], "POST", "dashboards", json={**body, "owner": "bob"})
+    assert r.status_code == 400 and "owner" in r.json()["error"]
+    r = api(dash_hub, tokens["alice"], "POST", "dashboards", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["owner"] == "alice" and r.json()["url"] == f"{PREFIX}dashboards/scratch/"
+    assert api(dash_hub, tokens["bob"], "DELETE", "dashboards/scratch").status_code == 403
+    assert api(dash_hub, tokens["alice"], "DELETE", "dashboards/scratch").status_code == 204
+    assert api(dash_hub, tokens["alice"], "GET", "dashboards/scratch").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../hub", "a/b", "a%2Fb", "..", ".", "Upper", "", "-x", "x-", "a b", "a\\b", "x" * 65, "é", "a.b", None, 3],
+)
+def test_names_that_are_not_slugs_are_refused(dash_hub, tokens, name):
+    r = api(
+        dash_hub,
+        tokens["alice"],
+        "POST",
+        "dashboards",
+        json={"name": name, "mode": "live", "notebook": live_notebook()},
+    )
+    assert r.status_code == 400 and "invalid dashboard name" in r.json()["error"]
+
+
+def test_tricky_names_in_urls_find_nothing(dash_hub, sessions):
+    # (a plain or %2e-encoded `..` is resolved by the proxy before it reaches the service)
+    for path in ("..%2F..%2Fhub%2Fhome/", "patching-status%2F..%2F/", "%2E%2E%2Fruns/", "PATCHING-STATUS/", "-/"):
+        status, body = raw_get(dash_hub, f"{PREFIX}dashboards/{path}", session=sessions["carol"])
+        assert status in (400, 403, 404), f"{path}: {status}"
+    r = api(dash_hub, None, "GET", "dashboards/..%2Fruns")
+    assert r.status_code in (403, 404)
+
+
+def test_live_is_refused_for_runbooks_that_change_systems(dash_hub, tokens):
+    for body in (
+        {"name": "patching", "mode": "live", "runbook": "patch-server-stack.ipynb"},
+        {"name": "patching", "mode": "live", "notebook": live_notebook(changes_systems=True)},
+    ):
+        r = api(dash_hub, tokens["alice"], "POST", "dashboards", json=body)
+        assert r.status_code == 400 and "changes_systems: true" in r.json()["error"], r.text
+        assert "snapshot" in r.json()["error"]
+    r = api(
+        dash_hub, tokens["alice"], "POST", "dashboards", json={"name": "x", "mode": "snapshot", "runbook": "no.ipynb"}
+    )
+    assert r.status_code == 404 and "unknown runbook" in r.json()["error"]
+    r = api(
+        dash_hub, tokens["alice"], "POST", "dashboards", json={"name": "x", "mode": "live", "notebook": {"cells": 1}}
+    )
+    assert r.status_code == 400 and "notebook" in r.json()["error"]
+    r = api(dash_hub, tokens["alice"], "POST", "dashboards", json={"name": "x", "mode": "dashboard"})
+    assert r.status_code == 400 and "mode" in r.json()["error"]
+    r = api(
+        dash_hub,
+        tokens["alice"],
+        "POST",
+        "dashboards",
+        json={"name": LIVE, "mode": "snapshot", "runbook": "patch-server-stack.ipynb"},
+    )
+    assert r.status_code == 409 and "repository" in r.json()["error"]
+
+
+def test_groups_decide_who_sees_a_dashboard(dash_hub, tokens, sessions):
+    body = {"name": "managers-only", "mode": "live", "groups": ["managers"], "notebook": live_notebook("For managers")}
+    assert api(dash_hub, tokens["alice"], "POST", "dashboards", json=body).status_code == 201
+    try:
+        r = page(dash_hub, sessions["carol"], "managers-only")
+        assert r.status_code == 403 and "not in the groups" in r.text
+        assert "managers-only" not in sessions["carol"].get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30).text
+        names = [d["name"] for d in api(dash_hub, tokens["carol"], "GET", "dashboards").json()["dashboards"]]
+        assert "managers-only" not in names and LIVE in names
+        assert api(dash_hub, tokens["carol"], "GET", "dashboards/managers-only").status_code == 403
+        owner_view = wait_for(
+            lambda: (r := page(dash_hub, sessions["alice"], "managers-only")).status_code == 200 and r,
+            timeout=60,
+            what="alice's dashboard",
+        )
+        assert "hello from a dashboard" in owner_view.text
+        # anonymous people are sent to log in at the hub
+        anonymous = requests.get(f"{dash_hub.url}{PREFIX}dashboards/{LIVE}/", timeout=30)
+        assert anonymous.url.startswith(f"{dash_hub.url}/hub/login")
+    finally:
+        api(dash_hub, tokens["alice"], "DELETE", "dashboards/managers-only")
+
+
+def test_a_republished_live_dashboard_serves_the_new_copy(dash_hub, tokens, sessions):
+    alice = sessions["alice"]
+    for version in ("first", "second"):
+        body = {"name": "versions", "mode": "live", "notebook": live_notebook(code=f"print('version {version}')")}
+        assert api(dash_hub, tokens["alice"], "POST", "dashboards", json=body).status_code == 201
+        assert f"version {version}" in live_page(dash_hub, alice, "versions").text
+    api(dash_hub, tokens["alice"], "DELETE", "dashboards/versions")
+    assert page(dash_hub, alice, "versions").status_code == 404
+
+
+def test_snapshot_shows_the_latest_finished_run_and_runs_nothing(dash_hub, tokens, sessions):
+    body = {"name": "patching-last-run", "runbook": "patch-server-stack.ipynb"}  # snapshot: the default
+    r = api(dash_hub, tokens["alice"], "POST", "dashboards", json=body)
+    assert r.status_code == 201 and r.json()["mode"] == "snapshot", r.text
+    carol = sessions["carol"]
+    assert "No finished run" in page(dash_hub, carol, "patching-last-run").text
+
+    output = live_notebook(code="print('patched')")
+    output["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "SNAPSHOT-MARKER web01\n"}]
+    run = api(dash_hub, tokens["bob"], "POST", "runs", json={"runbook": "patch-server-stack.ipynb"}).json()
+    finish = {"status": "succeeded", "output_notebook": output}
+    assert api(dash_hub, tokens["bob"], "POST", f"runs/{run['id']}/finish", json=finish).status_code == 200
+    before = api(dash_hub, tokens["carol"], "GET", "runs?runbook=patch-server-stack.ipynb").json()["total"]
+
+    view = page(dash_hub, carol, "patching-last-run")
+    assert view.status_code == 200 and "succeeded" in view.text and run["id"] in view.text and "bob" in view.text
+    notebook = carol.get(f"{dash_hub.url}{PREFIX}dashboards/patching-last-run/notebook", timeout=30)
+    assert notebook.status_code == 200 and "SNAPSHOT-MARKER web01" in notebook.text
+    assert notebook.headers["Content-Security-Policy"].startswith("sandbox")
+    # looking executed nothing: no new run, and a running one is not shown
+    api(dash_hub, tokens["bob"], "POST", "runs", json={"runbook": "patch-server-stack.ipynb"})
+    assert run["id"] in page(dash_hub, carol, "patching-last-run").text
+    after = api(dash_hub, tokens["carol"], "GET", "runs?runbook=patch-server-stack.ipynb&status=succeeded").json()
+    assert after["total"] == before
+    listing = carol.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30).text
+    row = re.search(r'<tr data-dashboard="patching-last-run">(.*?)</tr>', listing, re.S).group(1)
+    assert "snapshot" in row and "succeeded" in row and "alice" in row
+    api(dash_hub, tokens["alice"], "DELETE", "dashboards/patching-last-run")
+
+
+def test_dashboards_follow_the_repository_branch(dash_hub, tokens, sessions):
+    upstream = dash_hub.upstream
+    declared = live_notebook("From git", code="print('declared in git')")
+    declared["metadata"]["opshub"]["dashboard"] = {"name": "from-git", "mode": "live"}
+    (upstream / "dashboards" / "from-git.ipynb").write_text(json.dumps(declared))
+    git("add", "-A", cwd=upstream)
+    git("commit", "--quiet", "-m", "a dashboard declared in git", cwd=upstream)
+
+    def listed():
+        found = api(dash_hub, tokens["carol"], "GET", "dashboards/from-git")
+        return found.json() if found.status_code == 200 else None
+
+    dashboard = wait_for(listed, timeout=60, interval=1, what="the dashboard declared in git")
+    assert dashboard["source"] == "git" and dashboard["commit"] == git("rev-parse", "main", cwd=dash_hub.repository)
+    assert "declared in git" in live_page(dash_hub, sessions["carol"], "from-git").text
+    # an author cannot remove what the repository declares ...
+    assert api(dash_hub, tokens["alice"], "DELETE", "dashboards/from-git").status_code == 409
+    # ... the repository does
+    git("rm", "--quiet", "dashboards/from-git.ipynb", cwd=upstream)
+    git("commit", "--quiet", "-m", "no more", cwd=upstream)
+    wait_for(lambda: api(dash_hub, tokens["carol"], "GET", "dashboards/from-git").status_code == 404, timeout=60)
+
+
+def test_opshub_publish_and_unpublish_commands(dash_hub, tokens, tmp_path):
+    home = tmp_path / "home"
+    (home / "runbooks").mkdir(parents=True)
+    notebook = home / "runbooks" / "status.ipynb"
+    notebook.write_text(json.dumps(live_notebook("Status board", code="print('from the command')")))
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "OPSHUB_SERVICE_URL": f"{dash_hub.url}{PREFIX}",
+        "JUPYTERHUB_API_TOKEN": tokens["alice"],
+    }
+
+    def opshub(*args, token=None):
+        run_env = {**env, "JUPYTERHUB_API_TOKEN": token} if token else env
+        return subprocess.run([str(VENV_BIN / "opshub"), *args], capture_output=True, text=True, env=run_env)
+
+    done = opshub("publish", str(notebook), "--name", "status-board", "--mode", "live", "--group", "operators")
+    assert done.returncode == 0, done.stderr
+    assert "Published status-board (live) for operators" in done.stdout and "/dashboards/status-board/" in done.stdout
+    shown = api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").json()
+    assert shown["runbook"] == "status.ipynb" and shown["groups"] == ["operators"] and shown["title"] == "Status board"
+    # the copy was taken at publish time: editing the file changes nothing
+    notebook.write_text(json.dumps(live_notebook("Edited", code="print('edited')")))
+    assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").json()["title"] == "Status board"
+
+    refused = opshub("publish", str(notebook), "--name", "Bad/Name", "--mode", "live")
+    assert refused.returncode == 1 and "invalid dashboard name" in refused.stderr
+    refused = opshub("publish", str(notebook), "--name", "by-bob", "--mode", "live", token=tokens["bob"])
+    assert refused.returncode == 1 and "publish" in refused.stderr
+    assert opshub("publish", str(tmp_path / "missing.ipynb"), "--name", "x").returncode == 2
+
+    done = opshub("unpublish", "status-board")
+    assert done.returncode == 0, done.stderr
+    assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").status_code == 404
+    assert opshub("unpublish", "status-board").returncode == 1

@@ -1,0 +1,216 @@
+"""Dashboards without servers: names, the kernel message filter, publishing rules, the registry in a
+real SQLite store, publishing from a real git repository, who sees what, and the shipped dashboard."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from opshub.configure.roles import load_roles
+from opshub.configure.services import PUBLISH_SCOPE, apply_services
+from opshub.configure.spawner import SERVER_TOKEN_SCOPES
+from opshub.runbooks.catalog import RunbookCatalog
+from opshub.service.dashboards import Dashboards, PublishError, check_name, refuse_live_if_it_changes_systems
+from opshub.service.store import RunStore
+from opshub.service.voila import ALLOWED_MESSAGE_TYPES, message_type
+from opshub.settings import load_settings
+from traitlets.config import Config
+
+from tests.helpers import SHARED_NOTEBOOKS, git, make_work_tree
+
+DASHBOARD = SHARED_NOTEBOOKS / "dashboards" / "patching-status.ipynb"
+
+
+def notebook(title="Board", changes_systems=False, dashboard=None, code="print(1)") -> dict:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["opshub"] = {"title": title, "description": "d", "changes_systems": changes_systems}
+    if dashboard is not None:
+        nb.metadata["opshub"]["dashboard"] = dashboard
+    return json.loads(nbformat.writes(nb))
+
+
+@pytest.mark.parametrize("name", ["a", "patching-status", "web-01", "x" * 64, "0day"])
+def test_slugs_are_accepted(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "-a", "a-", "A", "a/b", "../a", "..", "a%2Fb", "a.b", "a b", "a_b", "x" * 65, "é", None, 1, ["a"]]
+)
+def test_everything_else_is_refused_naming_the_problem(name):
+    with pytest.raises(PublishError, match="invalid dashboard name"):
+        check_name(name)
+
+
+def test_message_filter_reads_both_framings():
+    msg = {"header": {"msg_type": "execute_request"}, "content": {"code": "1"}}
+    assert message_type(json.dumps(msg)) == "execute_request"
+    # Jupyter's legacy binary framing: count, offsets, then the JSON message and its buffers
+    body, buffer = json.dumps({**msg, "header": {"msg_type": "comm_msg"}}).encode(), b"\x00\x01"
+    offsets = [4 + 4 * 2, 4 + 4 * 2 + len(body)]
+    framed = struct.pack(">III", 2, *offsets) + body + buffer
+    assert message_type(framed) == "comm_msg"
+    for garbage in (
+        "",
+        "not json",
+        "[]",
+        '{"header": 1}',
+        b"\x00",
+        b"\x00\x00\x00\x05abc",
+        '{"header": {"msg_type": 3}}',
+    ):
+        assert message_type(garbage) is None
+    assert "execute_request" not in ALLOWED_MESSAGE_TYPES and "comm_msg" in ALLOWED_MESSAGE_TYPES
+
+
+def test_live_is_refused_only_for_runbooks_that_change_systems():
+    with pytest.raises(PublishError, match=r"changes_systems: true.*snapshot"):
+        refuse_live_if_it_changes_systems(notebook(changes_systems=True), "runbook patch.ipynb")
+    refuse_live_if_it_changes_systems(notebook(changes_systems=False), "x")
+    refuse_live_if_it_changes_systems({"metadata": {}}, "x")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    files = {
+        "patch.ipynb": json.dumps(notebook("Patch", changes_systems=True)),
+        "status.ipynb": json.dumps(notebook("Status", dashboard={"mode": "live", "groups": ["managers"]})),
+        "report.ipynb": json.dumps(notebook("Report", dashboard=True)),
+        "inventory/stacks.yaml": "stacks: {}\n",
+    }
+    return make_work_tree(tmp_path / "runbooks", files=files)
+
+
+@pytest.fixture
+def dashboards(tmp_path, repo):
+    store = RunStore(f"sqlite:///{tmp_path / 'history.sqlite'}")
+    store.upgrade()
+    catalog = RunbookCatalog(str(repo), "main", tmp_path / "cache.git")
+    catalog.refresh()
+    yield Dashboards(store, tmp_path / "dashboards", "/services/opshub/", "http://127.0.0.1:1", catalog)
+    store.close()
+
+
+def test_publishing_live_and_snapshot(dashboards):
+    live = dashboards.publish({"name": "board", "mode": "live", "notebook": notebook("Board")}, owner="alice")
+    assert (live.owner, live.title, live.groups, live.source) == ("alice", "Board", [], "api")
+    copy = dashboards.published / "board.ipynb"
+    assert json.loads(copy.read_text())["metadata"]["opshub"]["title"] == "Board"
+    snap = dashboards.publish({"name": "patching", "runbook": "patch.ipynb"}, owner="alice")
+    assert snap.mode == "snapshot" and snap.notebook is None and not (dashboards.published / "patching.ipynb").exists()
+    assert [d.name for d in dashboards.all()] == ["board", "patching"]
+    # a copy of a repository runbook is taken from the branch, with its commit
+    from_repo = dashboards.publish({"name": "report", "mode": "live", "runbook": "report.ipynb"}, owner="bob")
+    assert from_repo.commit == dashboards.repository.commit() and from_repo.title == "Report"
+    dashboards.unpublish("board")
+    assert not copy.exists() and dashboards.get("board") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"name": "x", "mode": "live", "runbook": "patch.ipynb"}, "changes_systems: true"),
+        ({"name": "x", "runbook": "missing.ipynb"}, "unknown runbook 'missing.ipynb'"),
+        ({"name": "x", "mode": "snapshot"}, "give `runbook`"),
+        ({"name": "x", "mode": "live"}, "needs the notebook"),
+        ({"name": "x", "mode": "live", "notebook": {"cells": []}}, "not an nbformat v4 notebook"),
+        (
+            {"name": "x", "mode": "live", "notebook": {**notebook(), "cells": [{"cell_type": "shell"}]}},
+            "not a valid notebook",
+        ),
+        ({"name": "x", "mode": "live", "notebook": "{"}, "not JSON"),
+        ({"name": "x", "mode": "both", "runbook": "patch.ipynb"}, "mode must be one of live, snapshot"),
+        ({"name": "x", "runbook": "patch.ipynb", "groups": "admins"}, "groups must be a list"),
+        ({"name": "x", "runbook": "patch.ipynb", "groups": ["a/b"]}, "groups must be a list"),
+        ({"name": "x", "runbook": "patch.py"}, "runbook must be the path of a notebook"),
+        ({"name": "x", "runbook": "patch.ipynb", "owner": "carol"}, "unknown field(s) owner"),
+        ({"name": "../x", "runbook": "patch.ipynb"}, "invalid dashboard name"),
+    ],
+)
+def test_publications_are_refused_with_the_reason(dashboards, body, problem):
+    with pytest.raises(PublishError) as refused:
+        dashboards.publish(body, owner="alice")
+    assert problem in str(refused.value)
+    assert dashboards.all() == []
+
+
+def test_who_sees_a_dashboard(dashboards):
+    everyone = dashboards.publish({"name": "all", "runbook": "patch.ipynb"}, owner="alice")
+    managers = dashboards.publish({"name": "mgmt", "runbook": "patch.ipynb", "groups": ["managers"]}, owner="alice")
+    carol = {"kind": "user", "name": "carol", "groups": ["viewers"], "scopes": ["access:services!service=opshub"]}
+    boss = {**carol, "name": "dana", "groups": ["managers"]}
+    bob = {**carol, "name": "bob", "groups": ["operators"], "scopes": [f"{PUBLISH_SCOPE}!user=bob"]}
+    alice = {**carol, "name": "alice", "groups": []}
+    service = {"kind": "service", "name": "opshub", "scopes": []}
+    assert dashboards.may_view(carol, everyone) and not dashboards.may_view(carol, managers)
+    assert dashboards.may_view(boss, managers) and dashboards.may_view(alice, managers)  # a member, the owner
+    assert dashboards.may_view(bob, managers)  # publishers see what they could publish over
+    assert not dashboards.may_view(service, everyone) and not dashboards.may_view(None, everyone)
+
+
+def test_default_groups_from_the_settings(tmp_path, dashboards):
+    dashboards.settings["default_groups"] = ["ops"]
+    assert dashboards.publish({"name": "d", "runbook": "patch.ipynb"}, owner="alice").groups == ["ops"]
+    assert dashboards.publish({"name": "e", "runbook": "patch.ipynb", "groups": []}, owner="alice").groups == []
+
+
+def test_the_repository_declares_dashboards_and_they_follow_the_branch(dashboards, repo):
+    dashboards.publish({"name": "status", "runbook": "patch.ipynb"}, owner="alice")  # git's declaration wins
+    changed = dashboards.sync_from_git()
+    status, report = dashboards.get("status"), dashboards.get("report")
+    assert (status.mode, status.groups, status.source, status.owner) == ("live", ["managers"], "git", "git")
+    assert (report.mode, report.runbook) == ("snapshot", "report.ipynb")  # `true`: a snapshot named after the file
+    assert changed == ["status.ipynb"] and (dashboards.published / "status.ipynb").exists()
+    assert (dashboards.runbooks_dir / "inventory" / "stacks.yaml").exists()  # files for the kernels
+    assert dashboards.sync_from_git() == []  # nothing moved
+    with pytest.raises(PublishError, match="published from the runbooks repository") as refused:
+        dashboards.unpublish("status")
+    assert refused.value.status == 409
+
+    # the branch moves: a live declaration on a runbook that changes systems is refused, one is removed
+    (repo / "patch.ipynb").write_text(json.dumps(notebook("Patch", True, dashboard={"name": "p", "mode": "live"})))
+    (repo / "status.ipynb").write_text(json.dumps(notebook("Status v2", dashboard={"mode": "live"})))
+    git("rm", "--quiet", "report.ipynb", cwd=repo)
+    git("commit", "--quiet", "-am", "move", cwd=repo)
+    dashboards.repository.catalog.refresh()
+    dashboards.sync_from_git()
+    assert dashboards.get("p") is None and dashboards.get("report") is None
+    assert dashboards.get("status").title == "Status v2" and dashboards.get("status").groups == []
+    assert dashboards.get("status").commit == git("rev-parse", "HEAD", cwd=repo)
+
+
+def test_roles_scopes_and_service_arguments():
+    settings = load_settings(None)
+    roles = {role["name"]: role.get("scopes", []) for role in load_roles(settings)}
+    assert f"{PUBLISH_SCOPE}!user" in roles["opshub-author"] and PUBLISH_SCOPE in roles["opshub-admin"]
+    assert not [s for s in roles["opshub-viewer"] + roles["opshub-operator"] if PUBLISH_SCOPE in s]
+    assert f"{PUBLISH_SCOPE}!user" in SERVER_TOKEN_SCOPES  # the hub grants it only to whoever holds it
+    c = Config()
+
+    class Runtime:
+        python, metrics_token, database_password = "/usr/bin/python3", "t", ""
+
+    apply_services(c, settings, Runtime())
+    service = c.JupyterHub.services[0]
+    assert PUBLISH_SCOPE in c.JupyterHub.custom_scopes and PUBLISH_SCOPE in service["oauth_client_allowed_scopes"]
+    args = service["command"]
+    assert args[args.index("--dashboards-dir") + 1] == str(settings.state_dir / "dashboards")
+    assert json.loads(args[args.index("--dashboards-settings") + 1])["pool_size"] == 2
+
+
+def test_the_shipped_dashboard_is_a_read_only_live_dashboard_that_runs_anywhere():
+    nb = nbformat.read(DASHBOARD, as_version=4)
+    meta = nb.metadata["opshub"]
+    assert meta["changes_systems"] is False and meta["dashboard"] == {"name": "patching-status", "mode": "live"}
+    source = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    for forbidden in ("subprocess", "ssh", 'method="POST"', "os.system", "requests.post"):
+        assert forbidden not in source
+    # outside a dashboard (no run history at hand) it still shows the inventory
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(DASHBOARD.parent)}}).execute()
+    outputs = json.dumps([cell.get("outputs", []) for cell in nb.cells])
+    assert "4 stacks in the inventory; 0 finished patching runs from no run history here" in outputs
+    assert "Stack db" in json.dumps(nb.metadata["widgets"])  # the dropdown's first stack, in its output widget
