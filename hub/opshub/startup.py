@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .configure import Runtime
 from .runbooks.mirror import MirrorError, mirror
-from .settings import OAUTH_PROVIDERS, Settings, SettingsError
+from .settings import OAUTH_PROVIDERS, Settings, SettingsError, repository_url
 
 DEMO_PASSWORD_FILE = "demo-password"
 METRICS_TOKEN_FILE = "metrics-token"
@@ -117,6 +117,15 @@ def prepare(settings: Settings) -> Runtime:
     state.chmod(0o700)  # holds the database, cookie secret and demo password
     if settings["spawner"]["kind"] == "local":
         (state / "homes").mkdir(exist_ok=True)
+    docker = settings["spawner"]["docker"]
+    in_containers = settings["spawner"]["kind"] == "docker"
+    if in_containers and not docker["runbooks_volume"] and repository_url(settings).startswith("file://"):
+        # the users' containers would find no runbooks: say so at start, not at every spawn
+        problem = (
+            f"spawner.docker.runbooks_volume: runbooks.repository {settings['runbooks']['repository']} is a path"
+            " the users' containers cannot see; name the volume that holds it, or use a git URL they reach"
+        )
+        raise SettingsError(settings.source, [problem])
     provider = settings["auth"]["provider"]
     found: dict = {"metrics_token": metrics_token(settings)[0]}
     password_env = settings["history"]["database_password_env"]

@@ -1,0 +1,22 @@
+#!/bin/bash
+# `make down`: stop the Docker deployment. The hub stops every user's container first (they are
+# removed on stop); any container of this deployment still there afterwards is removed too.
+# Volumes (state, runbooks, homes) stay; `docker volume rm` them to start from scratch.
+set -euo pipefail
+here="$(dirname "$0")"
+export OPSHUB_NAME="${OPSHUB_NAME:-opshub}"
+# paths given by the caller are relative to where `make` runs
+export OPSHUB_SETTINGS_FILE="$(realpath "${OPSHUB_SETTINGS_FILE:-$here/opshub-docker.yaml}")"
+export OPSHUB_SOURCE="$(realpath "${OPSHUB_SOURCE:-$here/..}")"
+cd "$here"
+
+source ./compose.sh
+compose down --timeout 90
+# Users' containers are on the deployment's network (which compose removed, unless one
+# still used it): anything DockerSpawner left is found by that network.
+left="$(docker ps -aq --filter "network=$OPSHUB_NAME")"
+if [ -n "$left" ]; then
+  echo "down: removing containers left on network $OPSHUB_NAME: $left" >&2
+  docker rm -f $left >/dev/null
+  docker network rm "$OPSHUB_NAME" >/dev/null 2>&1 || true
+fi
