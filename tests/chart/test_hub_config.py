@@ -1,0 +1,330 @@
+"""The hub's side of Kubernetes mode: the chart's jupyterhub_config.d file calls
+opshub.kubernetes.configure_hub after Zero to JupyterHub's own config. The same settings must give
+the same JupyterHub configuration as in the other modes, apart from the documented mode-specific
+parts (opshub.kubernetes.MODE_SPECIFIC), and z2jh's own configuration must survive."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+import yaml
+from opshub import kubernetes
+from opshub.configure import Runtime, apply_all
+from opshub.settings import validate
+from opshub.startup import oidc_endpoints
+from traitlets.config import Config
+
+from tests.chart.conftest import MINIMAL, all_options
+from tests.helpers import make_work_tree
+from tests.livehub import free_port_block, wait_for
+
+CULLER = {"name": "jupyterhub-idle-culler", "command": ["python3", "-m", "jupyterhub_idle_culler"]}
+CULLER_ROLE = {"name": "jupyterhub-idle-culler", "scopes": ["read:users"], "services": [CULLER["name"]]}
+API_TOKEN = "token-z2jh-generated"
+
+
+def z2jh(chart, values: dict, prefix: str):
+    """What z2jh hands its config in the hub pod: its values after Helm's merge (the hub Secret's
+    values.yaml, read by get_config), and resource names (get_name: `<prefix><name>`)."""
+    merged = chart.merge_values(values)["jupyterhub"]
+
+    def get_config(key: str, default=None):
+        value = merged  # z2jh.py's get_config: a dotted path into the values
+        for level in key.split("."):
+            if not isinstance(value, dict) or level not in value:
+                return default
+            value = value[level]
+        return value
+
+    def get_name(name: str) -> str:
+        return prefix + name
+
+    return get_config, get_name
+
+
+def z2jh_config(base_url: str, prefix: str) -> Config:
+    """Part of what z2jh's jupyterhub_config.py has set when it loads jupyterhub_config.d."""
+    c = Config()
+    c.JupyterHub.spawner_class = "kubespawner.KubeSpawner"
+    c.JupyterHub.base_url = base_url
+    c.JupyterHub.hub_bind_url = "http://:8081"
+    c.JupyterHub.hub_connect_url = f"http://{prefix}hub:8081"
+    c.JupyterHub.db_url = "sqlite:///jupyterhub.sqlite"
+    c.JupyterHub.cleanup_servers = False
+    c.ConfigurableHTTPProxy.api_url = f"http://{prefix}proxy-api:8001"
+    c.ConfigurableHTTPProxy.should_start = False
+    c.KubeSpawner.start_timeout = 600  # singleuser.startTimeout
+    c.KubeSpawner.environment = {"TZ": "UTC", "OPSHUB_SECRET_NAMES": "from-z2jh"}  # singleuser.extraEnv
+    c.KubeSpawner.image = "opshub/ops:0.1.0"
+    c.Spawner.cmd = "jupyterhub-singleuser"  # singleuser.cmd
+    c.JupyterHub.services = [CULLER, {"name": "opshub", "api_token": API_TOKEN}]
+    c.JupyterHub.load_roles = [CULLER_ROLE]
+    return c
+
+
+def embedded_config(data: dict, base_url: str, cwd, **runtime) -> Config:
+    """The same settings as a settings file in another mode: validation and apply_all, nothing else."""
+    settings = validate({**data, "hub": {**data.get("hub", {}), "base_url": base_url}}, cwd=cwd)
+    if settings["auth"]["provider"] == "oidc":
+        runtime["oidc_endpoints"] = oidc_endpoints(settings)  # given in the settings: no network
+    return apply_all(Config(), settings, Runtime.of_this_machine(**runtime))
+
+
+def as_dict(config: Config) -> dict:
+    return {section: dict(traits) for section, traits in config.items()}
+
+
+def mode_specific(section: str, trait: str) -> bool:
+    traits = kubernetes.MODE_SPECIFIC.get(section, set())
+    return section in kubernetes.MODE_SPECIFIC and (traits is None or trait in traits)
+
+
+@pytest.fixture
+def in_hub_pod(tmp_path, monkeypatch):
+    """The hub pod's working directory (z2jh: /srv/jupyterhub, on the hub's volume)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_same_configuration_as_the_other_modes_apart_from_the_mode_specific_parts(chart, in_hub_pod, monkeypatch):
+    monkeypatch.setenv("OIDC_CLIENT_SECRET", "client-secret-from-a-k8s-secret")
+    values = all_options()
+    get_config, get_name = z2jh(chart, values, prefix="ops-")
+    c = kubernetes.configure_hub(z2jh_config("/ops/", "ops-"), get_config, get_name)
+
+    data = values["jupyterhub"]["custom"]["opshub"]
+    embedded = as_dict(embedded_config(data, "/ops/", in_hub_pod, client_secret="client-secret-from-a-k8s-secret"))
+    ours = as_dict(c)
+    compared, skipped = [], set()
+    for section, traits in embedded.items():
+        for trait, value in traits.items():
+            if mode_specific(section, trait):
+                skipped.add(f"{section}.{trait}")
+            else:
+                assert ours[section][trait] == value, f"{section}.{trait}"
+                compared.append(f"{section}.{trait}")
+    # everything else is compared: authenticator, groups, roles' scopes, spawner, pages, templates
+    assert len(compared) > 20
+    assert skipped == {
+        "JupyterHub.bind_url", "JupyterHub.hub_bind_url", "JupyterHub.db_url", "JupyterHub.cookie_secret_file",
+        "JupyterHub.cleanup_servers", "JupyterHub.services", "JupyterHub.load_roles",
+        "ConfigurableHTTPProxy.command", "ConfigurableHTTPProxy.api_url", "ConfigurableHTTPProxy.pid_file",
+        "Spawner.environment",
+    }  # fmt: skip
+
+    # z2jh's own configuration is untouched: where things listen, the database, the proxy
+    for section, trait, value in [
+        ("JupyterHub", "hub_bind_url", "http://:8081"),
+        ("JupyterHub", "hub_connect_url", "http://ops-hub:8081"),
+        ("JupyterHub", "db_url", "sqlite:///jupyterhub.sqlite"),
+        ("JupyterHub", "cleanup_servers", False),
+        ("JupyterHub", "spawner_class", "kubespawner.KubeSpawner"),
+        ("ConfigurableHTTPProxy", "api_url", "http://ops-proxy-api:8001"),
+        ("ConfigurableHTTPProxy", "should_start", False),
+        ("KubeSpawner", "image", "opshub/ops:0.1.0"),
+    ]:
+        assert ours[section][trait] == value, f"{section}.{trait}"
+    assert "bind_url" not in ours["JupyterHub"]  # the proxy-public Service decides
+
+    # services: z2jh's culler stays; opshub's is external, at its Service, with z2jh's token
+    services = ours["JupyterHub"]["services"]
+    assert services[0] == CULLER
+    (embedded_opshub,) = [s for s in embedded["JupyterHub"]["services"] if s["name"] == "opshub"]
+    expected = {k: v for k, v in embedded_opshub.items() if k not in ("command", "environment")}
+    expected.update(url="http://ops-opshub:8000", api_token=API_TOKEN)
+    assert services[1:] == [expected]
+    # roles: z2jh's first, then exactly the other modes' roles
+    assert ours["JupyterHub"]["load_roles"] == [CULLER_ROLE, *embedded["JupyterHub"]["load_roles"]]
+
+    # spawner: our settings win over z2jh's KubeSpawner-level values; z2jh's extra environment stays
+    environment = ours["Spawner"]["environment"]
+    assert environment == {
+        "TZ": "UTC",
+        **embedded["Spawner"]["environment"],
+        "OPSHUB_SERVICE_URL": "http://ops-proxy-public:80/ops/services/opshub/",
+    }
+    assert environment["OPSHUB_SECRET_NAMES"] == "VAULT_ADDR_CREDS"
+    for trait in kubernetes.KUBESPAWNER_TRAITS:
+        assert ours["KubeSpawner"][trait] == ours["Spawner"][trait], trait
+    assert ours["KubeSpawner"]["start_timeout"] == 300  # the settings' spawner.start_timeout
+    assert ours["Spawner"]["cmd"] == ["python", "-m", "opshub.singleuser"]  # the ops image's Python
+
+
+def test_the_demo_team_gets_its_shared_password_as_in_the_other_modes(chart, in_hub_pod, monkeypatch):
+    monkeypatch.delenv("OPSHUB_DEMO_PASSWORD", raising=False)
+    get_config, get_name = z2jh(chart, MINIMAL, prefix="")
+    ours = as_dict(kubernetes.configure_hub(z2jh_config("/", ""), get_config, get_name))
+    # generated once on the hub's volume, as `make run` does in state/
+    password = (in_hub_pod / "state" / "demo-password").read_text().strip()
+    assert len(password) >= 8
+    embedded = as_dict(
+        embedded_config(MINIMAL["jupyterhub"]["custom"]["opshub"], "/", in_hub_pod, demo_password=password)
+    )
+    for section in ("SharedPasswordAuthenticator", "Authenticator"):
+        assert ours[section] == embedded[section]
+    assert ours["JupyterHub"]["load_groups"] == embedded["JupyterHub"]["load_groups"]
+    assert ours["JupyterHub"]["services"][1]["url"] == "http://opshub:8000"
+
+
+def test_user_servers_reach_the_service_through_the_plain_http_proxy():
+    names = {"proxy-public": "proxy-public", "proxy-http": "proxy-http"}
+    config = {"proxy": {"https": {"enabled": True, "type": "letsencrypt", "hosts": ["ops.example.com"]}}}
+
+    def get_config(key, default=None):
+        value = config
+        for level in key.split("."):
+            if not isinstance(value, dict) or level not in value:
+                return default
+            value = value[level]
+        return value
+
+    # z2jh's automatic HTTPS puts a TLS terminator in front: users' servers use proxy-http
+    assert kubernetes.proxy_url(get_config, names.get) == "http://proxy-http:8000"
+    config["proxy"] = {"service": {"ports": {"http": 8080}}}
+    assert kubernetes.proxy_url(get_config, names.get) == "http://proxy-public:8080"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"hub": {"port": 8000}},
+            "hub.port: decided by z2jh's values in Kubernetes mode; set jupyterhub.proxy.service.ports",
+        ),
+        ({"runbooks": {"repository": "state/runbooks.git"}}, "runbooks.repository: 'state/runbooks.git' is a path"),
+        (
+            {"runbooks": {"repository": "https://git.example.com/r.git", "mirror_from": "shared-notebooks"}},
+            "runbooks.mirror_from",
+        ),
+        ({"spawner": {"kind": "docker"}}, "spawner.kind: must be `kubernetes`"),
+        ({"auth": {"provider": "github", "github": {"client_id": "x", "client_secret_env": "X"}}}, "hub.public_url"),
+        ({"roles": {}}, "roles: no group is mapped to any role"),  # the same rules as every mode
+    ],
+)
+def test_bad_settings_stop_the_hub_with_a_message_naming_the_key(
+    chart, in_hub_pod, monkeypatch, capsys, change, message
+):
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    values = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    opshub = values["jupyterhub"]["custom"]["opshub"]
+    for section, value in change.items():
+        opshub[section] = value if section == "roles" else {**opshub.get(section, {}), **value}
+    # the hub reads the values as given (z2jh does not run our values.schema.json checks again)
+    merged = {**chart.merge_values({})["jupyterhub"], "custom": {"opshub": opshub}}
+    with pytest.raises(SystemExit) as stopped:
+        kubernetes.configure_hub(
+            z2jh_config("/", ""), lambda key, default=None: _dig(merged, key, default), "{}".format
+        )
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_z2jh_lists_appended_to_rather_than_set_are_kept(chart, in_hub_pod, monkeypatch):
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    get_config, get_name = z2jh(chart, MINIMAL, prefix="")
+    c = z2jh_config("/", "")
+    del c.JupyterHub["load_roles"], c.KubeSpawner["environment"]
+    c.JupyterHub.load_roles.append(CULLER_ROLE)  # a LazyConfigValue, as `.append` on an unset trait gives
+    c.KubeSpawner.environment.update({"TZ": "UTC"})
+    ours = kubernetes.configure_hub(c, get_config, get_name)
+    assert ours.JupyterHub.load_roles[0] == CULLER_ROLE
+    assert ours.Spawner.environment["TZ"] == "UTC"
+
+
+def test_z2jh_hub_config_defaults_cannot_replace_opshub_login(chart, in_hub_pod, monkeypatch, capsys):
+    """z2jh's own default `hub.config.JupyterHub.authenticator_class: dummy` (anyone logs in), applied
+    after jupyterhub_config.d, would replace opshub's authenticator: the chart nulls it, and should it
+    come back (a values file, a Helm that keeps subchart defaults), the hub refuses to start."""
+    assert chart.values["jupyterhub"]["hub"]["config"]["JupyterHub"] == {
+        "authenticator_class": None,
+        "admin_access": None,
+    }
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    values = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    values["jupyterhub"]["hub"] = {"config": {"JupyterHub": {"authenticator_class": "dummy", "admin_access": True}}}
+    get_config, get_name = z2jh(chart, values, prefix="")
+    with pytest.raises(SystemExit):
+        kubernetes.configure_hub(z2jh_config("/", ""), get_config, get_name)
+    err = capsys.readouterr().err
+    assert "jupyterhub.hub.config.JupyterHub.authenticator_class: z2jh would apply it over opshub's" in err
+    assert "admin_access" not in err  # opshub does not set it: z2jh's value may stand
+    # traits opshub does not set stay free for hub.config
+    values["jupyterhub"]["hub"]["config"] = {"JupyterHub": {"concurrent_spawn_limit": 20}}
+    get_config, get_name = z2jh(chart, values, prefix="")
+    kubernetes.configure_hub(z2jh_config("/", ""), get_config, get_name)
+
+
+def test_the_hub_stops_when_z2jh_registered_no_opshub_service(chart, in_hub_pod, monkeypatch, capsys):
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    get_config, get_name = z2jh(chart, MINIMAL, prefix="")
+    c = z2jh_config("/", "")
+    c.JupyterHub.services = [CULLER]  # someone removed jupyterhub.hub.services.opshub
+    with pytest.raises(SystemExit):
+        kubernetes.configure_hub(c, get_config, get_name)
+    assert "jupyterhub.hub.services.opshub: missing" in capsys.readouterr().err
+
+
+def _dig(values: dict, key: str, default=None):
+    for level in key.split("."):
+        if not isinstance(values, dict) or level not in values:
+            return default
+        values = values[level]
+    return values
+
+
+def test_the_service_pod_entry_point_serves_the_history(chart, tmp_path):
+    """`python -m opshub.kubernetes service`, as the chart's Deployment runs it, for real: the
+    settings from the chart's ConfigMap, the same validation, then the opshub service."""
+    from tests.chart.conftest import render
+
+    repo = make_work_tree(tmp_path / "runbooks", {"check.ipynb": "{}"})
+    values = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    values["jupyterhub"]["custom"]["opshub"]["runbooks"]["repository"] = repo.as_uri()
+    values["jupyterhub"]["hub"] = {"baseUrl": "/ops/"}
+    objects = render(chart, values)
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text(objects["configmap.yaml"][0]["data"]["settings.yaml"])
+    container = objects["deployment.yaml"][0]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"][1:]  # after `python`: the image's Python is this environment's here
+    args[args.index("--settings") + 1] = str(settings_file)
+    data_dir = tmp_path / "data"
+    port = free_port_block(1)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env.update(
+        JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}",  # the pod listens on 0.0.0.0; loopback here
+        JUPYTERHUB_API_TOKEN="unused-here",
+        OPSHUB_METRICS_TOKEN="metrics-token",
+        HOME=str(data_dir),
+    )
+    process = subprocess.Popen(
+        [sys.executable, *args, "--data-dir", str(data_dir)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/ops/services/opshub/metrics"
+
+        def answers():
+            if process.poll() is not None:
+                raise AssertionError(f"the service exited: {process.stdout.read()}")
+            try:
+                return requests.get(url, headers={"Authorization": "Bearer metrics-token"}, timeout=5)
+            except requests.ConnectionError:
+                return None
+
+        response = wait_for(answers, timeout=60, what="the opshub service")
+        assert response.status_code == 200
+        assert 'runbook="check.ipynb"' in response.text  # it read the runbooks repository
+        assert requests.get(url, timeout=5).status_code == 401  # no token, no metrics
+        # the SQLite history is on the pod's volume, as the chart's PVC holds it
+        assert (data_dir / "state" / "opshub.sqlite").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
