@@ -9,7 +9,7 @@ NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
-.PHONY: help run install install-test bench test test-unit test-integration test-browser lint format docs clean
+.PHONY: help run install install-test bench test test-unit test-integration test-browser lint format docs clean images up down test-docker test-chart
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,7 @@ test-browser: install-test ## Debian's Chromium (installed when missing) driven 
 bench: install-test ## benchmarks against a live hub, reported as ratios to a baseline of the same run
 	$(VENV)/bin/python tests/bench/bench_history.py
 	$(VENV)/bin/python tests/bench/bench_opshub_run.py
+	$(VENV)/bin/python tests/bench/bench_dashboards.py
 	$(VENV)/bin/python tests/bench/bench_interactive.py
 	$(VENV)/bin/python tests/bench/bench_docker.py
 
@@ -71,8 +72,24 @@ format: install-test ## ruff: fix what can be fixed and format
 	$(VENV)/bin/ruff check --fix hub tests
 	$(VENV)/bin/ruff format hub tests
 
-docs: install ## regenerate the settings reference from the schema
+images: install ## build the ops and hub images (the base from Debian packages when no registry answers)
+	images/build.sh
+
+up: ## start opshub in Docker (after make images): hub in a container, one container per user
+	images/up.sh
+
+down: ## stop the Docker deployment; state, runbooks and homes stay on their volumes
+	images/down.sh
+
+test-docker: install-test ## Docker Engine tests (dockerd started when none runs): images, runbooks, make up/down
+	$(VENV)/bin/pytest tests/docker $(PYTEST_ARGS)
+
+test-chart: install-test ## the Helm chart, rendered by Helm's own engine and checked against Kubernetes' schemas (no cluster)
+	$(VENV)/bin/pytest tests/chart $(PYTEST_ARGS)
+
+docs: install ## regenerate the settings reference and the Helm chart's values schema from the settings schema
 	$(VENV)/bin/opshub config docs > hub/docs/settings.md
+	$(VENV)/bin/python -m opshub.kubernetes values-schema helm/opshub/values.schema.json
 
 clean: ## remove the virtualenv and node_modules (keeps state/: your hub's users and homes)
 	rm -rf $(VENV) hub/node_modules

@@ -8,7 +8,13 @@ from tests.idp import oidc_hub as make_oidc_hub
 from tests.idp import start_provider
 from tests.livehub import Hub
 
-FOLDER_MARKERS = {"integration": "integration", "browser": "browser", "runbooks": "runbooks"}
+FOLDER_MARKERS = {
+    "integration": "integration",
+    "browser": "browser",
+    "runbooks": "runbooks",
+    "docker": "docker",
+    "chart": "chart",
+}
 
 
 def pytest_collection_modifyitems(items):

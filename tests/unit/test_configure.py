@@ -119,6 +119,7 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
         "access:servers!server",
         "access:services!service=opshub",
         "custom:opshub:runs:record!user",
+        "custom:opshub:dashboards:publish!user",
     ]
 
 
@@ -146,7 +147,11 @@ def test_services_run_history_always_and_mirror_when_mirroring(settings, tmp_pat
     assert history["name"] == "opshub" and history["url"] == "http://127.0.0.1:8003"
     assert history["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.service"]
     assert f"sqlite:///{tmp_path / 'state' / 'opshub.sqlite'}" in history["command"]
-    assert set(c.JupyterHub.custom_scopes) == {"custom:opshub:runs:record", "custom:opshub:runs:delete"}
+    assert set(c.JupyterHub.custom_scopes) == {
+        "custom:opshub:runs:record",
+        "custom:opshub:runs:delete",
+        "custom:opshub:dashboards:publish",
+    }
     assert history["environment"]["OPSHUB_METRICS_TOKEN"] == "" and "OPSHUB_DATABASE_PASSWORD" in history["environment"]
     assert mirror["name"] == "runbooks-mirror"
     assert mirror["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.runbooks.mirror"]

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .services import DELETE_SCOPE, RECORD_SCOPE, SERVICE_NAME
+from .services import (
+    DELETE_SCOPE,
+    IDLE_CULLER_ROLE,
+    PUBLISH_SCOPE,
+    RECORD_SCOPE,
+    SERVICE_NAME,
+    idle_culler_enabled,
+)
 
 # JupyterHub gives every user the `user` role, which by default holds `self` (start and use
 # one's own server). opshub narrows it to reading oneself, so that a viewer gets no server;
@@ -13,6 +20,7 @@ SERVER_USER_SCOPES = ["self"]
 # Everyone on the team reads the run history; who may write to it is a custom scope.
 READ_HISTORY = f"access:services!service={SERVICE_NAME}"
 RECORD_RUNS = f"{RECORD_SCOPE}!user"
+PUBLISH_DASHBOARDS = f"{PUBLISH_SCOPE}!user"  # as oneself: the service records the token's owner
 
 
 def admin_role_groups(settings: Settings) -> list[str]:
@@ -38,13 +46,13 @@ def load_roles(settings: Settings) -> list[dict]:
         {
             "name": "opshub-admin",
             "description": "Platform owners: may also delete runs from the history.",
-            "scopes": [READ_HISTORY, RECORD_SCOPE, DELETE_SCOPE],
+            "scopes": [READ_HISTORY, RECORD_SCOPE, DELETE_SCOPE, PUBLISH_SCOPE],
             "groups": groups["admin"],
         },
         {
             "name": "opshub-author",
             "description": "Writes runbooks: own server, runs and publishes runbooks.",
-            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS],
+            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS, PUBLISH_DASHBOARDS],
             "groups": groups["author"],
         },
         {
@@ -63,4 +71,7 @@ def load_roles(settings: Settings) -> list[dict]:
 
 
 def apply_roles(c, settings: Settings) -> None:
-    c.JupyterHub.load_roles = load_roles(settings)
+    roles = load_roles(settings)
+    if idle_culler_enabled(settings):
+        roles.append(IDLE_CULLER_ROLE)
+    c.JupyterHub.load_roles = roles

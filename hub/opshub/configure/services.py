@@ -3,17 +3,29 @@ in embedded mode, the runbooks mirror."""
 
 from __future__ import annotations
 
+import json
+
 from ..settings import Settings, repository_url
 
 SERVICE_NAME = "opshub"
 METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
 DATABASE_PASSWORD_ENV = "OPSHUB_DATABASE_PASSWORD"  # ... and the database password
 RECORD_SCOPE = "custom:opshub:runs:record"
+IDLE_CULLER = "idle-culler"
+# What jupyterhub-idle-culler needs, and nothing more (its README's role).
+IDLE_CULLER_ROLE = {
+    "name": "opshub-idle-culler",
+    "description": "Stops idle servers.",
+    "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+    "services": [IDLE_CULLER],
+}
 DELETE_SCOPE = "custom:opshub:runs:delete"
+PUBLISH_SCOPE = "custom:opshub:dashboards:publish"
 # Custom RBAC scopes (JupyterHub >= 3): the hub hands them out through roles, the service checks them.
 CUSTOM_SCOPES = {
     RECORD_SCOPE: {"description": "Record runbook runs as oneself in the opshub run history."},
     DELETE_SCOPE: {"description": "Delete runs from the opshub run history."},
+    PUBLISH_SCOPE: {"description": "Publish and unpublish opshub dashboards."},
 }
 
 
@@ -31,31 +43,44 @@ def database_url(settings: Settings) -> str:
     return settings["history"]["database_url"] or f"sqlite:///{settings.state_dir / 'opshub.sqlite'}"
 
 
-def apply_services(c, settings: Settings, runtime) -> None:
+def service_arguments(settings: Settings) -> list[str]:
+    """The opshub service's command-line arguments, the same in every mode (the Helm chart's
+    service pod passes them too: opshub.kubernetes)."""
     history = settings["history"]
+    return [
+        "--database-url", database_url(settings),
+        "--heartbeat-timeout", str(history["heartbeat_timeout"]),
+        "--retention-days", str(history["retention_days"]),
+        "--output-cap", str(history["output_cap_bytes"]),
+        "--runbooks-repository", repository_url(settings),
+        "--runbooks-branch", settings["runbooks"]["branch"],
+        "--cache-dir", str(settings.state_dir / "service-runbooks.git"),
+        "--metrics-token-env", METRICS_TOKEN_ENV,
+        # published dashboards: their copies, the Voila backend's home and log
+        "--dashboards-dir", str(settings.state_dir / "dashboards"),
+        "--dashboards-settings", json.dumps(settings["dashboards"]),
+    ]  # fmt: skip
+
+
+def idle_culler_enabled(settings: Settings) -> bool:
+    """Idle culling is for the Docker deployment (z2jh runs its own culler in Kubernetes)."""
+    return settings["spawner"]["kind"] == "docker" and bool(settings["spawner"]["docker"]["cull_idle_after"])
+
+
+def apply_services(c, settings: Settings, runtime) -> None:
     services = [
         {
             "name": SERVICE_NAME,
             "url": service_url(settings),
             "display": True,  # listed in the hub's Services menu
-            "command": [
-                runtime.python, "-m", "opshub.service",
-                "--database-url", database_url(settings),
-                "--heartbeat-timeout", str(history["heartbeat_timeout"]),
-                "--retention-days", str(history["retention_days"]),
-                "--output-cap", str(history["output_cap_bytes"]),
-                "--runbooks-repository", repository_url(settings),
-                "--runbooks-branch", settings["runbooks"]["branch"],
-                "--cache-dir", str(settings.state_dir / "service-runbooks.git"),
-                "--metrics-token-env", METRICS_TOKEN_ENV,
-            ],
+            "command": [runtime.python, "-m", "opshub.service", *service_arguments(settings)],
             # secrets reach the service in its environment, never on its command line
             "environment": {
                 METRICS_TOKEN_ENV: runtime.metrics_token or "",
                 DATABASE_PASSWORD_ENV: runtime.database_password or "",
             },
             # pages use the hub's OAuth; these are the scopes their cookies may carry
-            "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE],
+            "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE, PUBLISH_SCOPE],
             # part of the deployment, not a third party: no "authorize access?" page
             "oauth_no_confirm": True,
         }
@@ -74,6 +99,20 @@ def apply_services(c, settings: Settings, runtime) -> None:
                     "--dest", runbooks["repository"],
                     "--branch", runbooks["branch"],
                     "--interval", str(runbooks["mirror_interval"]),
+                ],
+            }
+        )  # fmt: skip
+    docker = settings["spawner"]["docker"]
+    if idle_culler_enabled(settings):
+        # Stops servers idle for too long (their homes stay); its scopes: IDLE_CULLER_ROLE.
+        services.append(
+            {
+                "name": IDLE_CULLER,
+                "display": False,
+                "command": [
+                    runtime.python, "-m", "jupyterhub_idle_culler",
+                    f"--timeout={docker['cull_idle_after']}",
+                    f"--cull-every={docker['cull_every']}",
                 ],
             }
         )  # fmt: skip
