@@ -14,6 +14,9 @@ from tests.livehub import DEMO_PASSWORD, wait_for
 from .conftest import screenshot
 
 RUNBOOK = "host-health-check.ipynb"
+# A workspace of its own, so the layout these tests leave (open tabs, the runbooks folder) is not
+# what the other browser tests find when they open the same person's JupyterLab.
+WORKSPACE = "lab/workspaces/opshub-lab-tests/tree"
 
 
 def log_in_to_lab(page, hub, user: str, path: str) -> None:
@@ -23,7 +26,7 @@ def log_in_to_lab(page, hub, user: str, path: str) -> None:
     page.click("#login_submit")
     page.goto(f"{hub.url}/hub/spawn/{user}")
     page.wait_for_url(f"**/user/{user}/**", timeout=120_000)
-    page.goto(f"{hub.url}/user/{user}/lab/tree/{path}")
+    page.goto(f"{hub.url}/user/{user}/{WORKSPACE}/{path}")
     expect(page.locator(".jp-Notebook").first).to_be_visible(timeout=90_000)
 
 
@@ -64,7 +67,7 @@ def test_a_locally_edited_runbook_is_flagged_when_opened(page, hub):
         notebook = nbformat.read(path, as_version=4)
         notebook.cells.append(nbformat.v4.new_code_cell("print('my local change')"))
         nbformat.write(notebook, path)
-        page.goto(f"{hub.url}/user/alice/lab/tree/runbooks/tls-certificate-expiry.ipynb")
+        page.goto(f"{hub.url}/user/alice/{WORKSPACE}/runbooks/tls-certificate-expiry.ipynb")
         toast = page.locator(".Toastify__toast", has_text="differs from the repository")
         expect(toast).to_be_visible(timeout=60_000)
         screenshot(page, "lab-drift-warning")
