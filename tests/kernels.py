@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import threading
 import time
 import uuid
 from urllib.parse import quote
@@ -23,7 +24,11 @@ class KernelSession:
         self.path = path
         self.kernel_name = kernel
         self.session_id = uuid.uuid4().hex
+        # The websocket lives in an event loop of its own thread: the test's thread may already have
+        # a loop (Playwright's sync API keeps one when browser tests ran earlier in the session).
         self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
         self.ws = None
 
     def __enter__(self) -> KernelSession:
@@ -48,12 +53,17 @@ class KernelSession:
         if self.ws is not None:
             self._close()
         requests.delete(f"{self.base}/sessions/{self.session['id']}", headers=self.headers, timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
         self.loop.close()
+
+    def _run(self, coroutine, timeout: float = 300):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def _connect(self) -> None:
         url = self.base.replace("http", "ws", 1) + f"/kernels/{quote(self.kernel_id)}/channels"
         request = HTTPRequest(url, headers=self.headers)
-        self.ws = self.loop.run_until_complete(self._in_loop(websocket_connect, request))
+        self.ws = self._run(self._in_loop(websocket_connect, request))
 
     @staticmethod
     async def _in_loop(function, *args):
@@ -62,7 +72,7 @@ class KernelSession:
         return await result if asyncio.isfuture(result) or asyncio.iscoroutine(result) else result
 
     def _close(self) -> None:
-        self.loop.run_until_complete(self._in_loop(self.ws.close))
+        self._run(self._in_loop(self.ws.close))
 
     def restart(self) -> None:
         self._close()
@@ -95,7 +105,7 @@ class KernelSession:
             "channel": "shell",
             "buffers": [],
         }
-        return self.loop.run_until_complete(self._execute(message, timeout))
+        return self._run(self._execute(message, timeout), timeout + 10)
 
     async def _execute(self, message: dict, timeout: float) -> dict:
         await self.ws.write_message(json.dumps(message))
