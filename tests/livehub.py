@@ -9,6 +9,7 @@ moved into the test's temporary folder.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -25,14 +26,15 @@ from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, make_work_tree
 DEMO_PASSWORD = "integration-demo-pw"
 
 
-def free_port_block(count: int = 3) -> int:
-    """A port p such that p .. p+count-1 are all free (public, hub API, proxy API)."""
+def free_port_block(count: int = 4) -> int:
+    """A port p such that p .. p+count-1 are all free (public, hub API, proxy API, opshub service).
+
+    Chosen below Linux's ephemeral range (32768-60999), where the OS hands out ports to whatever
+    binds port 0 (Voila backends, kernels, outgoing connections): a block checked free there could
+    be taken a moment later, before the hub binds it.
+    """
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
+        base = random.randrange(20000, 32768 - count)
         try:
             sockets = []
             for port in range(base, base + count):
