@@ -263,6 +263,22 @@ def test_git_state_clean_edited_untracked_and_not_a_checkout(runbooks, tmp_path)
     assert git_state(plain, "x.ipynb") == (None, True)
 
 
+def test_outputs_saved_after_running_a_runbook_are_not_drift(runbooks):
+    head = git("rev-parse", "HEAD", cwd=runbooks)
+    path = runbooks / "health.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.execution_count = 7
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="ran\n")]
+    nb.metadata["widgets"] = {"state": {}}
+    nbformat.write(nb, path)  # as JupyterLab saves it after a session
+    assert git_state(runbooks, "health.ipynb") == (head, False)
+    nb.cells[0].source += "\nretries = 5"
+    nbformat.write(nb, path)
+    assert git_state(runbooks, "health.ipynb") == (head, True)
+
+
 def test_git_state_with_runbooks_in_a_sub_folder_of_the_repository(tmp_path):
     repo = make_work_tree(tmp_path / "repo", {"shared-notebooks/a.ipynb": notebook(), "README.md": "x\n"})
     head = git("rev-parse", "HEAD", cwd=repo)

@@ -293,7 +293,9 @@ def git_state(folder: Path, relative: str) -> tuple[str | None, bool]:
     nbgitpuller") before merging: HEAD then exists only in this clone and hides the edits.
 
     Drift is whether the file differs from that commit: edits (committed locally or not, staged or not)
-    or a file the commit does not have. Not a git checkout, or git failing: (None, True).
+    or a file the commit does not have. For a notebook, only its cells count (types and sources, in
+    order): outputs and execution counts that JupyterLab saved after running it are not drift. Not a
+    git checkout, or git failing: (None, True).
     """
 
     def git(*args: str) -> subprocess.CompletedProcess:
@@ -315,9 +317,26 @@ def git_state(folder: Path, relative: str) -> tuple[str | None, bool]:
         if git("cat-file", "-e", f"{commit}:./{relative}").returncode != 0:
             return commit, True
         diff = git("diff", "--quiet", commit, "--", relative)
-        return commit, diff.returncode != 0
+        if diff.returncode == 0:
+            return commit, False
+        if not relative.endswith(".ipynb"):
+            return commit, True
+        # Outputs, execution counts and metadata saved by JupyterLab are not drift: the cells are.
+        committed = git("show", f"{commit}:./{relative}")
+        return commit, committed.returncode != 0 or notebook_cells(committed.stdout) != notebook_cells(
+            (Path(folder) / relative).read_text()
+        )
     except (OSError, subprocess.SubprocessError):
         return None, True
+
+
+def notebook_cells(text: str) -> list[tuple[str, str]] | None:
+    """What a notebook does: its cells' types and sources, in order (None if it is not a notebook)."""
+    try:
+        cells = json.loads(text)["cells"]
+        return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"]) for c in cells]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 # Results
