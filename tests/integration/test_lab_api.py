@@ -22,12 +22,14 @@ def lab_api(hub, user, token, method, path, **kwargs):
 
 
 def test_a_runbook_is_described_with_its_parameters_and_drift(hub, people):
-    answer = lab_api(hub, "bob", people["bob"], "GET", "runbook", params={"path": "runbooks/host-health-check.ipynb"})
+    # a runbook no other test edits in bob's folder (test_embedded_hub keeps a local edit of another)
+    answer = lab_api(hub, "bob", people["bob"], "GET", "runbook", params={"path": "runbooks/patch-server-stack.ipynb"})
     assert answer.status_code == 200, answer.text
     info = answer.json()
-    assert info["is_runbook"] and info["runbook"] == "host-health-check.ipynb"
-    assert info["title"] == "Host health check"
-    assert [p["name"] for p in info["parameters"]][:2] == ["hosts", "services"]
+    assert info["is_runbook"] and info["runbook"] == "patch-server-stack.ipynb"
+    assert info["title"] == "Patch a server stack"
+    assert info["changes_systems"] is True
+    assert [p["name"] for p in info["parameters"]][:3] == ["stack", "inventory", "dry_run"]
     assert info["drift"] is False and info["upstream_moved"] is False
     assert len(info["commit"]) == 40
 
