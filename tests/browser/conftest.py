@@ -42,6 +42,16 @@ def page(browser, request):
     context.close()
 
 
+def log_in(page, hub, user: str) -> None:
+    """Log in through the hub's login form with the demo password, as a person does."""
+    from tests.livehub import DEMO_PASSWORD
+
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", DEMO_PASSWORD)
+    page.click("#login_submit")
+
+
 def screenshot(page, name: str) -> None:
     (ARTIFACTS / "screenshots").mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "screenshots" / f"{name}.png")

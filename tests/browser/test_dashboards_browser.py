@@ -9,9 +9,9 @@ import subprocess
 from playwright.sync_api import expect
 
 from tests.helpers import ARTIFACTS, VENV_BIN
-from tests.livehub import DEMO_PASSWORD, wait_for
+from tests.livehub import wait_for
 
-from .conftest import screenshot
+from .conftest import log_in, screenshot
 
 
 def test_viewer_uses_a_live_dashboard_and_reads_a_snapshot(page, hub, tmp_path):
@@ -55,10 +55,7 @@ def test_viewer_uses_a_live_dashboard_and_reads_a_snapshot(page, hub, tmp_path):
     )
 
     try:
-        page.goto(f"{hub.url}/hub/login")
-        page.fill("#username_input", "carol")
-        page.fill("#password_input", DEMO_PASSWORD)
-        page.click("#login_submit")
+        log_in(page, hub, "carol")
         page.click("#opshub-dashboards-link")
         expect(page.locator("#dashboards")).to_be_visible()
         expect(page.locator("tr[data-dashboard='patching-status']")).to_contain_text("live")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.livehub import DEMO_PASSWORD
-
-from .conftest import screenshot
+from .conftest import log_in, screenshot
 
 
 def test_viewer_finds_a_failed_run_and_its_failing_cell(page, hub):
@@ -44,10 +42,7 @@ def test_viewer_finds_a_failed_run_and_its_failing_cell(page, hub):
     }
     assert hub.service_api(bob, "POST", f"runs/{run['id']}/finish", json=body).ok
 
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", "carol")
-    page.fill("#password_input", DEMO_PASSWORD)
-    page.click("#login_submit")
+    log_in(page, hub, "carol")
     page.click("#opshub-history-link")
     expect(page.locator("#runs")).to_be_visible()
     page.select_option("#f-status", "failed")

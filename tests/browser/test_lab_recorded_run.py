@@ -9,9 +9,9 @@ import shutil
 import nbformat
 from playwright.sync_api import expect
 
-from tests.livehub import DEMO_PASSWORD, wait_for
+from tests.livehub import wait_for
 
-from .conftest import screenshot
+from .conftest import log_in, screenshot
 
 RUNBOOK = "host-health-check.ipynb"
 # A workspace of its own, so the layout these tests leave (open tabs, the runbooks folder) is not
@@ -20,10 +20,7 @@ WORKSPACE = "lab/workspaces/opshub-lab-tests/tree"
 
 
 def log_in_to_lab(page, hub, user: str, path: str) -> None:
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", user)
-    page.fill("#password_input", DEMO_PASSWORD)
-    page.click("#login_submit")
+    log_in(page, hub, user)
     page.goto(f"{hub.url}/hub/spawn/{user}")
     page.wait_for_url(f"**/user/{user}/**", timeout=120_000)
     page.goto(f"{hub.url}/user/{user}/{WORKSPACE}/{path}")

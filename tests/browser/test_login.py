@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.livehub import DEMO_PASSWORD
-
-from .conftest import screenshot
-
-
-def log_in(page, hub, user: str) -> None:
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", user)
-    page.fill("#password_input", DEMO_PASSWORD)
-    page.click("#login_submit")
+from .conftest import log_in, screenshot
 
 
 def test_bob_logs_in_and_finds_the_runbooks_in_jupyterlab(page, hub):
