@@ -53,5 +53,7 @@ def log_in(page, hub, user: str) -> None:
 
 
 def screenshot(page, name: str) -> None:
+    # Chromium cannot capture a page that is still navigating ("Unable to capture screenshot").
+    page.wait_for_load_state("load")
     (ARTIFACTS / "screenshots").mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "screenshots" / f"{name}.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import expect
 
 from .conftest import log_in, screenshot
@@ -47,8 +49,12 @@ def test_viewer_finds_a_failed_run_and_its_failing_cell(page, hub):
     expect(page.locator("#runs")).to_be_visible()
     page.select_option("#f-status", "failed")
     page.click("text=Filter")
+    # The filter form is a GET: wait for the filtered page before looking at it.
+    expect(page).to_have_url(re.compile(r"[?&]status=failed"))
+    run_link = page.locator(f"a[href='/services/opshub/runs/{run['id']}']")
+    expect(run_link).to_be_visible()
     screenshot(page, "history-list")
-    page.locator(f"a[href='/services/opshub/runs/{run['id']}']").click()
+    run_link.click()
     expect(page.locator("#error-summary")).to_contain_text("/var is 97% full")
     notebook_frame = page.frame_locator("iframe.notebook")
     expect(notebook_frame.locator(".celltag_opshub-failed-cell")).to_be_visible()
