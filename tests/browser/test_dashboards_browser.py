@@ -63,16 +63,7 @@ def test_viewer_uses_a_live_dashboard_and_reads_a_snapshot(page, hub, tmp_path):
 
         page.click("text=Patching status")
         picker = page.locator(".widget-dropdown select")
-        try:
-            expect(picker).to_be_visible(timeout=60_000)
-        except AssertionError:
-            # KNOWN BUG (issue 6 stays open): under load a page sometimes gets a pooled kernel whose
-            # pre-render has not finished; Voila's page then sends an execute_request, which our
-            # widget-only filter drops, and the page stays at "Executing n of m". A reload gets
-            # another kernel. Remove this retry when the pool hand-over is fixed.
-            screenshot(page, "dashboard-live-stuck")
-            page.reload()
-            expect(picker).to_be_visible(timeout=120_000)
+        expect(picker).to_be_visible(timeout=60_000)
         expect(page.locator(".widget-output")).to_contain_text("Stack db", timeout=60_000)
         screenshot(page, "dashboard-live-db")
         picker.select_option("web")

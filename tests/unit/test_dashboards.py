@@ -214,3 +214,61 @@ def test_the_shipped_dashboard_is_a_read_only_live_dashboard_that_runs_anywhere(
     outputs = json.dumps([cell.get("outputs", []) for cell in nb.cells])
     assert "4 stacks in the inventory; 0 finished patching runs from no run history here" in outputs
     assert "Stack db" in json.dumps(nb.metadata["widgets"])  # the dropdown's first stack, in its output widget
+
+
+def _lost_wakeup_then_reply(channel_class, wait_for: float):
+    """A kernel client channel waits for a reply; the socket's wake-up is lost (its reader is gone
+    from the event loop, as we saw in a loaded Voila backend); then the kernel answers. Returns the
+    message the channel got within `wait_for` seconds, or raises TimeoutError."""
+    import asyncio
+
+    import zmq
+    import zmq.asyncio
+    from jupyter_client.session import Session
+
+    async def scenario():
+        context = zmq.asyncio.Context()
+        kernel = context.socket(zmq.ROUTER)
+        port = kernel.bind_to_random_port("tcp://127.0.0.1")
+        client = context.socket(zmq.DEALER)
+        client.setsockopt(zmq.IDENTITY, b"voila")
+        client.connect(f"tcp://127.0.0.1:{port}")
+        session = Session(key=b"secret")
+        channel = channel_class(client, session)
+        try:
+            channel.send(session.msg("execute_request", {"code": "1"}))
+            request = session.deserialize(session.feed_identities(await kernel.recv_multipart())[1])
+            waiting = asyncio.ensure_future(channel.get_msg(timeout=60))
+            await asyncio.sleep(0.2)  # the channel is polling now
+            asyncio.get_running_loop().remove_reader(client.FD)  # the wake-up is lost
+            session.send(kernel, "execute_reply", {"status": "ok"}, parent=request, ident=b"voila")
+            return await asyncio.wait_for(waiting, wait_for)
+        finally:
+            client.close(linger=0)
+            kernel.close(linger=0)
+            context.term()
+
+    return asyncio.run(scenario())
+
+
+def test_the_dashboard_kernel_client_reads_a_reply_whose_wakeup_was_lost():
+    from jupyter_client.channels import AsyncZMQSocketChannel
+    from opshub.service.voila import RepollingChannel
+
+    reply = _lost_wakeup_then_reply(RepollingChannel, wait_for=10)
+    assert reply["msg_type"] == "execute_reply"
+    # the scenario is real: jupyter_client's own channel would wait out its whole timeout
+    with pytest.raises(TimeoutError):
+        _lost_wakeup_then_reply(AsyncZMQSocketChannel, wait_for=3)
+
+
+def test_the_voila_backend_gives_its_executor_the_repolling_client(tmp_path):
+    from opshub.service.voila import RepollingKernelClient, backend_config
+    from voila.app import Voila
+
+    voila = Voila(config=backend_config())
+    voila.initialize([str(tmp_path), "--no-browser", "--VoilaConfiguration.preheat_kernel=True"])
+    voila.init_settings()  # makes the kernel manager, as OpshubVoila.start does
+    kernels = voila.kernel_manager
+    one_kernel = kernels.kernel_manager_factory(parent=kernels, log=kernels.log)
+    assert isinstance(one_kernel.client(), RepollingKernelClient)

@@ -29,8 +29,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
 from tornado import httpclient, web, websocket
+from traitlets import Type
+from traitlets.config import Config
 
 log = logging.getLogger("opshub.service.voila")
 
@@ -54,7 +59,46 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+class RepollingChannel(AsyncZMQSocketChannel):
+    """A kernel client channel that looks at its socket afresh every second while it waits.
+
+    Under load the Voila backend sometimes missed a kernel's reply: the kernel had run the cell and
+    answered (it was idle, and the cell's variables existed), but the executor waited out the whole
+    cell timeout and the page stayed at "Executing n of m". The socket's wake-up was lost while other
+    kernels of the backend started and stopped. A new poll reads the socket's state directly, so it
+    finds what a lost wake-up left behind.
+    """
+
+    poll_slice = 1.0  # seconds
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = self.poll_slice if deadline is None else max(0.0, min(self.poll_slice, deadline - time.monotonic()))
+            try:
+                return await super().get_msg(timeout=wait)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class RepollingKernelClient(AsyncKernelClient):
+    """The client Voila's executor uses for each dashboard kernel (see RepollingChannel)."""
+
+    shell_channel_class = Type(RepollingChannel)
+    iopub_channel_class = Type(RepollingChannel)
+    stdin_channel_class = Type(RepollingChannel)
+    control_channel_class = Type(RepollingChannel)
+
+
 # -- the backend process ----------------------------------------------------------------------------
+
+
+def backend_config() -> Config:
+    """The backend's Voila configuration beyond its command line."""
+    config = Config()
+    config.AsyncKernelManager.client_factory = RepollingKernelClient  # what Voila's executor uses
+    return config
 
 
 def backend_main(argv: list[str] | None = None) -> None:
@@ -126,7 +170,6 @@ def backend_main(argv: list[str] | None = None) -> None:
             # Voila.start, with the secret-checking application and the pool endpoint added.
             self.connection_dir = tempfile.mkdtemp(prefix="voila_", dir=self.connection_dir_root)
             settings = self.init_settings()
-            use_ready_kernels_only(self.kernel_manager)
             self.app = SecretApplication(**settings)
             self.app.settings.update(self.tornado_settings)
             pools = (url_path_join(self.server_url, POOLS_PATH + "(.*)"), PoolHandler, {"voila": self})
@@ -137,35 +180,16 @@ def backend_main(argv: list[str] | None = None) -> None:
         """A pool entry whose kernel started and whose notebook has finished running."""
         return task.done() and not task.cancelled() and task.exception() is None and task.result()["task"].done()
 
-    def use_ready_kernels_only(km):
-        """Serve a view from the pool only if a kernel there has finished pre-rendering; otherwise
-        start a fresh one. Voila 0.5 also hands out kernels still starting or running the notebook,
-        and under load we saw such views stall until the cell timeout."""
-        if not hasattr(km, "_pools"):
-            return
-        original = km.get_rendered_notebook
-
-        def ready(notebook_name):
-            return [t for t in km._pools.get(notebook_name, []) if pre_rendered(t)]
-
-        async def get_rendered_notebook(notebook_name, **kwargs):
-            pool = km._pools[notebook_name]
-            first = ready(notebook_name)[0]
-            pool.remove(first)
-            pool.insert(0, first)
-            return await original(notebook_name, **kwargs)
-
-        km.get_pool_size = lambda notebook_name: len(ready(notebook_name))
-        km.get_rendered_notebook = get_rendered_notebook
-
     preheat = args.pool_size > 0
     OpshubVoila.launch_instance(
+        config=backend_config(),
         argv=[
             args.root,
             f"--port={args.port}",
             "--Voila.ip=127.0.0.1",
             "--Voila.port_retries=0",  # the service knows the port it chose: never drift to another
             "--no-browser",
+            "--Voila.log_format=%(asctime)s [%(name)s]%(highlevel)s %(message)s",
             f"--Voila.base_url={args.base_url}",
             f"--VoilaConfiguration.preheat_kernel={preheat}",
             f"--VoilaConfiguration.default_pool_size={max(args.pool_size, 0)}",
@@ -177,7 +201,7 @@ def backend_main(argv: list[str] | None = None) -> None:
             "--VoilaExecutor.timeout=120",
             f"--MappingKernelManager.cull_idle_timeout={args.cull_idle}",
             "--MappingKernelManager.cull_interval=60",
-        ]
+        ],
     )
 
 
@@ -369,7 +393,10 @@ class KernelSocketProxy(websocket.WebSocketHandler):
     def on_message(self, message):
         msg_type = message_type(message)
         if msg_type not in ALLOWED_MESSAGE_TYPES:
-            log.warning("dropped a %r message sent to a dashboard kernel by %s", msg_type, self.viewer_name())
+            # what was attempted is worth keeping for an audit (trimmed: it may be a large payload)
+            log.warning(
+                "dropped a %r message sent to a dashboard kernel by %s: %.300r", msg_type, self.viewer_name(), message
+            )
             return
         if self.upstream is not None:
             self.upstream.write_message(message, binary=isinstance(message, bytes))
