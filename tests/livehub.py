@@ -8,6 +8,7 @@ moved into the test's temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -125,7 +126,22 @@ class Hub:
             start_new_session=True,  # its own process group, so a failed test can end all of it
         )
         log.close()
-        wait_for(self._is_up, timeout=60, what=f"the hub at {self.url} (log: {self.log_file})")
+        try:
+            wait_for(self._is_up, timeout=60, what=f"the hub at {self.url} (log: {self.log_file})")
+        except BaseException:
+            self._kill_after_failed_start()
+            raise
+
+    def _kill_after_failed_start(self) -> None:
+        """End the hub's process group, and its proxy, which JupyterHub starts in a session of its own."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        pid_file = self.state / "proxy.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            if b"configurable-http-proxy" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
 
     def _is_up(self) -> bool:
         if self.proc.poll() is not None:
