@@ -1,13 +1,19 @@
 """Dashboards without servers: names, the kernel message filter, publishing rules, the registry in a
-real SQLite store, publishing from a real git repository, who sees what, and the shipped dashboard."""
+real SQLite store, publishing from a real git repository, who sees what, the shipped dashboard, and
+the Voila backend's kernel client."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 
 import nbformat
 import pytest
+import zmq
+import zmq.asyncio
+from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_client.session import Session
 from nbclient import NotebookClient
 from opshub.configure.roles import load_roles
 from opshub.configure.services import PUBLISH_SCOPE, apply_services
@@ -15,9 +21,16 @@ from opshub.configure.spawner import SERVER_TOKEN_SCOPES
 from opshub.runbooks.catalog import RunbookCatalog
 from opshub.service.dashboards import Dashboards, PublishError, check_name, refuse_live_if_it_changes_systems
 from opshub.service.store import RunStore
-from opshub.service.voila import ALLOWED_MESSAGE_TYPES, message_type
+from opshub.service.voila import (
+    ALLOWED_MESSAGE_TYPES,
+    RepollingChannel,
+    RepollingKernelClient,
+    backend_config,
+    message_type,
+)
 from opshub.settings import load_settings
 from traitlets.config import Config
+from voila.app import Voila
 
 from tests.helpers import SHARED_NOTEBOOKS, git, make_work_tree
 
@@ -220,11 +233,6 @@ def _lost_wakeup_then_reply(channel_class, wait_for: float):
     """A kernel client channel waits for a reply; the socket's wake-up is lost (its reader is gone
     from the event loop, as we saw in a loaded Voila backend); then the kernel answers. Returns the
     message the channel got within `wait_for` seconds, or raises TimeoutError."""
-    import asyncio
-
-    import zmq
-    import zmq.asyncio
-    from jupyter_client.session import Session
 
     async def scenario():
         context = zmq.asyncio.Context()
@@ -252,9 +260,6 @@ def _lost_wakeup_then_reply(channel_class, wait_for: float):
 
 
 def test_the_dashboard_kernel_client_reads_a_reply_whose_wakeup_was_lost():
-    from jupyter_client.channels import AsyncZMQSocketChannel
-    from opshub.service.voila import RepollingChannel
-
     reply = _lost_wakeup_then_reply(RepollingChannel, wait_for=10)
     assert reply["msg_type"] == "execute_reply"
     # the scenario is real: jupyter_client's own channel would wait out its whole timeout
@@ -263,9 +268,6 @@ def test_the_dashboard_kernel_client_reads_a_reply_whose_wakeup_was_lost():
 
 
 def test_the_voila_backend_gives_its_executor_the_repolling_client(tmp_path):
-    from opshub.service.voila import RepollingKernelClient, backend_config
-    from voila.app import Voila
-
     voila = Voila(config=backend_config())
     voila.initialize([str(tmp_path), "--no-browser", "--VoilaConfiguration.preheat_kernel=True"])
     voila.init_settings()  # makes the kernel manager, as OpshubVoila.start does
