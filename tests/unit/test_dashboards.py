@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -256,7 +257,9 @@ def _lost_wakeup_then_reply(channel_class, wait_for: float):
             kernel.close(linger=0)
             context.term()
 
-    return asyncio.run(scenario())
+    # in a thread of its own: in the full suite Playwright keeps an event loop running in this one
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(scenario())).result()
 
 
 def test_the_dashboard_kernel_client_reads_a_reply_whose_wakeup_was_lost():
