@@ -91,6 +91,8 @@ def test_cells_outputs_and_a_failing_cell_are_recorded(hub, bob):
     assert "ZeroDivisionError" in run["error_summary"]
     assert cells[2]["outputs"][0]["data"]["text/plain"] == "42"
     assert [c["execution_count"] for c in cells] == sorted(c["execution_count"] for c in cells)
+    # bob's server says so in its log (a local server writes to the hub's output)
+    assert f"opshub: recording the interactive run {run['id']}" in hub.log_file.read_text()
 
     token = (hub.state / "metrics-token").read_text().strip()
     metrics = requests.get(f"{hub.url}/services/opshub/metrics", headers={"Authorization": f"Bearer {token}"})

@@ -30,11 +30,23 @@ def _jupyter_server_extension_points():
     return [{"module": "opshub.lab"}]
 
 
+def show_our_logs_in(server_log: logging.Logger) -> None:
+    """Our modules log under `opshub.*`; Jupyter Server configures only its own logger, so without
+    this only warnings reached the output (through Python's last-resort handler)."""
+    ours = logging.getLogger("opshub")
+    ours.setLevel(server_log.getEffectiveLevel())
+    for handler in server_log.handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.propagate = not ours.handlers
+
+
 def _load_jupyter_server_extension(serverapp) -> None:
     from ..runbooks.client import SERVICE_URL_ENV, ServiceClient
     from .handlers import default_runbooks_dir, handlers, service_prefix
     from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool
 
+    show_our_logs_in(serverapp.log)
     runbooks_dir = default_runbooks_dir()
     serverapp.web_app.settings.update(
         opshub_runbooks_dir=runbooks_dir,
