@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runbooks.client import ServiceClient, ServiceError
-from ..runbooks.headless import DEFAULT_HEARTBEAT_SECONDS, git_state
+from ..runbooks.headless import DEFAULT_HEARTBEAT_SECONDS, committed_text, git_state, notebook_cells
 from ..runbooks.masking import mask_obj, secret_values
 
 log = logging.getLogger("opshub.recorder")
@@ -437,17 +437,9 @@ def _output_fields(kind: str, content: dict) -> dict[str, Any]:
 
 def _repository_sources(folder: Path, name: str, commit: str | None) -> set[str]:
     """The code cells' sources of the runbook at `commit` (empty when it is not in the repository)."""
-    if commit is None:
-        return set()
     try:
-        shown = subprocess.run(
-            ["git", "-C", str(folder), "show", f"{commit}:./{name}"], capture_output=True, text=True, timeout=30
-        )
-        cells = json.loads(shown.stdout).get("cells", []) if shown.returncode == 0 else []
-    except (OSError, subprocess.SubprocessError, ValueError):
+        text = committed_text(folder, commit, name) if commit is not None else None
+    except (OSError, subprocess.SubprocessError):
         return set()
-    return {
-        ("".join(c["source"]) if isinstance(c["source"], list) else c["source"]).strip()
-        for c in cells
-        if c.get("cell_type") == "code"
-    }
+    cells = notebook_cells(text) if text is not None else None
+    return {source.strip() for kind, source in cells or [] if kind == "code"}

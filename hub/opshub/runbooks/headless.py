@@ -297,44 +297,50 @@ def git_state(folder: Path, relative: str) -> tuple[str | None, bool]:
     order): outputs and execution counts that JupyterLab saved after running it are not drift. Not a
     git checkout, or git failing: (None, True).
     """
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["git", "-C", str(folder), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
-        )
-
     try:
-        head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        head = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
         if head.returncode != 0:
             return None, True
-        base = git("merge-base", "HEAD", "@{upstream}")
+        base = _git(folder, "merge-base", "HEAD", "@{upstream}")
         commit = (base.stdout if base.returncode == 0 and base.stdout.strip() else head.stdout).strip()
         # Paths relative to `folder` ("./"), which may be a sub-folder of the repository.
-        if git("cat-file", "-e", f"{commit}:./{relative}").returncode != 0:
+        if _git(folder, "cat-file", "-e", f"{commit}:./{relative}").returncode != 0:
             return commit, True
-        diff = git("diff", "--quiet", commit, "--", relative)
+        diff = _git(folder, "diff", "--quiet", commit, "--", relative)
         if diff.returncode == 0:
             return commit, False
         if not relative.endswith(".ipynb"):
             return commit, True
         # Outputs, execution counts and metadata saved by JupyterLab are not drift: the cells are.
-        committed = git("show", f"{commit}:./{relative}")
-        return commit, committed.returncode != 0 or notebook_cells(committed.stdout) != notebook_cells(
+        committed = committed_text(folder, commit, relative)
+        return commit, committed is None or notebook_cells(committed) != notebook_cells(
             (Path(folder) / relative).read_text()
         )
     except (OSError, subprocess.SubprocessError):
         return None, True
 
 
+def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-C", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
+    )
+
+
+def committed_text(folder: Path, commit: str, relative: str) -> str | None:
+    """The file `relative` (a path inside `folder`) as `commit` has it, or None if git cannot show it."""
+    shown = _git(folder, "show", f"{commit}:./{relative}")
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def notebook_cells(text: str) -> list[tuple[str, str]] | None:
     """What a notebook does: its cells' types and sources, in order (None if it is not a notebook)."""
     try:
         cells = json.loads(text)["cells"]
-        return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"]) for c in cells]
+        return [(c["cell_type"], _text(c["source"])) for c in cells]
     except (ValueError, KeyError, TypeError):
         return None
 
