@@ -1,7 +1,8 @@
 """opshub inside each user's JupyterLab: a Jupyter server extension and a JupyterLab extension.
 
-The server extension records interactive runs of runbooks (`recorder.py`) and answers the JupyterLab
-extension (`handlers.py`). The JupyterLab extension (source in hub/labextension/, built into
+The server extension records interactive runs of runbooks (`recorder.py`), answers the JupyterLab
+extension (`handlers.py`) and confines nbgitpuller's pull links to the runbooks folder
+(`pull_guard.py`). The JupyterLab extension (source in hub/labextension/, built into
 `jupyter_data/labextensions/`) adds "Run as recorded run", "Publish as dashboard", the drift warning
 and the run history to the launcher.
 
@@ -21,6 +22,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 HERE = Path(__file__).resolve().parent
 CONFIG_DIR = HERE / "jupyter_config"  # on JUPYTER_CONFIG_PATH: enables the server extension, page config
 DATA_DIR = HERE / "jupyter_data"  # on JUPYTER_PATH: the built JupyterLab extension
+TERMINAL_RC = HERE / "terminal-rc.sh"  # the terminals' bash set-up: opshub's commands on PATH
 SPOOL_DIR = Path("~/.local/share/opshub/interactive-runs")
 
 log = logging.getLogger("opshub.lab")
@@ -41,12 +43,22 @@ def show_our_logs_in(server_log: logging.Logger) -> None:
     ours.propagate = not ours.handlers
 
 
+def guard_pull_links(serverapp) -> None:
+    """nbgitpuller's links may pull only the allowed repositories into the runbooks folder."""
+    from .pull_guard import PullPolicy, install
+
+    policy = PullPolicy.from_environment()
+    replaced = install(serverapp, policy)
+    serverapp.log.info("opshub: pull links guarded (%d nbgitpuller handlers replaced): %s", replaced, policy.allowed())
+
+
 def _load_jupyter_server_extension(serverapp) -> None:
     from ..runbooks.client import SERVICE_URL_ENV, ServiceClient
     from .handlers import default_runbooks_dir, handlers, service_prefix
     from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool
 
     show_our_logs_in(serverapp.log)
+    guard_pull_links(serverapp)  # first: whatever fails later, pull links stay confined
     runbooks_dir = default_runbooks_dir()
     serverapp.web_app.settings.update(
         opshub_runbooks_dir=runbooks_dir,
