@@ -24,6 +24,7 @@ from opshub.service.store import RunStore
 from tests.helpers import VENV_BIN, git, make_work_tree
 
 SECRET = "tok-3f9a-very-secret-41c7"
+KERNEL_SECRET = "pw-set-inside-the-kernel-7d1e"
 
 
 def runbook(parameters: str, *sources: str) -> str:
@@ -63,6 +64,12 @@ RUNBOOKS = {
         "print('never reached')",
     ),
     "inventory/stacks.yaml": "lab: {hosts: [localhost]}\n",
+    "kernel-secret.ipynb": runbook(
+        'stack = "lab"',
+        f"import os\nos.environ['DB_PASSWORD'] = '{KERNEL_SECRET}'\nprint('set:', os.environ['DB_PASSWORD'])",
+        "print('again:', os.environ['DB_PASSWORD'])",
+        f"%env API_TOKEN={KERNEL_SECRET}-env\nprint('env:', os.environ['API_TOKEN'])",
+    ),
 }
 
 
@@ -202,6 +209,41 @@ def test_secrets_are_masked_in_the_store_the_saved_notebook_and_the_terminal(che
     # never reaches the terminal unmasked (asserted above).
     for line in (f"env: {MASK}", f"param: {MASK}", f"stderr: {MASK}"):
         assert line in out + err and line in record.output_notebook, line
+
+
+def test_secrets_a_cell_sets_in_the_kernel_are_masked_in_what_is_stored(checkout, tmp_path):
+    folder, store, _ = checkout
+    output = tmp_path / "kernel-secret.ipynb"
+    code, out, err, _ = run(folder, store, "kernel-secret", output=str(output))
+    assert code == 0, err
+    stored = only_run(store).output_notebook
+    for text in (stored, output.read_text()):
+        assert KERNEL_SECRET not in text
+        for line in (f"set: {MASK}", f"again: {MASK}", f"env: {MASK}"):
+            assert line in text, line
+    # from the cell after the one that set it, the terminal masks it too
+    assert f"again: {MASK}" in out
+
+
+def test_secrets_a_bash_runbook_exports_are_masked_in_what_is_stored(checkout, tmp_path, monkeypatch):
+    folder, store, _ = checkout
+    spec = tmp_path / "jupyter" / "kernels" / "bash"
+    spec.mkdir(parents=True)
+    argv = [str(VENV_BIN / "python"), "-m", "bash_kernel", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Bash", "language": "bash"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "bash", "language": "bash", "display_name": "Bash"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"export API_TOKEN={KERNEL_SECRET}\necho token: $API_TOKEN"),
+        nbformat.v4.new_code_cell(f"DB_PASSWORD={KERNEL_SECRET}-plain\necho password: $DB_PASSWORD"),
+    ]
+    nbformat.write(nb, folder / "bash-secret.ipynb")
+    code, out, err, _ = run(folder, store, "bash-secret")
+    assert code == 0, err
+    stored = only_run(store).output_notebook
+    assert KERNEL_SECRET not in stored
+    assert f"token: {MASK}" in stored and f"password: {MASK}" in stored
 
 
 def test_stray_parameters_and_unknown_runbooks_record_nothing(checkout):

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import sys
 
 import nbformat
 import pytest
+from jupyter_client.manager import AsyncKernelManager
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from opshub.runbooks.masking import (
     DEFAULT_PATTERNS,
     MASK,
     is_secret_name,
+    kernel_environment,
     mask_notebook,
     mask_obj,
     mask_text,
+    parse_environment_dump,
     secret_values,
 )
 from papermill.parameterize import parameterize_notebook
@@ -278,3 +283,80 @@ def test_secret_values_feed_mask_notebook():
     text = nbformat.writes(masked)
     assert TOKEN not in text and PASSWORD not in text
     assert MASK in text
+
+
+# The kernel's own environment: real kernels, asked as the recorder and `opshub run` ask them
+
+
+@pytest.fixture
+def bash_kernelspec(tmp_path, monkeypatch):
+    """bash_kernel's kernelspec, found through JUPYTER_PATH (the ops image installs it system-wide)."""
+    spec = tmp_path / "jupyter" / "kernels" / "bash"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "bash_kernel", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Bash", "language": "bash"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+
+
+def in_a_kernel(kernel_name: str, code: str) -> tuple[dict | None, list[dict], int, int]:
+    """Run `code` in a fresh kernel, then ask its environment. Returns (environment, the IOPub messages
+    the person's client got for the question, execution count before and after)."""
+
+    async def scenario():
+        km = AsyncKernelManager(kernel_name=kernel_name)
+        await km.start_kernel()
+        client = km.client()  # the person's client (JupyterLab), with the manager's own session
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=60)
+            before = (await client.execute_interactive(code, timeout=60))["content"]["execution_count"]
+            environment = await kernel_environment(km, timeout=60)
+            seen = []
+            while True:  # what the person's client sees of the question on IOPub
+                try:
+                    seen.append(await client.get_iopub_msg(timeout=1))
+                except Exception:
+                    break
+            after = (await client.execute_interactive("true" if kernel_name == "bash" else "1", timeout=60))["content"]
+            return environment, seen, before, after["execution_count"]
+        finally:
+            client.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    return asyncio.run(scenario())
+
+
+def test_a_python_kernel_tells_the_secrets_its_cells_set_and_shows_nothing_of_it():
+    code = "import os\nos.environ['DB_PASSWORD'] = 'pw-in-the-kernel'\n%env API_TOKEN=tok-from-percent-env"
+    environment, seen, before, after = in_a_kernel("python3", code)
+    assert environment["DB_PASSWORD"] == "pw-in-the-kernel" and environment["API_TOKEN"] == "tok-from-percent-env"
+    assert {"pw-in-the-kernel", "tok-from-percent-env"} <= set(secret_values(environment))
+    assert after == before + 1, "the question took no execution count"
+    kinds = {message["header"]["msg_type"] for message in seen}
+    assert kinds <= {"status"}, f"the person's notebook got {kinds} from the question"
+
+
+def test_a_bash_kernel_tells_exported_and_plain_shell_variables(bash_kernelspec):
+    code = "export API_TOKEN=tok-exported-in-bash\nDB_PASSWORD='plain shell\nvariable'\nn=keep-me"
+    environment, seen, before, after = in_a_kernel("bash", code)
+    assert environment["API_TOKEN"] == "tok-exported-in-bash"
+    assert environment["DB_PASSWORD"] == "plain shell\nvariable"
+    assert environment["n"] == "keep-me", "the question's loop variable did not clobber the person's"
+    assert after == before + 1
+    assert {message["header"]["msg_type"] for message in seen} <= {"status"}
+
+
+def test_a_kernel_of_another_language_is_not_asked():
+    class Spec:
+        language = "R"
+
+    class Manager:
+        kernel_spec = Spec()
+
+    assert asyncio.run(kernel_environment(Manager())) is None
+
+
+def test_parse_environment_dump():
+    assert parse_environment_dump(b"A\0one\0B\0two\nlines\0") == {"A": "one", "B": "two\nlines"}
+    assert parse_environment_dump(b"A\0one\0B") == {"A": "one"}
+    assert parse_environment_dump(b"") == {}

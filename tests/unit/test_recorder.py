@@ -5,6 +5,7 @@ tested in tests/integration/test_interactive_runs.py; these cover the rules one 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -46,6 +47,7 @@ def open_notebook(server, path: str, kernel: str = KERNEL) -> None:
 
 def recorder_for(server, tmp_path, **options) -> Recorder:
     options.setdefault("secret_names", [])
+    options.setdefault("ask_kernels", False)  # no kernel here; tests/integration/test_kernel_secrets.py has one
     return Recorder(server, tmp_path / "runbooks", Spool(tmp_path / "spool"), **options)
 
 
@@ -165,3 +167,83 @@ def test_a_runbook_not_in_the_repository_is_drift(server, tmp_path):
     (record,) = spooled(tmp_path)
     assert record["start"]["drift"] is True
     assert record["notebook"]["cells"][0]["metadata"]["opshub"]["edited"] is True
+
+
+def test_consecutive_stream_messages_are_one_output_so_a_split_secret_is_masked(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-value")
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path)
+    parts = [message("stream", "r1", name="stdout", text=text) for text in ("pw: hunt", "er2-value\n", "done\n")]
+    run_cell(recorder, "r1", "login()", *parts)
+    (record,) = spooled(tmp_path)
+    assert record["notebook"]["cells"][0]["outputs"] == [
+        {"output_type": "stream", "name": "stdout", "text": "pw: [masked]\ndone\n"}
+    ]
+
+
+def asking_recorder(server, tmp_path, answers: list[dict]):
+    """A recorder whose kernel tells the environments in `answers`, one per question, when released."""
+    recorder = recorder_for(server, tmp_path, ask_kernels=True)
+    recorder.questions = 0
+    recorder.release = asyncio.Event()
+
+    async def kernel_environment(kernel_id):
+        recorder.questions += 1
+        await recorder.release.wait()
+        return answers[min(recorder.questions, len(answers)) - 1]
+
+    recorder.kernel_environment = kernel_environment
+    return recorder
+
+
+def test_a_secret_the_kernel_set_is_masked_before_anything_is_spooled(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+    # the first answer predates the cell that sets the secret; the second one has it
+    answers = [{"HOME": "/home/bob"}, {"DB_PASSWORD": "set-in-the-kernel", "HOME": "/home/bob"}]
+
+    async def scenario():
+        recorder = asking_recorder(server, tmp_path, answers)
+        run_cell(recorder, "r0", "print('set-in-the-kernel')", message("stream", "r0", name="stdout", text="x\n"))
+        await asyncio.sleep(0.05)  # the kernel is being asked
+        code = "os.environ['DB_PASSWORD'] = 'set-in-the-kernel'\nprint(os.environ['DB_PASSWORD'])"
+        run_cell(recorder, "r1", code, message("stream", "r1", name="stdout", text="set-in-the-kernel\n"), count=2)
+        # a third cell starts and prints before the answer: it is not spooled until it finished
+        recorder.on_message(KERNEL, message("execute_input", "r2", code="echo $DB_PASSWORD", execution_count=3))
+        recorder.on_message(KERNEL, message("stream", "r2", name="stdout", text="set-in-the-kernel\n"))
+        await asyncio.sleep(0.05)
+        assert spooled(tmp_path) == [], "nothing is written before the kernel told its environment"
+        recorder.release.set()
+        await asyncio.sleep(0.05)
+        return recorder
+
+    recorder = asyncio.run(scenario())
+    assert recorder.questions == 2, "the second cell finished while the first question was out: asked again"
+    (record,) = spooled(tmp_path)
+    assert "set-in-the-kernel" not in json.dumps(record)
+    assert [c["source"] for c in record["notebook"]["cells"]] == [
+        "print('[masked]')",
+        "os.environ['DB_PASSWORD'] = '[masked]'\nprint(os.environ['DB_PASSWORD'])",
+    ]
+    assert record["notebook"]["cells"][1]["outputs"][0]["text"] == "[masked]\n"
+    # the running cell is in the record once the run ends, masked too
+    recorder.end(KERNEL, "the kernel was shut down")
+    (record,) = spooled(tmp_path)
+    assert len(record["notebook"]["cells"]) == 3 and "set-in-the-kernel" not in json.dumps(record)
+
+
+def test_a_restart_while_asking_cancels_the_question_and_spools_the_run(server, tmp_path):
+    open_notebook(server, "runbooks/check.ipynb")
+
+    async def scenario():
+        recorder = asking_recorder(server, tmp_path, [{}])
+        run_cell(recorder, "r1", "print('x')")
+        await asyncio.sleep(0.05)
+        question = recorder.asking[KERNEL]
+        recorder.end(KERNEL, "the kernel was restarted")
+        await asyncio.sleep(0.05)
+        return question
+
+    question = asyncio.run(scenario())
+    assert question.cancelled()
+    (record,) = spooled(tmp_path)
+    assert record["end"]["status"] == "succeeded" and len(record["notebook"]["cells"]) == 1

@@ -28,6 +28,7 @@ from tornado.httputil import url_concat
 
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.headless import declared_parameters, default_runbooks_dir, git_state
+from ..runbooks.metadata import DEFAULTS, RunbookMetadataError, read_runbook_metadata, runbook_metadata
 
 RUN_LINE = re.compile(r"^run ([0-9a-f-]{36})\b")
 MAX_JOB_LINES = 2000
@@ -131,15 +132,19 @@ class RunbookHandler(OpshubHandler):
                 problem = None
             except Exception as e:  # a malformed notebook: say so in the form rather than fail
                 parameters, problem = [], f"cannot read the parameters: {e}"
-            metadata = json.loads(path.read_text()).get("metadata", {}).get("opshub", {})
+            try:
+                metadata, metadata_problem = read_runbook_metadata(path, name), None
+            except RunbookMetadataError as e:  # shown as an invalid runbook; `opshub run` refuses it
+                metadata, metadata_problem = DEFAULTS, str(e)
             info.update(
                 commit=commit,
                 drift=drift,
                 upstream_moved=behind,
                 parameters=parameters,
                 parameters_problem=problem,
-                title=metadata.get("title") or name,
-                changes_systems=bool(metadata.get("changes_systems")),
+                title=metadata["title"] or name,
+                changes_systems=metadata["changes_systems"],
+                metadata_problem=metadata_problem,
             )
         self.finish(info)
 
@@ -179,7 +184,14 @@ class PublishHandler(OpshubHandler):
     async def post(self):
         body = self.body()
         path = self.notebook_path(body.get("path"))
-        notebook = json.loads(path.read_text())
+        try:
+            notebook = json.loads(path.read_text())
+        except ValueError as e:
+            raise web.HTTPError(400, f"{body['path']} is not notebook JSON: {e}") from None
+        try:
+            runbook_metadata(notebook, body["path"])  # refused here, naming the file, before the service sees it
+        except RunbookMetadataError as e:
+            raise web.HTTPError(400, str(e)) from None
         request = {key: body[key] for key in ("name", "mode", "groups", "title", "description") if key in body}
         request["notebook"] = notebook
         runbook = self.runbook_name(path)

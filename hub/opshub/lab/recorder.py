@@ -5,6 +5,12 @@ each kernel's IOPub channel, where every kernel broadcasts the code it executes 
 outputs and its busy/idle status. So it never slows a cell (it is not on the kernel's execution path), it
 works for every kernel language (bash runbooks too), and the user's namespace is left alone.
 
+Secrets are masked with the values of the kernel's own environment, not only the server's: after each cell
+the kernel is asked, with a silent request (see `opshub.runbooks.masking.kernel_environment`), and the
+run is written to the spool only once it answered, masked with every secret value seen so far, so that a
+secret a cell sets (`os.environ["DB_PASSWORD"] = ...`, `export API_TOKEN=...`) and prints is masked in that
+very cell, and in the earlier ones.
+
 A run starts with the first cell executed in a notebook inside the runbooks folder, and ends when the
 kernel shuts down or restarts, or after `idle_minutes` without an execution. Its state is written to a
 spool folder on local disk after every cell; a `Deliverer` sends it to the opshub service in order, and
@@ -23,14 +29,14 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.headless import DEFAULT_HEARTBEAT_SECONDS, committed_text, git_state, notebook_cells
-from ..runbooks.masking import mask_obj, secret_values
+from ..runbooks.masking import kernel_environment, mask_notebook, mask_obj, secret_values
 
 log = logging.getLogger("opshub.recorder")
 
@@ -40,6 +46,9 @@ FAILED_CELL_TAG = "opshub-failed-cell"  # the service's run page highlights the 
 RECORD_OUTSIDE_ENV = "OPSHUB_RECORD_OUTSIDE_RUNBOOKS"
 IDLE_MINUTES_ENV = "OPSHUB_INTERACTIVE_IDLE_MINUTES"
 PROGRESS_SECONDS = 3
+# How long the kernel may take to tell its environment after a cell. It may be busy with cells queued
+# meanwhile (Run All), and the run is not spooled until it answers, so this is generous.
+KERNEL_ENVIRONMENT_SECONDS = 600
 
 
 def utcnow() -> str:
@@ -62,6 +71,8 @@ class InteractiveRun:
     last_activity: float = field(default_factory=time.monotonic)
     version: int = 0  # bumped on every change, so the deliverer knows what the service has not seen
     end: dict[str, Any] | None = None
+    # every secret value seen in the server's or the kernel's environment: masked whenever it is spooled
+    secrets: set[str] = field(default_factory=set)
 
     def failed_cell(self) -> int | None:
         for index, cell in enumerate(self.cells):
@@ -69,11 +80,19 @@ class InteractiveRun:
                 return index
         return None
 
-    def notebook(self) -> dict[str, Any]:
-        """The run as a notebook: the executed cells in the order they ran, with their outputs."""
-        return {"nbformat": 4, "nbformat_minor": 5, "metadata": self.metadata, "cells": self.cells}
+    def notebook(self, finished_only: bool = False) -> dict[str, Any]:
+        """The run as a notebook: the executed cells in the order they ran, with their outputs (not masked)."""
+        running = {id(cell) for cell, _ in self.by_request.values()}
+        cells = [cell for cell in self.cells if not (finished_only and id(cell) in running)]
+        return {"nbformat": 4, "nbformat_minor": 5, "metadata": self.metadata, "cells": cells}
 
     def spool_record(self) -> dict[str, Any]:
+        """What is written to disk and delivered: everything masked with the secrets known now.
+
+        While the run goes on, cells still running are left out: the kernel was asked for its environment
+        before they ran, so a secret they set is not known yet. They are in once they finish, or at the end.
+        """
+        secrets = sorted(self.secrets, key=lambda value: (-len(value), value))
         return {
             "id": self.id,
             "version": self.version,
@@ -86,8 +105,8 @@ class InteractiveRun:
                 "parameters": {},
             },
             "drift": self.drift,
-            "notebook": self.notebook(),
-            "end": self.end,
+            "notebook": mask_notebook(self.notebook(finished_only=self.end is None), secrets),
+            "end": mask_obj(self.end, secrets),
         }
 
 
@@ -232,14 +251,20 @@ class Recorder:
         idle_minutes: float = 60,
         secret_names: Iterable[str] = (),
         on_change: Callable[[], None] = lambda: None,
+        ask_kernels: bool = True,
     ):
+        """`ask_kernels`: ask each kernel for its environment after every cell (False: the server's only)."""
         self.serverapp = serverapp
         self.runbooks_dir = Path(runbooks_dir)
         self.spool = spool
         self.record_outside = record_outside
         self.idle_seconds = idle_minutes * 60
-        self.secrets = secret_values(os.environ, names=list(secret_names))
+        self.secret_names = list(secret_names)
+        self.secrets = secret_values(os.environ, names=self.secret_names)
         self.on_change = on_change
+        self.ask_kernels = ask_kernels
+        self.asking: dict[str, asyncio.Future] = {}  # kernel id -> its environment being asked for
+        self.ask_again: set[str] = set()  # kernels that finished a cell while being asked
         self.streams: dict[str, Any] = {}  # kernel id -> IOPub ZMQStream
         self.runs: dict[str, InteractiveRun] = {}  # kernel id -> open run
         self.paths: dict[str, Path | None] = {}  # kernel id -> notebook path (None: not recorded)
@@ -325,7 +350,12 @@ class Recorder:
         content = message["content"]
         if kind in OUTPUT_TYPES:
             output = {"output_type": kind, **_output_fields(kind, content)}
-            cell["outputs"].append(mask_obj(output, self.secrets))
+            last = cell["outputs"][-1] if cell["outputs"] else None
+            if kind == "stream" and last and last["output_type"] == "stream" and last["name"] == output["name"]:
+                # one text, as JupyterLab shows it: a secret split across two messages is still masked
+                last["text"] += output["text"]
+            else:
+                cell["outputs"].append(output)
             if kind == "error":
                 cell["metadata"].setdefault("tags", []).append(FAILED_CELL_TAG)
         elif kind == "clear_output":
@@ -334,7 +364,47 @@ class Recorder:
             cell["metadata"]["opshub"]["duration_seconds"] = round(time.monotonic() - started, 3)
             del run.by_request[request]
             run.last_activity = time.monotonic()
+            self._cell_finished(kernel_id, run)
+
+    def _cell_finished(self, kernel_id: str, run: InteractiveRun) -> None:
+        """Spool the run once the kernel has told its environment (the cell may have set a secret).
+
+        One question at a time per kernel. A cell finishing while one is out may have run before the
+        kernel answered: its secrets may be missing from the answer, so the kernel is asked again before
+        anything is spooled.
+        """
+        if not self.ask_kernels:
             self._save(run)
+        elif kernel_id in self.asking:
+            self.ask_again.add(kernel_id)
+        else:
+            self.asking[kernel_id] = asyncio.ensure_future(self._ask_then_save(kernel_id))
+
+    async def _ask_then_save(self, kernel_id: str) -> None:
+        try:
+            while True:
+                self.ask_again.discard(kernel_id)
+                try:
+                    environment = await self.kernel_environment(kernel_id)
+                except Exception as e:  # the kernel went away, or speaks no language we can ask
+                    log.warning("opshub: cannot read the environment of kernel %s: %s", kernel_id, e)
+                    environment = None
+                run = self.runs.get(kernel_id)
+                if run is None:  # ended meanwhile, and spooled then
+                    return
+                if environment:
+                    run.secrets.update(secret_values(environment, self.secret_names))
+                if kernel_id not in self.ask_again:
+                    self._save(run)
+                    return
+        finally:
+            if self.asking.get(kernel_id) is asyncio.current_task():
+                del self.asking[kernel_id]
+
+    async def kernel_environment(self, kernel_id: str) -> Mapping[str, str] | None:
+        """The kernel's variables now (None: its language has no way to ask, or no answer in time)."""
+        km = self.serverapp.kernel_manager.get_kernel(kernel_id)
+        return await kernel_environment(km, timeout=KERNEL_ENVIRONMENT_SECONDS)
 
     def _cell_started(self, kernel_id: str, request: str, content: dict) -> None:
         run = self.runs.get(kernel_id)
@@ -350,7 +420,7 @@ class Recorder:
             "cell_type": "code",
             "id": f"cell-{len(run.cells)}",
             "execution_count": content.get("execution_count"),
-            "source": mask_obj(code, self.secrets),
+            "source": code,
             "outputs": [],
             "metadata": {"opshub": {"started_at": utcnow(), "edited": edited}},
         }
@@ -380,6 +450,7 @@ class Recorder:
             drift=drift,
             repository_sources=_repository_sources(folder, path.name, commit),
             metadata={**metadata, "opshub_run": {"trigger": "interactive", "kernel_id": kernel_id}},
+            secrets=set(self.secrets),
         )
         self.runs[kernel_id] = run
         log.info("opshub: recording the interactive run %s of %s", run.id, runbook)
@@ -399,6 +470,9 @@ class Recorder:
         return path if inside or self.record_outside else None
 
     def end(self, kernel_id: str, how: str) -> None:
+        asking = self.asking.pop(kernel_id, None)
+        if asking is not None:  # a restarted or stopped kernel will not answer
+            asking.cancel()
         run = self.runs.pop(kernel_id, None)
         if run is None:
             return

@@ -1,16 +1,22 @@
 """Which runbooks exist in the team's repository: the notebooks on its branch.
 
 The service keeps a shallow bare copy of the repository and lists it, so that metric labels
-only ever name runbooks that exist (anything else is counted as `other`).
+only ever name runbooks that exist (anything else is counted as `other`). Each runbook's `opshub`
+metadata is checked on every refresh: a runbook with wrong metadata is still listed, with its problem
+in `invalid()` (and the service's log), never a crash.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
+
+from .metadata import RunbookMetadataError, runbook_metadata
 
 log = logging.getLogger("opshub.runbooks.catalog")
 
@@ -21,6 +27,8 @@ class RunbookCatalog:
         self.branch = branch
         self.cache_dir = Path(cache_dir)
         self._names: frozenset[str] = frozenset()
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._invalid: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def names(self) -> frozenset[str]:
@@ -40,8 +48,53 @@ class RunbookCatalog:
             except subprocess.CalledProcessError as e:
                 log.error("cannot list the runbooks of %s (%s): %s", self.repository, self.branch, e.stderr.strip())
                 return self._names
-            self._names = frozenset(name for name in listing.splitlines() if name.endswith(".ipynb"))
+            names = frozenset(name for name in listing.splitlines() if name.endswith(".ipynb"))
+            try:
+                self._check_metadata(ref, sorted(names))
+            except subprocess.CalledProcessError as e:
+                log.error("cannot read the runbooks of %s (%s): %s", self.repository, self.branch, e.stderr.strip())
+            self._names = names
             return self._names
+
+    def metadata(self) -> dict[str, dict[str, Any]]:
+        """The checked `opshub` metadata (with defaults) of each runbook whose metadata is right."""
+        return self._metadata
+
+    def invalid(self) -> dict[str, str]:
+        """The runbooks whose metadata is wrong, with the problem (`patch.ipynb: opshub.changes_systems ...`)."""
+        return self._invalid
+
+    def _check_metadata(self, ref: str, names: list[str]) -> None:
+        metadata, invalid = {}, {}
+        for name, text in zip(names, self._contents(ref, names), strict=True):
+            try:
+                metadata[name] = runbook_metadata(json.loads(text), name)
+            except ValueError as e:  # not JSON, or RunbookMetadataError
+                problem = str(e) if isinstance(e, RunbookMetadataError) else f"{name}: not notebook JSON: {e}"
+                invalid[name] = problem
+                if self._invalid.get(name) != problem:  # said once, not on every refresh
+                    log.error("invalid runbook %s", problem)
+        self._metadata, self._invalid = metadata, invalid
+
+    def _contents(self, ref: str, names: list[str]) -> list[str]:
+        """The text of each file `names` at `ref`, read with one `git cat-file --batch`."""
+        request = "".join(f"{ref}:{name}\n" for name in names).encode()
+        result = subprocess.run(
+            ["git", "cat-file", "--batch"],
+            cwd=self.cache_dir,
+            input=request,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        out, position, texts = result.stdout, 0, []
+        for _ in names:
+            header_end = out.index(b"\n", position)
+            header = out[position:header_end].split()  # <object> blob <size>, or <name> missing
+            size = int(header[2]) if len(header) == 3 else 0
+            texts.append(out[header_end + 1 : header_end + 1 + size].decode("utf-8", errors="replace"))
+            position = header_end + 1 + size + (1 if len(header) == 3 else 0)
+        return texts
 
     def _git(self, *args: str) -> str:
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .client import ServiceClient, ServiceError
-from .masking import is_secret_name, mask_notebook, mask_obj, mask_text, secret_values
+from .masking import is_secret_name, kernel_environment, mask_notebook, mask_obj, mask_text, secret_values
+from .metadata import RunbookMetadataError, read_runbook_metadata
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -48,6 +49,8 @@ SECRET_NAMES_ENV = "OPSHUB_SECRET_NAMES"
 HEARTBEAT_ENV = "OPSHUB_HEARTBEAT_SECONDS"
 RECORDER_ENV = "OPSHUB_RECORDER"
 DEFAULT_HEARTBEAT_SECONDS = 15.0
+# How long to wait, after each cell, for the kernel to tell its environment (it is idle: milliseconds).
+KERNEL_ENVIRONMENT_SECONDS = 30.0
 # After an interrupt the kernel gets this long to stop the running cell before it is killed.
 INTERRUPT_GRACE_SECONDS = 10.0
 LABEL_WIDTH = 70
@@ -140,7 +143,14 @@ def _describe_runbooks(folder: Path) -> str:
     names = list_runbooks(folder)
     if not names:
         return f"There are no runbooks in {folder}."
-    return f"Runbooks in {folder}:\n" + "\n".join(f"  {name}" for name in names)
+    lines = []
+    for name in names:
+        try:
+            read_runbook_metadata(folder / name, name)
+            lines.append(f"  {name}")
+        except RunbookMetadataError as e:
+            lines.append(f"  {name}  (invalid: {str(e).removeprefix(name + ': ')})")
+    return f"Runbooks in {folder}:\n" + "\n".join(lines)
 
 
 # Parameters
@@ -437,9 +447,8 @@ class Terminal:
 
     def __init__(self, out: TextIO, err: TextIO, secrets: Sequence[str]):
         self.out, self.err = out, err
-        # A multi-line secret (a PEM key) is also masked line by line, because output is printed by line.
-        extra = [line.strip() for secret in secrets if "\n" in secret for line in secret.splitlines()]
-        self.secrets = tuple(sorted({*secrets, *(line for line in extra if len(line) >= 8)}, key=lambda s: -len(s)))
+        self.secrets: tuple[str, ...] = ()
+        self.add_secrets(secrets)
         self.total = 0
         self.cell_started = 0.0
         self.current_cell: int | None = None
@@ -449,6 +458,13 @@ class Terminal:
         self.stdout = _StreamWriter(self, "stdout")
         self.stderr = _StreamWriter(self, "stderr")
         self.check_interrupt: Callable[[], None] = lambda: None
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        """Mask these values too from now on (secrets the kernel set while running)."""
+        secrets = {*self.secrets, *secrets}
+        # A multi-line secret (a PEM key) is also masked line by line, because output is printed by line.
+        extra = [line.strip() for secret in secrets if "\n" in secret for line in secret.splitlines()]
+        self.secrets = tuple(sorted({*secrets, *(line for line in extra if len(line) >= 8)}, key=lambda s: -len(s)))
 
     def mask(self, text: str) -> str:
         """`text` with every secret masked."""
@@ -724,7 +740,8 @@ def run_runbook(
     """Run `runbook` headless, recorded; return the exit code (see the module docstring and EXIT_*).
 
     `parameters` are (NAME, VALUE) text pairs as given to `-p`. `recorder` defaults to `make_recorder()`.
-    Secrets are taken from the process environment, which the kernel inherits.
+    Secrets are taken from the process environment, which the kernel inherits, and from the kernel's own
+    environment after each cell (a cell may set one).
     """
     out = out or sys.stdout
     err = err or sys.stderr
@@ -759,6 +776,10 @@ def _prepare(runbook: str, pairs, output, runbooks_dir) -> _Plan:
     """Everything checked before the run is recorded. Raises UsageError."""
     folder = Path(runbooks_dir).expanduser() if runbooks_dir else default_runbooks_dir()
     path, name = resolve_runbook(folder, runbook)
+    try:
+        read_runbook_metadata(path, name)  # wrong metadata (a misspelt changes_systems...) is fixed before runs
+    except RunbookMetadataError as e:
+        raise UsageError(str(e)) from None
     parameters = parse_parameters(pairs)
     try:
         declared = declared_parameters(path)
@@ -881,6 +902,14 @@ def _papermill(plan: _Plan, terminal: Terminal, stopper: Stopper):
         captured["nb"] = notebook
         terminal.on_notebook_start(notebook, **kwargs)
 
+    async def on_cell_executed(**kwargs):
+        # The cell may have set secrets in the kernel (os.environ[...] = ..., export ...): mask them
+        # from this cell's last output line on, and in everything stored at the end.
+        environment = await kernel_environment(km, timeout=KERNEL_ENVIRONMENT_SECONDS)
+        if environment:
+            terminal.add_secrets(secrets_for(environment))
+        terminal.on_cell_executed(**kwargs)
+
     # Our own kernel manager, so that the Stopper can signal the kernel; we start and stop the kernel.
     km = AsyncKernelManager(kernel_name=plan.kernel_name)
     stopper.km = km
@@ -908,7 +937,7 @@ def _papermill(plan: _Plan, terminal: Terminal, stopper: Stopper):
                 km=km,
                 on_notebook_start=on_notebook_start,
                 on_cell_start=terminal.on_cell_start,
-                on_cell_executed=terminal.on_cell_executed,
+                on_cell_executed=on_cell_executed,
             )
     except Exception as e:  # PapermillExecutionError, Interrupted, a dead kernel...: all end the run
         error, nb = e, captured.get("nb")

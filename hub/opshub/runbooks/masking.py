@@ -8,17 +8,29 @@
 Every whole occurrence of a secret value is replaced by MASK. A secret is also found where it was
 escaped on its way into the text: HTML (pandas tables), JSON, a Python string literal (and the
 parameters cell papermill injects) and URL encoding.
+
+The secrets are those of the environment that executed the code, which is the kernel's, not only the
+server's: `os.environ["DB_PASSWORD"] = ...` or `%env` in Python, `export API_TOKEN=...` in bash.
+`kernel_environment(km)` asks a running kernel for it (see there why this way).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import fnmatch
 import functools
 import html
 import json
+import os
+import queue
+import shlex
+import tempfile
+import time
 import urllib.parse
+import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 MASK = "[masked]"
@@ -175,3 +187,87 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
+
+
+# The kernel's own environment
+
+# Code that makes a kernel write its variables to the file {path}, as NAME\0VALUE\0 pairs, leaving
+# nothing behind in the user's namespace. Python: os.environ (which `%env` and os.environ[...] = change).
+# Bash: every shell variable, exported or not (`API_TOKEN=x; curl -H "$API_TOKEN"` never exports it),
+# read in a function so that its loop variable stays local; it cannot fail, so bash_kernel sends no error.
+ENVIRONMENT_DUMPS = {
+    "python": (
+        "__import__('pathlib').Path({path}).write_bytes("
+        "b''.join(k + b'\\0' + v + b'\\0' for k, v in __import__('os').environb.items()))"
+    ),
+    "bash": (
+        "__opshub_env() {{ local __opshub_n; for __opshub_n in $(compgen -v); do"
+        ' printf \'%s\\0%s\\0\' "$__opshub_n" "${{!__opshub_n-}}"; done; }};'
+        " __opshub_env > {path} 2>/dev/null || true; unset -f __opshub_env"
+    ),
+}
+QUOTE = {"python": repr, "bash": shlex.quote}
+# A silent request queued behind cells that then fail is aborted by the kernel (stop_on_error): ask again.
+ABORTED_RETRIES = 3
+
+
+async def kernel_environment(km, timeout: float | None = None) -> dict[str, str] | None:
+    """The variables of the kernel that `km` (a jupyter_client kernel manager) manages, as they are now;
+    None when its language has no ENVIRONMENT_DUMPS entry or it did not answer within `timeout` seconds.
+
+    Why this way: the kernel is the process that ran the code, and only it knows its environment now.
+    /proc/<pid>/environ holds the environment the process started with, and in bash the variables live
+    in a child `bash` process, not in the kernel's. Reading `NAME=value` patterns in the outputs would
+    miss `echo $API_TOKEN` after an export two cells earlier. So the kernel is asked, with a silent
+    execute request on a shell connection of our own: silent requests get no execution count, are kept
+    out of the history and broadcast no `execute_input`, so the person's notebook shows nothing of it
+    (their frontend ignores the busy/idle status of a request it did not send). The answer goes through
+    a private temporary file (mode 0600, created here, read and removed here) rather than the reply,
+    because bash_kernel sends nothing back for silent requests, and rather than output, which the
+    person's frontend would receive.
+    """
+    language = (km.kernel_spec.language or "").lower() if km.kernel_spec else ""
+    template = ENVIRONMENT_DUMPS.get(language)
+    if template is None:
+        return None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    fd, path = tempfile.mkstemp(prefix="opshub-env-")
+    os.close(fd)
+    # A session of our own: a shared one would give our shell socket the same ZMQ identity as the
+    # manager's other clients, and the kernel would send their replies to us.
+    session = km.session.clone()
+    session.session = str(uuid.uuid4())
+    client = km.client(session=session)
+    client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+    try:
+        code = template.format(path=QUOTE[language](path))
+        for _ in range(ABORTED_RETRIES):
+            msg_id = client.execute(code, silent=True, store_history=False, allow_stdin=False, stop_on_error=False)
+            reply = await _shell_reply(client, msg_id, deadline)
+            if reply is None:
+                return None
+            if reply["content"].get("status") != "aborted":
+                break
+        return parse_environment_dump(Path(path).read_bytes())
+    finally:
+        client.stop_channels()
+        Path(path).unlink(missing_ok=True)
+
+
+async def _shell_reply(client, msg_id: str, deadline: float | None) -> dict | None:
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        try:
+            reply = await client.get_shell_msg(timeout=left)
+        except (queue.Empty, asyncio.TimeoutError):
+            return None
+        if reply.get("parent_header", {}).get("msg_id") == msg_id:
+            return reply
+
+
+def parse_environment_dump(data: bytes) -> dict[str, str]:
+    """NAME\0VALUE\0 pairs (what ENVIRONMENT_DUMPS write) as a dict; an incomplete last pair is left out."""
+    parts = data.decode("utf-8", errors="replace").split("\0")
+    return dict(zip(parts[0:-1:2], parts[1::2], strict=False))
