@@ -172,6 +172,8 @@ def test_start_run_refuses_an_unknown_trigger(store, trigger):
         ({"parameters": {"when": datetime.datetime.now()}}, "parameters"),
         ({"parameters": {"ratio": float("nan")}}, "parameters"),
         ({"runbook_commit": ""}, "runbook_commit"),
+        ({"runbook": "a\x00b.ipynb"}, "NUL"),  # PostgreSQL cannot store it: refused on every database
+        ({"reported_from": "x" * 256}, "reported_from"),
     ],
 )
 def test_start_run_refuses_bad_values(store, changes, message):
@@ -455,6 +457,8 @@ def test_list_runs_leaves_the_output_notebook_out(store):
         {"limit": 0},
         {"limit": 1001},
         {"offset": -1},
+        {"offset": 2**63},  # beyond the databases' 64-bit integers
+        {"runbook": "a\x00"},
         {"status": "done"},
         {"trigger": "cron"},
         {"since": datetime.datetime(2025, 1, 1)},
@@ -463,6 +467,43 @@ def test_list_runs_leaves_the_output_notebook_out(store):
 def test_list_runs_refuses_bad_arguments(store, arguments):
     with pytest.raises(ValueError):
         store.list_runs(**arguments)
+
+
+def test_a_run_records_who_reported_it_and_from_where(store):
+    run = start(store, reported_by="bob", reported_from="API token from 10.0.0.7")
+    again = store.get_run(run.id)
+    assert (again.reported_by, again.reported_from) == ("bob", "API token from 10.0.0.7")
+    assert store.list_runs()[0][0].reported_from == "API token from 10.0.0.7"
+    assert store.get_run(start(store).id).reported_by is None  # not known: nothing is made up
+
+
+def test_list_runs_hides_runbooks_except_from_whoever_ran_them(store, clock):
+    open_run = start(store, runbook="open.ipynb", user="bob")
+    clock.advance(seconds=1)
+    bobs = start(store, runbook="secret.ipynb", user="bob")
+    clock.advance(seconds=1)
+    alices = start(store, runbook="secret.ipynb", user="alice")
+    hidden = {"hidden_runbooks": ["secret.ipynb"]}
+
+    def ids(**filters):
+        runs, total = store.list_runs(**hidden, **filters)
+        return [r.id for r in runs], total
+
+    assert ids(viewer="carol") == ([open_run.id], 1)
+    assert ids(viewer="bob") == ([bobs.id, open_run.id], 2)
+    assert ids(runbook="secret.ipynb", viewer="alice") == ([alices.id], 1)
+    assert store.list_runs()[1] == 3
+
+
+def test_ids_and_values_no_database_can_store_are_refused_not_crashed_on(store):
+    assert store.get_run("a\x00b") is None and store.delete_run("a\x00b") is False
+    run = start(store)
+    for bad in ({"error_summary": "x\x00"}, {"error_summary": {"no": "text"}}, {"failed_cell": "3"}):
+        with pytest.raises(ValueError):
+            store.finish_run(run.id, "bob", "failed", **bad)
+    with pytest.raises(ValueError, match="failed_cell"):
+        store.finish_run(run.id, "bob", "failed", failed_cell=2**63)
+    assert store.get_run(run.id).status == "running"
 
 
 def test_delete_run(store):

@@ -7,14 +7,22 @@ token; RBAC scopes decide what they may do:
 - `access:services!service=opshub`: read the history (every role, viewers included)
 - `custom:opshub:runs:record`: record one's own runs (operators, authors, admins)
 - `custom:opshub:runs:delete`: delete runs (admins)
+
+A person's token reports only `headless` and `interactive` runs, and each record says who reported it
+and how it reached the service. Runs of a runbook whose dashboard is restricted to groups are shown
+only to those groups, admins and whoever ran them (hub/docs/dashboards.md). Every response carries a
+Content-Security-Policy and X-Frame-Options; errors name the problem, as JSON for APIs and as a page
+for people, never with a traceback.
 """
 
 from __future__ import annotations
 
 import datetime
 import hmac
+import ipaddress
 import json
 import logging
+import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -27,9 +35,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from tornado import web
 
 from .metrics import RunMetrics
-from .models import STATUSES, TRIGGERS, Run
+from .models import REPORTED_TRIGGERS, STATUSES, TRIGGERS, Run
 from .stats import RunStats
-from .store import NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
+from .store import MAX_OFFSET, NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
 
 log = logging.getLogger("opshub.service")
 
@@ -37,6 +45,25 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 FAILED_CELL_TAG = "opshub-failed-cell"
 RECORD_SCOPE = "custom:opshub:runs:record"
 DELETE_SCOPE = "custom:opshub:runs:delete"
+
+# The service's pages: its own files and the hub's stylesheet, inline styles (page.html), nothing from
+# elsewhere, framed only by pages of this origin (invariant 9 of THREAT-MODEL.md).
+PAGE_CSP = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none';"
+    " base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+)
+# Executed notebooks hold whatever the runbook printed, HTML included: sandboxed (no scripts, an opaque
+# origin of their own, so they can never act as the person viewing them), styles and inline images only.
+NOTEBOOK_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+
+
+def is_admin(user: dict | None) -> bool:
+    """Whether the token's or cookie's user is an admin: JupyterHub's admin flag, JupyterHub's admin role
+    (`admin:users`), or opshub's admin role (its scopes hold for every user, not only oneself)."""
+    if not user or user.get("kind") != "user":
+        return False
+    scopes = user.get("scopes", [])
+    return bool(user.get("admin")) or bool(check_scopes({"admin:users"}, scopes) | check_scopes({DELETE_SCOPE}, scopes))
 
 
 def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
@@ -55,6 +82,8 @@ def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
         "failed_cell": run.failed_cell,
         "error_summary": run.error_summary,
         "output_truncated": run.output_truncated,
+        "reported_by": run.reported_by,
+        "reported_from": run.reported_from,
         "url": url_path_join(prefix, "runs", run.id),
     }
     if with_output:
@@ -62,7 +91,36 @@ def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
     return data
 
 
-class BaseHandler(HubOAuthenticated, web.RequestHandler):
+class ServiceHandler(web.RequestHandler):
+    """What every response of the service shares: security headers, and errors that name the problem
+    (JSON for APIs, a page for people), never a traceback."""
+
+    api = True  # errors as JSON; pages say False
+
+    def set_default_headers(self) -> None:
+        # also after an error: tornado's send_error clears the headers back to these
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        if self.api:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"status": status_code, "message": message, "error": message}))
+        else:
+            self.finish(self.error_page(status_code, message))
+
+    def error_page(self, status_code: int, message: str) -> str:
+        template = self.settings["opshub_templates"].get_template("error.html")
+        prefix = self.settings["opshub_prefix"]
+        return template.render(prefix=prefix, hub_prefix="/hub/", user_name="", status=status_code, message=message)
+
+
+class BaseHandler(HubOAuthenticated, ServiceHandler):
+    api = False
+
     @property
     def store(self) -> RunStore:
         return self.settings["opshub_store"]
@@ -71,10 +129,71 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
     def prefix(self) -> str:
         return self.settings["opshub_prefix"]
 
+    def check_xsrf_cookie(self):
+        """Skip the XSRF check only when a token authenticated the request.
+
+        Tornado checks before prepare(), when nobody has asked yet who the caller is: ask now. The hub's
+        auth tries the Authorization token first (and sets `_token_authenticated` when it holds), then
+        the cookie, for which it calls this method again: by then `_cached_hub_user` is set, so the
+        cookie gets the real check. A header that authenticates nothing does not switch it off.
+        """
+        if not hasattr(self, "_cached_hub_user"):
+            self.current_user  # noqa: B018 (authenticates, token first)
+        if getattr(self, "_token_authenticated", False):
+            return None
+        return super().check_xsrf_cookie()
+
+    def render_page(self, template: str, **namespace) -> None:
+        self.finish(self.page_html(template, **namespace))
+
+    def page_html(self, template: str, **namespace) -> str:
+        user = self.current_user
+        page = self.settings["opshub_templates"].get_template(template)
+        return page.render(
+            prefix=self.prefix,
+            hub_prefix=self.hub_auth.hub_prefix,
+            user_name=user["name"] if user else "",
+            duration=_duration,
+            **namespace,
+        )
+
+    def finish_sandboxed(self, render, what: str) -> None:
+        """Serve an executed notebook's HTML under the sandbox policy (the one place it is set)."""
+        try:
+            html = render()
+        except UnreadableNotebook as e:
+            raise web.HTTPError(422, f"the recorded notebook of {what} cannot be shown: {e}") from None
+        self.set_header("Content-Security-Policy", NOTEBOOK_CSP)
+        self.finish(html)
+
+    def error_page(self, status_code: int, message: str) -> str:
+        try:
+            return self.page_html("error.html", status=status_code, message=message, nav=getattr(self, "nav", None))
+        except Exception:  # the hub cannot be asked who this is: a page without the name
+            log.exception("error page for %s", self.request.path)
+            return super().error_page(status_code, message)
+
+    def hidden_runbooks(self) -> frozenset[str]:
+        """Runbooks whose runs this person may not see: those of dashboards restricted to groups they
+        are not in (see Dashboards.hidden_runbooks); nothing without dashboards."""
+        dashboards = self.settings.get("opshub_dashboards")
+        return dashboards.hidden_runbooks(self.current_user) if dashboards is not None else frozenset()
+
     def run_or_404(self, run_id: str) -> Run:
+        """The run, if this person may see it: 404 for an unknown or malformed id, 403 for a restricted one."""
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            raise web.HTTPError(404, f"no run with id {run_id!r}: run ids are UUIDs") from None
         run = self.store.get_run(run_id)
         if run is None:
             raise web.HTTPError(404, f"no run with id {run_id!r}")
+        if run.runbook in self.hidden_runbooks() and run.user != self.current_user["name"]:
+            raise web.HTTPError(
+                403,
+                f"run {run_id} is of {run.runbook}, whose dashboard is restricted to groups"
+                f" {self.current_user['name']} is not in",
+            )
         return run
 
     def user_name(self) -> str:
@@ -92,17 +211,21 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return name
 
 
+class NotFoundHandler(BaseHandler):
+    """Any path the service does not serve: a 404 with the service's headers and error page."""
+
+    def prepare(self):
+        self.api = self.request.path.startswith(url_path_join(self.prefix, "api/"))
+        raise web.HTTPError(404, f"nothing at {self.request.path}")
+
+
 class ApiHandler(BaseHandler):
+    api = True
+
     def prepare(self):
         # An API answers anonymous callers with 403, not with a redirect to a login page.
         if self.current_user is None:
             raise web.HTTPError(403, "authentication required: send a JupyterHub token (Authorization: token ...)")
-
-    def check_xsrf_cookie(self):
-        # token-authenticated API calls carry no cookie to forge; cookie calls keep the check
-        if self.request.headers.get("Authorization"):
-            return None
-        return super().check_xsrf_cookie()
 
     def body(self) -> dict:
         try:
@@ -113,11 +236,20 @@ class ApiHandler(BaseHandler):
             raise web.HTTPError(400, "the request body must be a JSON object")
         return data
 
-    def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
+    def reported_from(self) -> str:
+        """How the record reached the service, as far as the service can tell: the kind of credential,
+        the address the connection came from and, when that is a proxy (the hub's adds X-Forwarded-For),
+        the address it says it forwarded for. Earlier X-Forwarded-For entries are the client's own claims:
+        left out."""
+        how = "API token" if getattr(self, "_token_authenticated", False) else "browser session"
+        peer = self.request.remote_ip
+        forwarded = self.request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        try:
+            forwarded = str(ipaddress.ip_address(forwarded))
+        except ValueError:
+            forwarded = ""
+        where = f"{forwarded} via {peer}" if forwarded and forwarded != peer else peer
+        return f"{how} from {where}"[:255]
 
     def store_call(self, method, *args, **kwargs):
         """Call the store, turning its refusals into HTTP errors that name the problem."""
@@ -142,7 +274,8 @@ class RunsHandler(ApiHandler):
             args[key] = _parse_time(key, value) if value else None
         args["limit"] = _int_argument(self, "limit", 50)
         args["offset"] = _int_argument(self, "offset", 0)
-        runs, total = self.store_call(self.store.list_runs, **args)
+        hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
+        runs, total = self.store_call(self.store.list_runs, **args, **hidden)
         self.write({"runs": [run_json(r, self.prefix) for r in runs], "total": total})
 
     @web.authenticated
@@ -154,15 +287,27 @@ class RunsHandler(ApiHandler):
             raise web.HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))} (the user comes from the token)")
         if not isinstance(body.get("parameters", {}), dict):
             raise web.HTTPError(400, "parameters must be a JSON object")
+        trigger = body.get("trigger", "headless")
+        if trigger not in REPORTED_TRIGGERS:
+            allowed = " or ".join(REPORTED_TRIGGERS)
+            if not isinstance(trigger, str) or trigger not in TRIGGERS:
+                raise web.HTTPError(400, f"trigger must be one of {', '.join(REPORTED_TRIGGERS)}, not {trigger!r}")
+            raise web.HTTPError(
+                403,
+                f"a person's token reports only {allowed} runs, not {trigger!r}:"
+                f" {trigger} runs are recorded by the opshub service itself",
+            )
         run = self.store_call(
             self.store.start_run,
             runbook=body.get("runbook"),
             user=user,
-            trigger=body.get("trigger", "headless"),
+            trigger=trigger,
             parameters=body.get("parameters") or {},
             runbook_commit=body.get("runbook_commit"),
             drift=bool(body.get("drift", False)),
             run_id=body.get("id"),
+            reported_by=user,
+            reported_from=self.reported_from(),
         )
         if run.id in self.settings["opshub_stats"].running or run.finished:
             # the same start sent again by a client that spools runs (its first answer was lost)
@@ -182,6 +327,7 @@ class RunHandler(ApiHandler):
     @web.authenticated
     def delete(self, run_id):
         user = self.require(DELETE_SCOPE)
+        self.run_or_404(run_id)  # admins see every run: this only refuses malformed and unknown ids
         if not self.store.delete_run(run_id):
             raise web.HTTPError(404, f"no run with id {run_id!r}")
         self.settings["opshub_stats"].reload(self.store)
@@ -194,6 +340,7 @@ class HeartbeatHandler(ApiHandler):
     def post(self, run_id):
         user = self.require(RECORD_SCOPE)
         body = self.body()
+        self.run_or_404(run_id)
         self.store_call(self.store.heartbeat, run_id, user, body.get("output_notebook"), body.get("drift") is True)
         self.write(run_json(self.store.get_run(run_id), self.prefix))
 
@@ -203,6 +350,7 @@ class FinishHandler(ApiHandler):
     def post(self, run_id):
         user = self.require(RECORD_SCOPE)
         body = self.body()
+        self.run_or_404(run_id)
         run = self.store_call(
             self.store.finish_run,
             run_id,
@@ -218,20 +366,7 @@ class FinishHandler(ApiHandler):
         self.write(run_json(run, self.prefix))
 
 
-class PageHandler(BaseHandler):
-    def render_page(self, template: str, **namespace) -> None:
-        env = self.settings["opshub_templates"]
-        html = env.get_template(template).render(
-            prefix=self.prefix,
-            hub_prefix=self.hub_auth.hub_prefix,
-            user_name=self.current_user["name"],
-            duration=_duration,
-            **namespace,
-        )
-        self.finish(html)
-
-
-class HistoryPage(PageHandler):
+class HistoryPage(BaseHandler):
     """The run history: filters, newest first, PAGE_SIZE runs a page."""
 
     PAGE_SIZE = 50
@@ -240,11 +375,12 @@ class HistoryPage(PageHandler):
     def get(self):
         filters = {key: self.get_argument(key, "") or None for key in ("runbook", "user", "status", "trigger")}
         dates = {key: self.get_argument(key, "") or None for key in ("since", "until")}
-        offset = max(_int_argument(self, "offset", 0), 0)
+        offset = _int_argument(self, "offset", 0)
+        hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
         error = None
         try:
             args = {key: _parse_time(key, value) if value else None for key, value in dates.items()}
-            runs, total = self.store.list_runs(**filters, **args, limit=self.PAGE_SIZE, offset=offset)
+            runs, total = self.store.list_runs(**filters, **args, **hidden, limit=self.PAGE_SIZE, offset=offset)
         except (ValueError, web.HTTPError) as e:
             error = getattr(e, "log_message", None) or str(e)
             runs, total = [], 0
@@ -273,7 +409,7 @@ class HistoryPage(PageHandler):
         )
 
 
-class RunPage(PageHandler):
+class RunPage(BaseHandler):
     @web.authenticated
     def get(self, run_id):
         run = self.run_or_404(run_id)
@@ -292,19 +428,29 @@ class RunNotebookPage(BaseHandler):
         run = self.run_or_404(run_id)
         if not run.output_notebook:
             raise web.HTTPError(404, f"no recorded output for run {run_id!r}")
-        self.set_header(
-            "Content-Security-Policy", "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-        )
-        self.finish(notebook_html(run.output_notebook, run.failed_cell))
+        self.finish_sandboxed(lambda: notebook_html(run.output_notebook, run.failed_cell), f"run {run_id}")
+
+
+class UnreadableNotebook(ValueError):
+    """A recorded notebook nbconvert cannot render; the message says why."""
 
 
 def notebook_html(notebook_json: str, failed_cell: int | None) -> str:
-    notebook = nbformat.reads(notebook_json, as_version=4)
-    if failed_cell is not None and 0 <= failed_cell < len(notebook.cells):
-        cell = notebook.cells[failed_cell]
-        cell.metadata.setdefault("tags", []).append(FAILED_CELL_TAG)
-    exporter = HTMLExporter(template_name="lab")
-    html, _ = exporter.from_notebook_node(notebook)
+    """The executed notebook as HTML, the failing cell tagged (the recorder may have tagged it already)."""
+    try:
+        notebook = nbformat.reads(notebook_json, as_version=4)
+        for cell in notebook.cells:
+            # nbformat wants each tag once: a reporter's notebook may repeat them
+            tags = cell.metadata.get("tags")
+            if isinstance(tags, list):
+                cell.metadata["tags"] = list(dict.fromkeys(tag for tag in tags if isinstance(tag, str)))
+        if failed_cell is not None and 0 <= failed_cell < len(notebook.cells):
+            tags = notebook.cells[failed_cell].metadata.setdefault("tags", [])
+            if FAILED_CELL_TAG not in tags:
+                tags.append(FAILED_CELL_TAG)
+        html, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    except Exception as e:  # whatever a malformed notebook makes nbformat or nbconvert raise
+        raise UnreadableNotebook(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
     highlight = (
         f"<style>.celltag_{FAILED_CELL_TAG} {{ outline: 3px solid #dc3545; outline-offset: 4px; }}"
         f" .celltag_{FAILED_CELL_TAG}::before {{ content: 'This cell failed'; color: #dc3545; font-weight: bold; }}</style>"
@@ -321,7 +467,7 @@ def _duration(run: Run) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-class MetricsHandler(web.RequestHandler):
+class MetricsHandler(ServiceHandler):
     """Prometheus exposition, for whoever holds the metrics bearer token (Prometheus' `authorization`)."""
 
     def get(self):
@@ -337,19 +483,30 @@ class MetricsHandler(web.RequestHandler):
 def _parse_time(name: str, value: str) -> datetime.datetime:
     try:
         parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+        return parsed.astimezone(datetime.timezone.utc)  # overflows here for times at the calendar's edges
+    except (ValueError, OverflowError):
         raise web.HTTPError(400, f"{name} must be an ISO 8601 time, not {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
 def _int_argument(handler: web.RequestHandler, name: str, default: int) -> int:
+    """A whole number from 0 to what the database can count (offsets, limits)."""
     value = handler.get_argument(name, None)
     if value is None:
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise web.HTTPError(400, f"{name} must be a whole number, not {value!r}") from None
+    if not 0 <= number <= MAX_OFFSET:
+        raise web.HTTPError(400, f"{name} must be between 0 and {MAX_OFFSET}, not {value}")
+    return number
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler, ServiceHandler):
+    """The end of the hub's OAuth login, with the service's headers and error pages."""
+
+    api = False
 
 
 def make_app(
@@ -374,7 +531,7 @@ def make_app(
         (url_path_join(prefix, r"runs/([^/]+)"), RunPage),
         (url_path_join(prefix, r"runs/([^/]+)/notebook"), RunNotebookPage),
         (url_path_join(prefix, "metrics"), MetricsHandler),
-        (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+        (url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler),
         (url_path_join(prefix, "api/runs"), RunsHandler),
         (url_path_join(prefix, r"api/runs/([^/]+)"), RunHandler),
         (url_path_join(prefix, r"api/runs/([^/]+)/heartbeat"), HeartbeatHandler),
@@ -395,8 +552,9 @@ def make_app(
         opshub_templates=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True),
         cookie_secret=settings.pop("cookie_secret"),
         xsrf_cookies=True,
+        default_handler_class=NotFoundHandler,
         **settings,
     )
 
 
-__all__ = ["DELETE_SCOPE", "RECORD_SCOPE", "STATUSES", "TRIGGERS", "make_app", "run_json"]
+__all__ = ["DELETE_SCOPE", "RECORD_SCOPE", "STATUSES", "TRIGGERS", "is_admin", "make_app", "run_json"]

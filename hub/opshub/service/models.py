@@ -12,6 +12,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 TRIGGERS = ("headless", "interactive", "api", "schedule")
+# What a person's server may report with its owner's token. Runs with other triggers (scheduled,
+# requested, alert-driven) are what the trusted side did: the service records those itself.
+REPORTED_TRIGGERS = ("headless", "interactive")
 RUNNING = "running"
 END_STATES = ("succeeded", "failed", "interrupted")
 STATUSES = (RUNNING, *END_STATES)
@@ -84,6 +87,9 @@ class Run(Base):
     error_summary: Mapped[str | None] = mapped_column(Text)
     output_notebook: Mapped[str | None] = mapped_column(Text)  # the executed notebook as JSON text
     output_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Who sent the record and how it reached the service (None: recorded before opshub kept this).
+    reported_by: Mapped[str | None] = mapped_column(String(255))  # the token's (or cookie's) user name
+    reported_from: Mapped[str | None] = mapped_column(String(255))  # e.g. "API token from 10.0.0.7"
 
     __table_args__ = (
         # History pages: newest first, optionally for one runbook or one user; retention by age.

@@ -17,14 +17,14 @@ import copy
 import datetime
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, select, update
+from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run, new_run_id
@@ -33,6 +33,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_OUTPUT_CAP = 5_000_000  # bytes of notebook JSON kept per run
 MIN_OUTPUT_CAP = 10_000  # room for the truncation marker and a useful part of the notebook
 MAX_LIST_LIMIT = 1000
+MAX_OFFSET = 2**63 - 1  # databases count rows in signed 64-bit integers
 TRUNCATION_MARKER_ID = "opshub-output-truncated"
 
 
@@ -131,14 +132,20 @@ class RunStore:
         runbook_commit: str | None = None,
         drift: bool = False,
         run_id: str | None = None,
+        reported_by: str | None = None,
+        reported_from: str | None = None,
     ) -> Run:
         """Record a run about to start: status running, heartbeat now. Returns the new run.
 
         `run_id` lets a client that spools runs on disk choose the id, so that a start sent again (its
         first answer was lost) finds the run it already created instead of recording a second one.
+        `reported_by` and `reported_from` say who sent the record and how it reached the service.
         """
         _check_text("runbook", runbook, 512)
         _check_text("user", user, 255)
+        for name, value in (("reported_by", reported_by), ("reported_from", reported_from)):
+            if value is not None:
+                _check_text(name, value, 255)
         if trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}")
         if runbook_commit is not None:
@@ -164,6 +171,8 @@ class RunStore:
             started_at=now,
             last_heartbeat_at=now,
             output_truncated=False,
+            reported_by=reported_by,
+            reported_from=reported_from,
         )
         with self._sessions.begin() as session:
             session.add(run)
@@ -212,8 +221,12 @@ class RunStore:
         """
         if status not in END_STATES:
             raise ValueError(f"status must be one of {', '.join(END_STATES)}, not {status!r}")
-        if failed_cell is not None and (isinstance(failed_cell, bool) or failed_cell < 0):
+        if failed_cell is not None and (
+            not isinstance(failed_cell, int) or isinstance(failed_cell, bool) or not 0 <= failed_cell < 2**31
+        ):
             raise ValueError(f"failed_cell must be a cell index (0 or more), not {failed_cell!r}")
+        if error_summary is not None and not _storable(error_summary):
+            raise ValueError(f"error_summary must be text without NUL characters, not {error_summary!r}")
         stored = None if output_notebook is None else cap_notebook(output_notebook, self.output_cap)
         now = self._current_time()
         with self._sessions.begin() as session:
@@ -260,6 +273,8 @@ class RunStore:
 
     def delete_run(self, run_id: str) -> bool:
         """Delete one run, whatever its status. Returns whether there was one to delete."""
+        if not _storable(run_id):
+            return False
         with self._sessions.begin() as session:
             result = session.execute(delete(Run).where(Run.id == run_id))
             return result.rowcount == 1
@@ -287,6 +302,8 @@ class RunStore:
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, output notebook included, or None."""
+        if not _storable(run_id):
+            return None
         with self._sessions() as session:
             return session.get(Run, run_id)
 
@@ -300,16 +317,22 @@ class RunStore:
         until: datetime.datetime | None = None,
         limit: int = 50,
         offset: int = 0,
+        hidden_runbooks: Collection[str] = (),
+        viewer: str | None = None,
     ) -> tuple[list[Run], int]:
         """One page of runs matching every filter given, newest first, and how many match in all.
 
         `since` and `until` bound the start time (since <= started_at < until). The output notebook is
         not loaded (reading `run.output_notebook` raises): use `get_run` for one run's output.
+        Runs of `hidden_runbooks` are left out, except those `viewer` started.
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
-        if offset < 0:
-            raise ValueError(f"offset must not be negative, not {offset}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ValueError(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
+        for name, value in (("runbook", runbook), ("user", user)):
+            if value is not None and not _storable(value):
+                raise ValueError(f"{name} must be text without NUL characters, not {value!r}")
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         if trigger is not None and trigger not in TRIGGERS:
@@ -322,6 +345,8 @@ class RunStore:
             conditions.append(Run.started_at >= _aware("since", since))
         if until is not None:
             conditions.append(Run.started_at < _aware("until", until))
+        if hidden_runbooks:
+            conditions.append(or_(Run.runbook.not_in(list(hidden_runbooks)), Run.user == (viewer or "")))
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(Run).where(*conditions))
             page = session.scalars(
@@ -425,6 +450,13 @@ def _check_text(name: str, value: str, max_length: int) -> None:
         raise ValueError(f"{name} must be a non-empty string, not {value!r}")
     if len(value) > max_length:
         raise ValueError(f"{name} must be at most {max_length} characters, not {len(value)}")
+    if not _storable(value):
+        raise ValueError(f"{name} must not contain NUL characters: {value!r}")
+
+
+def _storable(value: str) -> bool:
+    """Whether every database keeps this text (PostgreSQL refuses NUL characters in text)."""
+    return isinstance(value, str) and "\x00" not in value
 
 
 def _json_roundtrip(name: str, value: Any) -> Any:
