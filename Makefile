@@ -14,8 +14,13 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
+# Started as root, opshub runs each person's server under their own system account, and those
+# accounts run this virtualenv's Python: it must come from an interpreter they can read. A python3
+# in a private folder (pyenv under /root) is not; Debian's /usr/bin/python3 is.
+BASE_PYTHON ?= $(shell hub/scripts/base-python)
+
 $(VENV)/bin/python:
-	python3 -m venv $(VENV)
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-run: hub/pyproject.toml | $(VENV)/bin/python

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+from tests.helpers import open_folder
 from tests.idp import oidc_hub as make_oidc_hub
 from tests.idp import start_provider
 from tests.livehub import Hub
@@ -23,6 +26,14 @@ def pytest_collection_modifyitems(items):
         folder = item.path.parent.name
         if folder in FOLDER_MARKERS:
             item.add_marker(getattr(pytest.mark, FOLDER_MARKERS[folder]))
+
+
+@pytest.fixture
+def open_tmp_path():
+    """Like tmp_path, but other accounts can enter it (homes, runbooks repositories)."""
+    path = open_folder("opshub-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

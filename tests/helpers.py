@@ -21,7 +21,13 @@ GIT_ENV = {
 
 def git(*args: str, cwd: Path | str) -> str:
     result = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV}, check=False
+        # the tests (root) also look into people's clones, which their own accounts own
+        ["git", "-c", "safe.directory=*", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+        check=False,
     )
     if result.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed in {cwd}: {result.stderr}")
@@ -42,6 +48,17 @@ def make_work_tree(path: Path, files: dict[str, str] | None = None, copy_from: P
     git("init", "--quiet", "--initial-branch=main", cwd=path)
     git("add", "-A", cwd=path)
     git("commit", "--quiet", "-m", "initial runbooks", cwd=path)
+    return path
+
+
+def open_folder(prefix: str) -> Path:
+    """A new folder that every account can enter (0755), outside pytest's root-only temporary
+    folder: per-person accounts must reach their homes and the runbooks repository. The caller
+    removes it."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
     return path
 
 

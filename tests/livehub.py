@@ -8,10 +8,12 @@ moved into the test's temporary folder.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +22,10 @@ from pathlib import Path
 
 import requests
 import yaml
+from opshub.accounts import account_name
 from opshub.settings import EMBEDDED_SETTINGS
 
-from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, make_work_tree
+from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, make_work_tree, open_folder
 
 DEMO_PASSWORD = "integration-demo-pw"
 
@@ -90,14 +93,19 @@ class Hub:
         self.root = root
         self.env = env or {}
         self.state = root / "state"
+        # What people's accounts must reach (as root, each person's server runs as their own
+        # account): outside pytest's root-only temporary folder, removed when the tests end.
+        self.shared = open_folder("opshub-hub-")
+        atexit.register(shutil.rmtree, self.shared, True)
         self.upstream = make_work_tree(root / "upstream", copy_from=SHARED_NOTEBOOKS)
         self.port = free_port_block()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = yaml.safe_load(EMBEDDED_SETTINGS.read_text())
         settings["hub"].update(state_dir=str(self.state), port=self.port)
         settings["runbooks"].update(
-            repository=str(self.state / "runbooks.git"), mirror_from=str(self.upstream), mirror_interval=1
+            repository=str(self.shared / "runbooks.git"), mirror_from=str(self.upstream), mirror_interval=1
         )
+        settings.setdefault("spawner", {}).setdefault("local", {})["homes_dir"] = str(self.shared / "homes")
         if configure:
             configure(settings)
         self.settings_file = root / "opshub.yaml"
@@ -107,10 +115,20 @@ class Hub:
 
     @property
     def repository(self) -> Path:
-        return self.state / "runbooks.git"
+        return self.shared / "runbooks.git"
+
+    @property
+    def per_person_accounts(self) -> bool:
+        return os.geteuid() == 0  # `auto`, as in the embedded default
+
+    def system_home(self, account: str) -> Path:
+        """The home of a system account's server (the dashboards server): its name, as its OS account's."""
+        return self.shared / "homes" / account
 
     def home(self, user: str) -> Path:
-        return self.state / "homes" / user
+        if self.per_person_accounts:
+            return self.shared / "homes" / account_name(user)
+        return self.shared / "homes" / user
 
     def start(self) -> None:
         ARTIFACTS.mkdir(exist_ok=True)

@@ -8,7 +8,8 @@ import sys
 
 import yaml
 
-from .configure.pages import demo_team
+from .configure.pages import TRIAL_WARNING, demo_team
+from .configure.spawner import homes_dir, local_accounts
 from .settings import (
     PACKAGE_DIR,
     PORT_ENV,
@@ -26,8 +27,17 @@ from .settings import (
 HUB_CONFIG = str(PACKAGE_DIR / "jupyterhub_config.py")
 
 
-def banner(settings: Settings, password: str | None, password_source: str, metrics_token_source: str = "") -> str:
+def banner(
+    settings: Settings, runtime, password: str | None, password_source: str, metrics_token_source: str = ""
+) -> str:
     lines = ["", f"opshub is starting at {public_url(settings.data)}", ""]
+    if settings["spawner"]["kind"] == "local":
+        if local_accounts(settings, runtime) == "shared":
+            lines += [f"  !! {TRIAL_WARNING}", ""]
+        else:
+            lines += [
+                f"  Servers run under one system account per person (jupyter-<name>), homes in {homes_dir(settings, runtime)}"
+            ]
     provider = settings["auth"]["provider"]
     if provider == "shared-password":
         lines += [
@@ -47,7 +57,7 @@ def banner(settings: Settings, password: str | None, password_source: str, metri
         f"  Run history: {public_url(settings.data)}services/opshub/",
         f"  Prometheus: scrape {public_url(settings.data)}services/opshub/metrics with the bearer token"
         f" from {metrics_token_source}",
-        f"  State (database, homes, secrets): {settings.state_dir}",
+        f"  State (databases, secrets; the hub's account only): {settings.state_dir}",
         "  Stop with Ctrl-C.",
         "",
     ]
@@ -60,7 +70,7 @@ def cmd_hub(args) -> int:
     settings = load_settings(args.settings, port=args.port)
     runtime = prepare(settings)
     source = demo_password(settings)[1] if runtime.demo_password else ""
-    print(banner(settings, runtime.demo_password, source, metrics_token(settings)[1]), flush=True)
+    print(banner(settings, runtime, runtime.demo_password, source, metrics_token(settings)[1]), flush=True)
     os.environ[SETTINGS_ENV] = os.path.abspath(settings.source)
     if args.port:
         os.environ[PORT_ENV] = str(args.port)

@@ -242,6 +242,7 @@ def _resolve_paths(data: dict[str, Any], cwd: Path) -> None:
     data["hub"]["state_dir"] = absolute(data["hub"]["state_dir"])
     data["hub"]["extra_config_dir"] = absolute(data["hub"]["extra_config_dir"])
     data["runbooks"]["mirror_from"] = absolute(data["runbooks"]["mirror_from"])
+    data["spawner"]["local"]["homes_dir"] = absolute(data["spawner"]["local"]["homes_dir"])
     if not _is_url(data["runbooks"]["repository"]):
         data["runbooks"]["repository"] = absolute(data["runbooks"]["repository"])
 

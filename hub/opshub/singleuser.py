@@ -8,13 +8,14 @@ containers and Kubernetes pods.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from . import lab
-from .runbooks.pull import pull_runbooks
+from .runbooks.pull import pull_runbooks, trust_local_repositories
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,14 +25,17 @@ def main(argv: list[str] | None = None) -> None:
     if repo:
         home = Path(os.environ.get("HOME") or os.getcwd())
         target = home / os.environ.get("OPSHUB_RUNBOOKS_TARGET", "runbooks")
+        allowed = os.environ.get("OPSHUB_ALLOWED_PULL_REPOS", "").split()
+        trust_local_repositories([repo, *allowed], home)
         pull_runbooks(repo, os.environ.get("OPSHUB_RUNBOOKS_BRANCH", "main"), target, home)
     # Our Jupyter config and data folders come first: they enable the opshub server extension (which
     # records interactive runs) and the JupyterLab extension, and turn off JupyterLab's news prompt.
     for variable, folder in (("JUPYTER_CONFIG_PATH", lab.CONFIG_DIR), ("JUPYTER_PATH", lab.DATA_DIR)):
         os.environ[variable] = os.pathsep.join(filter(None, [str(folder), os.environ.get(variable)]))
-    if os.geteuid() == 0 and "--allow-root" not in args:
-        # The embedded default started by root (as on CI machines) runs servers as root too.
-        args.append("--allow-root")
+    os.environ["OPSHUB_BIN"] = os.path.dirname(sys.executable)
+    if Path("/bin/bash").exists() and not any(a.startswith("--ServerApp.terminado_settings") for a in args):
+        shell = ["/bin/bash", "--rcfile", str(lab.TERMINAL_RC), "-i"]
+        args.append(f"--ServerApp.terminado_settings=shell_command={json.dumps(shell)}")
     os.execv(sys.executable, [sys.executable, "-m", "jupyterhub.singleuser", *args])
 
 

@@ -13,9 +13,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .accounts import unreadable_by_others
 from .configure import Runtime
+from .configure.spawner import homes_dir, local_accounts
 from .runbooks.mirror import MirrorError, mirror
-from .settings import OAUTH_PROVIDERS, Settings, SettingsError, repository_url
+from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, repository_url
 
 DEMO_PASSWORD_FILE = "demo-password"
 METRICS_TOKEN_FILE = "metrics-token"
@@ -110,13 +112,69 @@ def oidc_endpoints(settings: Settings) -> dict[str, str]:
     return {key: endpoints[key] or discovered[key] for key in endpoints}
 
 
+def check_accounts(settings: Settings, runtime: Runtime) -> None:
+    """The local kind's accounts can work here: root for per-person accounts, never servers as
+    root, and everything those accounts must read (the Python environment, opshub, the runbooks
+    repository) readable by them while the state folder is not theirs."""
+    if settings["spawner"]["kind"] != "local":
+        return
+    accounts = local_accounts(settings, runtime)
+    key = "spawner.local.accounts"
+    if accounts == "shared" and runtime.as_root:
+        raise SettingsError(
+            settings.source,
+            [f"{key}: shared would run every server as root, and servers never run as root;"
+             " use per-person (or auto), or start opshub as a normal user for a single-person trial"],
+        )  # fmt: skip
+    if accounts == "shared":
+        homes_dir(settings, runtime).mkdir(parents=True, exist_ok=True)
+        return
+    if not runtime.as_root:
+        raise SettingsError(
+            settings.source,
+            [f"{key}: per-person accounts need the hub to run as root (to create accounts and start"
+             " servers as them); start it as root, or use auto for a single-account trial"],
+        )  # fmt: skip
+    homes = homes_dir(settings, runtime)
+    if homes.resolve().is_relative_to(settings.state_dir.resolve()):
+        raise SettingsError(
+            settings.source,
+            [f"spawner.local.homes_dir: {homes} is inside hub.state_dir, which only the hub's account may enter"],
+        )
+    homes.mkdir(parents=True, exist_ok=True)
+    needed = {
+        "the Python environment": Path(runtime.python),
+        "its standard library": Path(os.__file__),
+        "opshub's own files": PACKAGE_DIR,
+        "homes_dir": homes,
+    }
+    if repository_url(settings).startswith("file://"):
+        repository = Path(settings["runbooks"]["repository"])
+        if repository.resolve().is_relative_to(settings.state_dir.resolve()):
+            raise SettingsError(
+                settings.source,
+                [f"runbooks.repository: {repository} is inside hub.state_dir, which people's accounts"
+                 " cannot enter; keep it beside the state folder (the embedded default uses runbooks.git)"],
+            )  # fmt: skip
+        if repository.exists():
+            needed["runbooks.repository"] = repository
+    for what, path in needed.items():
+        closed = unreadable_by_others(path)
+        if closed is not None:
+            raise SettingsError(
+                settings.source,
+                [f"{key}: people's accounts cannot read {what} ({path}): {closed} is closed to other"
+                 " accounts. Install opshub where everyone can read it (such as /opt/opshub, with the"
+                 " virtualenv made from /usr/bin/python3: `make install` does so as root), or"
+                 f" open {closed} (chmod o+rx)"],
+            )  # fmt: skip
+
+
 def prepare(settings: Settings) -> Runtime:
     """Create the state folder and gather what the apply functions need; SettingsError if anything is off."""
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    state.chmod(0o700)  # holds the database, cookie secret and demo password
-    if settings["spawner"]["kind"] == "local":
-        (state / "homes").mkdir(exist_ok=True)
+    state.chmod(0o700)  # holds the database, cookie secret and demo password: the hub's account only
     docker = settings["spawner"]["docker"]
     in_containers = settings["spawner"]["kind"] == "docker"
     if in_containers and not docker["runbooks_volume"] and repository_url(settings).startswith("file://"):
@@ -147,4 +205,6 @@ def prepare(settings: Settings) -> Runtime:
             mirror(runbooks["mirror_from"], runbooks["repository"], runbooks["branch"])
         except MirrorError as e:
             raise SettingsError(settings.source, [f"runbooks.mirror_from: {e}"]) from None
-    return Runtime.of_this_machine(**found)
+    runtime = Runtime.of_this_machine(**found)
+    check_accounts(settings, runtime)
+    return runtime

@@ -39,7 +39,7 @@ def dash_hub(tmp_path_factory):
     the_hub.start()
     yield the_hub
     the_hub.stop()
-    assert not [p for p in the_hub.processes_of_this_hub() if "opshub.service.voila" in p], "Voila outlived the hub"
+    assert not [p for p in the_hub.processes_of_this_hub() if "opshub.dashboards_backend" in p], "Voila outlived the hub"
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +112,27 @@ def receive_until(ws, predicate, timeout=30) -> list[dict]:
     raise AssertionError(f"no expected message within {timeout}s; got {[m['msg_type'] for m in seen]}")
 
 
+DASHBOARDS_SERVER = "/user/opshub-dashboards/"
+
+
 def backend_process(hub) -> tuple[int, str, int]:
-    """pid, secret and port of the hub's Voila backend (the secret from its initial environment)."""
+    """pid, secret and port of the hub's dashboards server. The secret is asked for as the service
+    does, with a token that may use that server (an admin's)."""
     out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
     for line in out.splitlines():
-        if "opshub.service.voila" in line and str(hub.state) in line:
-            pid = int(line.split()[0])
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            secret = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"OPSHUB_VOILA_SECRET="))
-            port = int(re.search(r"--port (\d+)", line).group(1))
-            return pid, secret, port
-    raise AssertionError("the Voila backend process was not found")
+        if "opshub.dashboards_backend" not in line:
+            continue
+        pid = int(line.split()[0])
+        env = environment_of(pid)
+        if env.get("JUPYTERHUB_API_URL", "").startswith(f"http://127.0.0.1:{hub.port + 1}/"):
+            port = urlparse(env["JUPYTERHUB_SERVICE_URL"]).port
+            admin = hub.tokens(users=("alice",))["alice"]
+            answer = requests.post(
+                f"{hub.url}{DASHBOARDS_SERVER}opshub-backend/session", headers={"Authorization": f"token {admin}"}
+            )
+            assert answer.status_code == 200, answer.text
+            return pid, answer.json()["secret"], port
+    raise AssertionError("the dashboards server process was not found")
 
 
 def environment_of(pid: int) -> dict[str, str]:
@@ -195,7 +205,7 @@ def test_voila_itself_drops_execute_requests(dash_hub, sessions, tmp_path):
     """Behind the service's filter, the backend refuses them too (for a caller holding its secret)."""
     _, secret, port = backend_process(dash_hub)
     html = live_page(dash_hub, sessions["carol"]).text
-    url = f"ws://127.0.0.1:{port}{PREFIX}dashboards/-/api/kernels/{kernel_id(html)}/channels"
+    url = f"ws://127.0.0.1:{port}{DASHBOARDS_SERVER}api/kernels/{kernel_id(html)}/channels"
     ws = websocket.create_connection(url, header=[f"X-Opshub-Voila-Secret: {secret}"], timeout=30)
     try:
         marker = tmp_path / "executed-directly"
@@ -208,15 +218,30 @@ def test_voila_itself_drops_execute_requests(dash_hub, sessions, tmp_path):
         ws.close()
 
 
-def test_backend_port_is_useless_without_the_service(dash_hub, sessions):
+def test_the_dashboards_server_is_useless_without_the_service(dash_hub, sessions, tokens):
     _, secret, port = backend_process(dash_hub)
-    backend = f"http://127.0.0.1:{port}{PREFIX}dashboards/-/"
-    for path in ("voila/render/patching-status.ipynb", "voila/tree", "voila/static/voila.js", "opshub-backend/pools/"):
-        assert requests.get(backend + path, timeout=30).status_code == 403, path
-        wrong = requests.get(backend + path, headers={"X-Opshub-Voila-Secret": secret[:-1]}, timeout=30)
-        assert wrong.status_code == 403, path
+    paths = ("voila/render/patching-status.ipynb", "voila/tree", "voila/static/voila.js", "opshub-backend/pools/")
+    # straight to its port, and through the proxy's route to it, with a person's login or token
+    for backend in (f"http://127.0.0.1:{port}{DASHBOARDS_SERVER}", f"{dash_hub.url}{DASHBOARDS_SERVER}"):
+        for path in paths:
+            assert requests.get(backend + path, timeout=30).status_code == 403, path
+            wrong = requests.get(backend + path, headers={"X-Opshub-Voila-Secret": secret[:-1]}, timeout=30)
+            assert wrong.status_code == 403, path
+            assert sessions["carol"].get(backend + path, timeout=30).status_code == 403, path
+    for user in ("bob", "carol"):  # only a token that may use that server gets a session
+        for token in (tokens[user], "bogus"):
+            answer = requests.post(
+                f"{dash_hub.url}{DASHBOARDS_SERVER}opshub-backend/session",
+                headers={"Authorization": f"token {token}"},
+                timeout=30,
+            )
+            assert answer.status_code == 403 and secret not in answer.text, user
+    put = requests.put(
+        f"{dash_hub.url}{DASHBOARDS_SERVER}opshub-backend/notebooks/planted.ipynb", data=b"{}", timeout=30
+    )
+    assert put.status_code == 403
     html = live_page(dash_hub, sessions["carol"]).text
-    url = f"ws://127.0.0.1:{port}{PREFIX}dashboards/-/api/kernels/{kernel_id(html)}/channels"
+    url = f"ws://127.0.0.1:{port}{DASHBOARDS_SERVER}api/kernels/{kernel_id(html)}/channels"
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         websocket.create_connection(url, timeout=30)
     assert refused.value.status_code == 403
@@ -303,7 +328,7 @@ def test_kernels_get_a_minimal_environment(dash_hub, sessions):
         assert not unexpected, unexpected  # no JUPYTERHUB_*, no user's or service's token, no backend secret
         assert set(env) >= KERNEL_ENV
         assert secret not in "".join(env.values())
-        assert env["HOME"] == str(dash_hub.state / "dashboards" / "home")
+        assert env["HOME"] == str(dash_hub.system_home("opshub-dashboards"))
         # the one credential: read-only run summaries, refused without it
         history = env["OPSHUB_HISTORY_URL"] + "runs"
         assert requests.get(history, timeout=30).status_code == 401
@@ -388,7 +413,7 @@ def test_live_is_refused_for_runbooks_that_change_systems(dash_hub, tokens):
         "dashboards",
         json={"name": LIVE, "mode": "snapshot", "runbook": "patch-server-stack.ipynb"},
     )
-    assert r.status_code == 409 and "repository" in r.json()["error"]
+    assert r.status_code == 403 and "repository" in r.json()["error"]
 
 
 def test_groups_decide_who_sees_a_dashboard(dash_hub, tokens, sessions):
@@ -470,7 +495,7 @@ def test_dashboards_follow_the_repository_branch(dash_hub, tokens, sessions):
     assert dashboard["source"] == "git" and dashboard["commit"] == git("rev-parse", "main", cwd=dash_hub.repository)
     assert "declared in git" in live_page(dash_hub, sessions["carol"], "from-git").text
     # an author cannot remove what the repository declares ...
-    assert api(dash_hub, tokens["alice"], "DELETE", "dashboards/from-git").status_code == 409
+    assert api(dash_hub, tokens["alice"], "DELETE", "dashboards/from-git").status_code == 403
     # ... the repository does
     git("rm", "--quiet", "dashboards/from-git.ipynb", cwd=upstream)
     git("commit", "--quiet", "-m", "no more", cwd=upstream)

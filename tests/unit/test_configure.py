@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -105,16 +106,23 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
     assert c.Spawner.cmd == ["/opt/opshub/bin/python", "-m", "opshub.singleuser"]
     assert c.Spawner.default_url == "/lab"
     assert c.Spawner.environment == {
-        "OPSHUB_RUNBOOKS_REPO": (tmp_path / "state" / "runbooks.git").as_uri(),
+        "OPSHUB_RUNBOOKS_REPO": (tmp_path / "runbooks.git").as_uri(),
         "OPSHUB_RUNBOOKS_BRANCH": "main",
         "OPSHUB_RUNBOOKS_TARGET": "runbooks",
+        "OPSHUB_ALLOWED_PULL_REPOS": "",
         "OPSHUB_SERVICE_URL": "http://127.0.0.1:8003/services/opshub/",
         "OPSHUB_SECRET_NAMES": "",
         "OPSHUB_INTERACTIVE_IDLE_MINUTES": "60",
         "OPSHUB_RECORD_OUTSIDE_RUNBOOKS": "false",
+        "PATH": f"/opt/opshub/bin:{RUNTIME.path}",  # `opshub` typed in a terminal
     }
     # the server's own token may record runs as its owner, and nothing more than JupyterHub's default
-    assert c.Spawner.server_token_scopes == [
+    person, system = (
+        SimpleNamespace(user=SimpleNamespace(name="bob")),
+        SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards")),
+    )
+    assert c.Spawner.server_token_scopes(system) == ["access:servers!server"]
+    assert c.Spawner.server_token_scopes(person) == [
         "users:activity!user",
         "access:servers!server",
         "access:services!service=opshub",
@@ -123,15 +131,43 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
     ]
 
 
+def test_system_accounts_servers_run_their_own_program_with_only_what_it_needs(settings):
+    c = Config()
+    apply_spawner(c, settings, RUNTIME)
+    dashboards = SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards"), cmd=None, environment=None)
+    c.Spawner.pre_spawn_hook(dashboards)
+    assert dashboards.cmd == ["/opt/opshub/bin/python", "-m", "opshub.dashboards_backend"]
+    assert set(dashboards.environment) == {
+        "OPSHUB_DASHBOARDS_BASE_URL", "OPSHUB_DASHBOARDS_POOL_SIZE", "OPSHUB_DASHBOARDS_CULL_IDLE",
+        "OPSHUB_SERVICE_URL", "PATH",
+    }  # fmt: skip
+    assert dashboards.environment["OPSHUB_DASHBOARDS_BASE_URL"] == "/services/opshub/dashboards/-/"
+    person = SimpleNamespace(user=SimpleNamespace(name="bob"), cmd=None, environment=None)
+    c.Spawner.pre_spawn_hook(person)
+    assert person.cmd is None and person.environment is None  # people's servers: the common config
+
+
+def test_nobody_logs_in_as_a_system_account(settings):
+    from tornado import web
+
+    c = Config()
+    apply_auth(c, settings, RUNTIME)
+    hook = c.Authenticator.post_auth_hook
+    assert hook(None, None, {"name": "bob"}) == {"name": "bob"}
+    with pytest.raises(web.HTTPError) as refused:
+        hook(None, None, {"name": "opshub-dashboards"})
+    assert refused.value.status_code == 403 and "system account" in refused.value.log_message
+
+
 def test_pages_link_to_a_runbooks_pull(settings, tmp_path):
     c = Config()
-    apply_pages(c, settings)
+    apply_pages(c, settings, RUNTIME)
     assert c.JupyterHub.template_paths == [TEMPLATES]
     assert (Path(TEMPLATES) / "home.html").exists()
     link = urlparse(c.JupyterHub.template_vars["opshub_runbooks_pull_link"])
     assert link.path == "/hub/user-redirect/git-pull"
     assert parse_qs(link.query) == {
-        "repo": [(tmp_path / "state" / "runbooks.git").as_uri()],
+        "repo": [(tmp_path / "runbooks.git").as_uri()],
         "branch": ["main"],
         "targetpath": ["runbooks"],
         "urlpath": ["lab/tree/runbooks"],

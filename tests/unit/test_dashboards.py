@@ -5,8 +5,10 @@ the Voila backend's kernel client."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import struct
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
@@ -19,16 +21,12 @@ from nbclient import NotebookClient
 from opshub.configure.roles import load_roles
 from opshub.configure.services import PUBLISH_SCOPE, apply_services
 from opshub.configure.spawner import SERVER_TOKEN_SCOPES
+from opshub.dashboards_backend.__main__ import RepollingChannel, RepollingKernelClient, backend_config
 from opshub.runbooks.catalog import RunbookCatalog
+from opshub.service.app import UnreadableNotebook, notebook_html
 from opshub.service.dashboards import Dashboards, PublishError, check_name, refuse_live_if_it_changes_systems
 from opshub.service.store import RunStore
-from opshub.service.voila import (
-    ALLOWED_MESSAGE_TYPES,
-    RepollingChannel,
-    RepollingKernelClient,
-    backend_config,
-    message_type,
-)
+from opshub.service.voila import ALLOWED_MESSAGE_TYPES, message_type
 from opshub.settings import load_settings
 from traitlets.config import Config
 from voila.app import Voila
@@ -53,7 +51,9 @@ def test_slugs_are_accepted(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["", "-a", "a-", "A", "a/b", "../a", "..", "a%2Fb", "a.b", "a b", "a_b", "x" * 65, "é", None, 1, ["a"]]
+    "name",
+    ["", "-a", "a-", "A", "a/b", "../a", "..", "a%2Fb", "a.b", "a b", "a_b", "x" * 65, "é", None, 1, ["a"]]
+    + ["abc\n", "abc\r\n", "\nabc", "abc\x00"],  # `$` of re.match would let the first one through
 )
 def test_everything_else_is_refused_naming_the_problem(name):
     with pytest.raises(PublishError, match="invalid dashboard name"):
@@ -105,7 +105,7 @@ def dashboards(tmp_path, repo):
     store.upgrade()
     catalog = RunbookCatalog(str(repo), "main", tmp_path / "cache.git")
     catalog.refresh()
-    yield Dashboards(store, tmp_path / "dashboards", "/services/opshub/", "http://127.0.0.1:1", catalog)
+    yield Dashboards(store, tmp_path / "dashboards", "/services/opshub/", catalog=catalog)
     store.close()
 
 
@@ -120,7 +120,7 @@ def test_publishing_live_and_snapshot(dashboards):
     # a copy of a repository runbook is taken from the branch, with its commit
     from_repo = dashboards.publish({"name": "report", "mode": "live", "runbook": "report.ipynb"}, owner="bob")
     assert from_repo.commit == dashboards.repository.commit() and from_repo.title == "Report"
-    dashboards.unpublish("board")
+    dashboards.unpublish("board", user="alice")
     assert not copy.exists() and dashboards.get("board") is None
 
 
@@ -166,6 +166,39 @@ def test_who_sees_a_dashboard(dashboards):
     assert not dashboards.may_view(service, everyone) and not dashboards.may_view(None, everyone)
 
 
+def test_only_the_owner_or_an_admin_republishes_or_unpublishes(dashboards):
+    dashboards.publish({"name": "board", "runbook": "patch.ipynb", "title": "Alice's"}, owner="alice")
+    for change in (
+        lambda: dashboards.publish({"name": "board", "runbook": "report.ipynb"}, owner="dave"),
+        lambda: dashboards.unpublish("board", user="dave"),
+    ):
+        with pytest.raises(PublishError, match="belongs to alice: only they or an admin") as refused:
+            change()
+        assert refused.value.status == 403
+    assert (dashboards.get("board").title, dashboards.get("board").owner) == ("Alice's", "alice")
+    # the owner republishes; an admin takes it over, then unpublishes it
+    assert dashboards.publish({"name": "board", "runbook": "report.ipynb"}, owner="alice").runbook == "report.ipynb"
+    assert dashboards.publish({"name": "board", "runbook": "patch.ipynb"}, owner="root", admin=True).owner == "root"
+    dashboards.unpublish("board", user="erin", admin=True)
+    assert dashboards.get("board") is None
+
+
+def test_a_restricted_dashboard_hides_its_runbooks_runs_from_those_outside_its_groups(dashboards):
+    dashboards.publish({"name": "open", "runbook": "report.ipynb"}, owner="alice")
+    dashboards.publish({"name": "mgmt", "runbook": "patch.ipynb", "groups": ["managers"]}, owner="alice")
+    dashboards.publish({"name": "patch-for-all", "runbook": "patch.ipynb"}, owner="alice")  # cannot undo it
+    carol = {"kind": "user", "name": "carol", "groups": ["viewers"], "scopes": []}
+    dana = {**carol, "name": "dana", "groups": ["managers"]}
+    admin = {**carol, "name": "root", "admin": True}
+    opshub_admin = {**carol, "name": "lead", "scopes": ["custom:opshub:runs:delete"]}
+    assert dashboards.hidden_runbooks(carol) == {"patch.ipynb"}
+    assert dashboards.hidden_runbooks(None) == {"patch.ipynb"}
+    assert dashboards.hidden_runbooks(dana) == set()
+    assert dashboards.hidden_runbooks(admin) == set() and dashboards.hidden_runbooks(opshub_admin) == set()
+    # deleting runs for oneself only is no admin's scope
+    assert dashboards.hidden_runbooks({**carol, "scopes": ["custom:opshub:runs:delete!user=carol"]}) == {"patch.ipynb"}
+
+
 def test_default_groups_from_the_settings(tmp_path, dashboards):
     dashboards.settings["default_groups"] = ["ops"]
     assert dashboards.publish({"name": "d", "runbook": "patch.ipynb"}, owner="alice").groups == ["ops"]
@@ -179,11 +212,16 @@ def test_the_repository_declares_dashboards_and_they_follow_the_branch(dashboard
     assert (status.mode, status.groups, status.source, status.owner) == ("live", ["managers"], "git", "git")
     assert (report.mode, report.runbook) == ("snapshot", "report.ipynb")  # `true`: a snapshot named after the file
     assert changed == ["status.ipynb"] and (dashboards.published / "status.ipynb").exists()
-    assert (dashboards.runbooks_dir / "inventory" / "stacks.yaml").exists()  # files for the kernels
+    with tarfile.open(fileobj=io.BytesIO(dashboards.runbooks_archive)) as files:  # for the kernels
+        assert "inventory/stacks.yaml" in files.getnames()
     assert dashboards.sync_from_git() == []  # nothing moved
-    with pytest.raises(PublishError, match="published from the runbooks repository") as refused:
-        dashboards.unpublish("status")
-    assert refused.value.status == 409
+    for change in (
+        lambda: dashboards.unpublish("status", user="alice", admin=True),
+        lambda: dashboards.publish({"name": "status", "runbook": "report.ipynb"}, owner="alice", admin=True),
+    ):
+        with pytest.raises(PublishError, match="belongs to the runbooks repository") as refused:
+            change()
+        assert refused.value.status == 403 and "status.ipynb" in str(refused.value)
 
     # the branch moves: a live declaration on a runbook that changes systems is refused, one is removed
     (repo / "patch.ipynb").write_text(json.dumps(notebook("Patch", True, dashboard={"name": "p", "mode": "live"})))
@@ -277,3 +315,14 @@ def test_the_voila_backend_gives_its_executor_the_repolling_client(tmp_path):
     kernels = voila.kernel_manager
     one_kernel = kernels.kernel_manager_factory(parent=kernels, log=kernels.log)
     assert isinstance(one_kernel.client(), RepollingKernelClient)
+
+
+def test_a_notebook_the_recorder_tagged_already_renders_and_a_broken_one_is_named():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1"), nbformat.v4.new_code_cell("1 / 0")])
+    nb.cells[1].metadata["tags"] = ["opshub-failed-cell", "x", "x"]  # tagged by the recorder, and a repeat
+    recorded = json.dumps(nb)
+    html = notebook_html(recorded, 1)
+    assert html.count('class="jp-Cell jp-CodeCell') == 2 and "celltag_opshub-failed-cell" in html
+    for broken in ("{}", '{"cells": 3}', "not json"):
+        with pytest.raises(UnreadableNotebook):
+            notebook_html(broken, None)

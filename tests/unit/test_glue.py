@@ -16,12 +16,13 @@ def load_glue():
 
 
 @pytest.fixture
-def embedded_here(tmp_path, monkeypatch):
-    make_work_tree(tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
-    monkeypatch.chdir(tmp_path)
+def embedded_here(open_tmp_path, monkeypatch):
+    """`make run`'s folder: one other accounts can enter (the tests run as root in CI)."""
+    make_work_tree(open_tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
+    monkeypatch.chdir(open_tmp_path)
     monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "glue-test-password")
     monkeypatch.delenv("OPSHUB_SETTINGS", raising=False)
-    return tmp_path
+    return open_tmp_path
 
 
 def test_glue_applies_the_embedded_default(embedded_here, monkeypatch):
@@ -30,7 +31,7 @@ def test_glue_applies_the_embedded_default(embedded_here, monkeypatch):
     assert c.JupyterHub.bind_url == "http://127.0.0.1:18123/"
     assert c.SharedPasswordAuthenticator.user_password == "glue-test-password"
     assert c.ConfigurableHTTPProxy.command[0].endswith("configurable-http-proxy")
-    assert (embedded_here / "state" / "runbooks.git" / "HEAD").exists()
+    assert (embedded_here / "runbooks.git" / "HEAD").exists()
 
 
 def test_glue_loads_extra_config_files_after_its_own(embedded_here, monkeypatch):

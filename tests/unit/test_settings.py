@@ -32,7 +32,7 @@ def test_embedded_default_is_valid_and_complete(tmp_path):
     settings = load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
     assert settings["hub"]["port"] == 8000
     assert settings["hub"]["state_dir"] == str(tmp_path / "state")
-    assert settings["runbooks"]["repository"] == str(tmp_path / "state" / "runbooks.git")
+    assert settings["runbooks"]["repository"] == str(tmp_path / "runbooks.git")
     assert settings["auth"]["shared_password"]["groups"]["ops"] == ["bob"]
     assert settings["roles"]["viewer"] == ["management"]
 

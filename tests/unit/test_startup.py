@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import stat
+from pathlib import Path
 
+import pytest
 from opshub.cli import banner
+from opshub.configure import Runtime
 from opshub.configure.pages import team_roles
-from opshub.settings import EMBEDDED_SETTINGS, load_settings
+from opshub.settings import EMBEDDED_SETTINGS, SettingsError, load_settings
 from opshub.startup import DEMO_PASSWORD_FILE, demo_password, prepare
 
 from tests.helpers import make_work_tree
@@ -18,8 +22,16 @@ def embedded(tmp_path, monkeypatch):
     return load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
 
 
-def test_demo_password_is_generated_once_and_kept_private(tmp_path, monkeypatch):
-    settings = embedded(tmp_path, monkeypatch)
+def in_open_folder(settings, folder):
+    """The runbooks repository and the homes where every account can read them (per-person
+    accounts when the tests run as root, as in CI)."""
+    settings["runbooks"]["repository"] = str(folder / "runbooks.git")
+    settings["spawner"]["local"]["homes_dir"] = str(folder / "homes")
+    return settings
+
+
+def test_demo_password_is_generated_once_and_kept_private(tmp_path, open_tmp_path, monkeypatch):
+    settings = in_open_folder(embedded(tmp_path, monkeypatch), open_tmp_path)
     first = prepare(settings).demo_password
     assert len(first) >= 16
     file = tmp_path / "state" / DEMO_PASSWORD_FILE
@@ -29,33 +41,63 @@ def test_demo_password_is_generated_once_and_kept_private(tmp_path, monkeypatch)
     assert demo_password(settings) == (first, str(file))
 
 
-def test_demo_password_from_the_environment_wins(tmp_path, monkeypatch):
-    settings = embedded(tmp_path, monkeypatch)
+def test_demo_password_from_the_environment_wins(tmp_path, open_tmp_path, monkeypatch):
+    settings = in_open_folder(embedded(tmp_path, monkeypatch), open_tmp_path)
     monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "from-the-env")
     assert prepare(settings).demo_password == "from-the-env"
     assert not (tmp_path / "state" / DEMO_PASSWORD_FILE).exists()
 
 
-def test_prepare_state_mirrors_the_runbooks(tmp_path, monkeypatch):
-    settings = embedded(tmp_path, monkeypatch)
+def test_prepare_state_mirrors_the_runbooks(tmp_path, open_tmp_path, monkeypatch):
+    settings = in_open_folder(embedded(tmp_path, monkeypatch), open_tmp_path)
     prepare(settings)
-    assert (tmp_path / "state" / "runbooks.git" / "HEAD").exists()
-    assert (tmp_path / "state" / "homes").is_dir()
+    assert (open_tmp_path / "runbooks.git" / "HEAD").exists()
+    assert (open_tmp_path / "homes").is_dir()
+
+
+def test_the_embedded_default_keeps_the_runbooks_outside_the_private_state(tmp_path, monkeypatch):
+    settings = embedded(tmp_path, monkeypatch)
+    assert settings["runbooks"]["repository"] == str(tmp_path / "runbooks.git")
+    assert not Path(settings["runbooks"]["repository"]).is_relative_to(settings.state_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-person accounts need root")
+def test_per_person_accounts_refuse_what_people_could_not_read(tmp_path, open_tmp_path, monkeypatch):
+    settings = embedded(tmp_path, monkeypatch)  # all of it in pytest's root-only tmp_path
+    settings["spawner"]["local"]["homes_dir"] = str(open_tmp_path / "homes")
+    with pytest.raises(SettingsError, match="people's accounts cannot read runbooks.repository"):
+        prepare(settings)
+    settings["runbooks"]["repository"] = str(tmp_path / "state" / "runbooks.git")
+    with pytest.raises(SettingsError, match="runbooks.repository: .* is inside hub.state_dir"):
+        prepare(settings)
+    in_open_folder(settings, open_tmp_path)
+    settings["spawner"]["local"]["homes_dir"] = str(tmp_path / "state" / "homes")
+    with pytest.raises(SettingsError, match="spawner.local.homes_dir: .* is inside hub.state_dir"):
+        prepare(settings)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the hub runs as root here")
+def test_a_shared_account_is_refused_as_root(tmp_path, open_tmp_path, monkeypatch):
+    settings = in_open_folder(embedded(tmp_path, monkeypatch), open_tmp_path)
+    settings["spawner"]["local"]["accounts"] = "shared"
+    with pytest.raises(SettingsError, match="spawner.local.accounts: shared would run every server as root"):
+        prepare(settings)
 
 
 def test_banner_says_where_and_how_to_log_in(tmp_path, monkeypatch):
     settings = embedded(tmp_path, monkeypatch)
     assert team_roles(settings) == {"alice": ["admin", "author"], "bob": ["operator"], "carol": ["viewer"]}
-    text = banner(settings, "pw-123456", "generated")
+    text = banner(settings, Runtime(python="python", proxy_command=[]), "pw-123456", "generated")
     assert "http://127.0.0.1:8000/" in text
+    assert "Single-account trial" in text  # not root: everyone shares one account, and it says so
+    as_root = banner(settings, Runtime(python="python", proxy_command=[], as_root=True), "pw-123456", "generated")
+    assert "Single-account trial" not in as_root and "one system account per person" in as_root
     assert "alice (admin, author), bob (operator), carol (viewer)" in text
     assert "pw-123456" in text and "TRYING OPSHUB OUT ONLY" in text
 
 
-def test_database_password_comes_from_the_named_variable(tmp_path, monkeypatch):
-    import pytest
+def test_database_password_comes_from_the_named_variable(tmp_path, open_tmp_path, monkeypatch):
     from opshub.service.__main__ import database_url
-    from opshub.settings import SettingsError
 
     make_work_tree(tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
     path = tmp_path / "s.yaml"
@@ -63,7 +105,7 @@ def test_database_password_comes_from_the_named_variable(tmp_path, monkeypatch):
         EMBEDDED_SETTINGS.read_text()
         + "history:\n  database_url: postgresql+psycopg://ops@db/opshub\n  database_password_env: OPS_DB_PW\n"
     )
-    settings = load_settings(path, cwd=tmp_path)
+    settings = in_open_folder(load_settings(path, cwd=tmp_path), open_tmp_path)
     monkeypatch.delenv("OPS_DB_PW", raising=False)
     with pytest.raises(SettingsError, match="history.database_password_env: the environment variable OPS_DB_PW"):
         prepare(settings)

@@ -8,6 +8,7 @@ traits another function owns). `apply_all` calls them in order; the hub's config
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ class Runtime:
     oidc_endpoints: dict[str, str] = field(default_factory=dict)  # authorize_url, token_url, userinfo_url
     metrics_token: str | None = None  # the bearer token Prometheus sends to the opshub service
     database_password: str | None = None  # the run history database's password, if it needs one
+    as_root: bool = False  # the hub runs as root: it can give each person a system account
+    path: str = os.defpath  # the hub's $PATH, which servers on this machine extend
 
     @classmethod
     def of_this_machine(cls, **found) -> Runtime:
@@ -40,7 +43,13 @@ class Runtime:
         # first, else whatever is on PATH (as in the hub image).
         local = PACKAGE_DIR.parent / "node_modules" / ".bin" / "configurable-http-proxy"
         proxy = [str(local)] if local.exists() else ["configurable-http-proxy"]
-        return cls(python=sys.executable, proxy_command=proxy, **found)
+        return cls(
+            python=sys.executable,
+            proxy_command=proxy,
+            as_root=os.geteuid() == 0,
+            path=os.environ.get("PATH", os.defpath),
+            **found,
+        )
 
 
 def apply_all(c: Config, settings: Settings, runtime: Runtime) -> Config:
@@ -48,7 +57,7 @@ def apply_all(c: Config, settings: Settings, runtime: Runtime) -> Config:
     apply_auth(c, settings, runtime)
     apply_roles(c, settings)
     apply_spawner(c, settings, runtime)
-    apply_pages(c, settings)
+    apply_pages(c, settings, runtime)
     apply_services(c, settings, runtime)
     return c
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..contract import SYSTEM_ACCOUNTS
 from ..settings import Settings, callback_url, role_groups
 
 GITHUB_CLASS = "oauthenticator.github.GitHubOAuthenticator"
@@ -45,8 +46,22 @@ class ClaimGroups:
         return [groups] if isinstance(groups, str) else [str(g) for g in groups]
 
 
+def refuse_system_accounts(authenticator, handler, authentication: dict) -> dict:
+    """`Authenticator.post_auth_hook`: nobody logs in as an account of the execution plane (an
+    identity provider's user of that name is refused with a page saying why).
+
+    Not `blocked_users`: JupyterHub takes every role away from a blocked user, and the system
+    accounts' roles are what let the opshub service start their servers."""
+    from tornado import web
+
+    if authentication and authentication.get("name") in SYSTEM_ACCOUNTS:
+        raise web.HTTPError(403, f"{authentication['name']} is a system account of opshub: nobody logs in as it")
+    return authentication
+
+
 def apply_auth(c, settings: Settings, runtime) -> None:
     provider = settings["auth"]["provider"]
+    c.Authenticator.post_auth_hook = refuse_system_accounts
     if provider == "shared-password":
         _apply_shared_password(c, settings, runtime.demo_password)
     elif provider == "github":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from ..settings import PACKAGE_DIR, Settings, repository_url
+from .spawner import local_accounts
 
 TEMPLATES = str(PACKAGE_DIR / "templates")
 
@@ -57,7 +58,14 @@ def landing_page(handler) -> str:
     return handler.hub.base_url + "home"
 
 
-def apply_pages(c, settings: Settings) -> None:
+TRIAL_WARNING = (
+    "Single-account trial: every person's server runs as the same system account as the hub, so"
+    " anyone logged in can read everyone's files and the hub's secrets. Use it alone; for a team,"
+    " start opshub as root (one system account per person) or use Docker or Kubernetes."
+)
+
+
+def apply_pages(c, settings: Settings, runtime) -> None:
     c.JupyterHub.template_paths = [TEMPLATES]
     c.JupyterHub.default_url = landing_page
     c.JupyterHub.template_vars = {
@@ -66,3 +74,6 @@ def apply_pages(c, settings: Settings) -> None:
         "opshub_demo_team": demo_team(settings),
         "opshub_history_url": f"{settings['hub']['base_url']}services/opshub/",
     }
+    if settings["spawner"]["kind"] == "local" and local_accounts(settings, runtime) == "shared":
+        # JupyterHub shows `announcement` at the top of every one of its pages
+        c.JupyterHub.template_vars["announcement"] = TRIAL_WARNING

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..contract import SYSTEM_ACCOUNTS
 from ..settings import Settings
 from .services import (
     DELETE_SCOPE,
@@ -70,8 +71,27 @@ def load_roles(settings: Settings) -> list[dict]:
     ]
 
 
+def execution_plane_roles() -> list[dict]:
+    """The system accounts of the execution plane (listing them creates them), and what the opshub
+    service may do with their servers: start, stop and use them, nothing else of anyone's."""
+    return [
+        {
+            "name": "opshub-system-accounts",
+            "description": "opshub's system accounts: their servers serve the opshub service only.",
+            "scopes": [],
+            "users": list(SYSTEM_ACCOUNTS),
+        },
+        {
+            "name": "opshub-service",
+            "description": "The opshub service: starts and uses the servers of opshub's system accounts.",
+            "scopes": [f"{scope}!user={user}" for user in SYSTEM_ACCOUNTS for scope in ("servers", "access:servers")],
+            "services": [SERVICE_NAME],
+        },
+    ]
+
+
 def apply_roles(c, settings: Settings) -> None:
-    roles = load_roles(settings)
+    roles = load_roles(settings) + execution_plane_roles()
     if idle_culler_enabled(settings):
         roles.append(IDLE_CULLER_ROLE)
     c.JupyterHub.load_roles = roles

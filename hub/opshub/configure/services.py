@@ -39,6 +39,13 @@ def service_api_url(settings: Settings) -> str:
     return f"{service_url(settings)}{settings['hub']['base_url']}services/{SERVICE_NAME}/"
 
 
+def proxy_url(settings: Settings) -> str:
+    """The hub's proxy as the service reaches it on this machine (without the base URL)."""
+    hub = settings["hub"]
+    host = "127.0.0.1" if hub["ip"] in ("", "0.0.0.0", "::") else hub["ip"]
+    return f"http://{host}:{hub['port']}"
+
+
 def database_url(settings: Settings) -> str:
     return settings["history"]["database_url"] or f"sqlite:///{settings.state_dir / 'opshub.sqlite'}"
 
@@ -59,6 +66,8 @@ def service_arguments(settings: Settings) -> list[str]:
         # published dashboards: their copies, the Voila backend's home and log
         "--dashboards-dir", str(settings.state_dir / "dashboards"),
         "--dashboards-settings", json.dumps(settings["dashboards"]),
+        # the dashboards server is reached through the proxy, like any server
+        "--proxy-url", proxy_url(settings),
     ]  # fmt: skip
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
+from ..contract import DASHBOARDS_ACCOUNT, SYSTEM_ACCOUNTS
+from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
 from ..settings import Settings, repository_url
 from .services import PUBLISH_SCOPE, RECORD_SCOPE, SERVICE_NAME, service_api_url
 
@@ -27,6 +31,7 @@ def user_environment(settings: Settings) -> dict[str, str]:
         "OPSHUB_RUNBOOKS_REPO": repository_url(settings),
         "OPSHUB_RUNBOOKS_BRANCH": runbooks["branch"],
         "OPSHUB_RUNBOOKS_TARGET": runbooks["target"],
+        "OPSHUB_ALLOWED_PULL_REPOS": " ".join(runbooks["allowed_pull_repositories"]),  # read by opshub.lab.pull_guard
         # read by `opshub run` to record runs
         "OPSHUB_SERVICE_URL": service_api_url(settings),
         "OPSHUB_SECRET_NAMES": ",".join(settings["history"]["secret_names"]),
@@ -89,14 +94,87 @@ def docker_service_api_url(settings: Settings) -> str:
     return f"http://{settings['spawner']['docker']['hub_host']}:{hub['port']}{hub['base_url']}services/{SERVICE_NAME}/"
 
 
+def local_accounts(settings: Settings, runtime) -> str:
+    """`per-person` or `shared`: who the local kind's servers run as (`auto` decided by root)."""
+    chosen = settings["spawner"]["local"]["accounts"]
+    if chosen == "auto":
+        return "per-person" if runtime.as_root else "shared"
+    return chosen
+
+
+def homes_dir(settings: Settings, runtime) -> Path:
+    """Where the local kind keeps people's homes."""
+    configured = settings["spawner"]["local"]["homes_dir"]
+    if configured:
+        return Path(configured)
+    return Path("/home") if local_accounts(settings, runtime) == "per-person" else settings.state_dir / "homes"
+
+
+def apply_local(c, settings: Settings, runtime) -> None:
+    """A process per server on this machine: under each person's own system account when the hub
+    runs as root, else under the hub's own account (the single-account trial)."""
+    homes = homes_dir(settings, runtime)
+    if local_accounts(settings, runtime) == "per-person":
+        c.JupyterHub.spawner_class = "opshub.accounts.PerPersonSpawner"
+        c.PerPersonSpawner.homes_dir = str(homes)
+        c.PerPersonSpawner.system_accounts = list(SYSTEM_ACCOUNTS)
+    else:
+        c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
+        c.SimpleLocalProcessSpawner.home_dir_template = str(homes / "{username}")
+    c.Spawner.cmd = [runtime.python, "-m", "opshub.singleuser"]
+
+
+def server_token_scopes(spawner) -> list[str]:
+    """$JUPYTERHUB_API_TOKEN's scopes: a person's server records and publishes as its owner; a
+    system account's server gets none but the access to itself that every server has. (Its traffic
+    goes through the proxy, which is what keeps it from looking idle to a culler.)"""
+    if spawner.user.name in SYSTEM_ACCOUNTS:
+        return ["access:servers!server"]
+    return SERVER_TOKEN_SCOPES
+
+
+@dataclass(frozen=True)
+class SystemServers:
+    """`Spawner.pre_spawn_hook`: the server of a system account runs its own program with only
+    what that needs (no runbooks pull, no person's environment)."""
+
+    commands: dict[str, list[str]]
+    environments: dict[str, dict[str, str]]
+
+    def __call__(self, spawner) -> None:
+        name = spawner.user.name
+        if name in self.commands:
+            spawner.cmd = self.commands[name]
+            spawner.environment = self.environments[name]
+
+
+def system_servers(settings: Settings, python: list[str], environment: dict[str, str]) -> SystemServers:
+    """The dashboards server (opshub.dashboards_backend): where the pages are served from, its
+    kernel pools, where its kernels reach the run summaries."""
+    dashboards = settings["dashboards"]
+    backend = {
+        BASE_URL_ENV: f"{settings['hub']['base_url']}services/{SERVICE_NAME}/dashboards/-/",
+        POOL_SIZE_ENV: str(dashboards["pool_size"]),
+        CULL_IDLE_ENV: str(dashboards["cull_idle_seconds"]),
+        "OPSHUB_SERVICE_URL": environment["OPSHUB_SERVICE_URL"],
+    }
+    if "PATH" in environment:
+        backend["PATH"] = environment["PATH"]
+    return SystemServers(
+        commands={DASHBOARDS_ACCOUNT: [*python, "-m", "opshub.dashboards_backend"]},
+        environments={DASHBOARDS_ACCOUNT: backend},
+    )
+
+
 def apply_spawner(c, settings: Settings, runtime) -> None:
     spawner = settings["spawner"]
     environment = user_environment(settings)
+    python = ["python"]  # in a container or pod, the image's
     if spawner["kind"] == "local":
-        # Processes of the hub's own system user, one home folder per person in the state folder.
-        c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
-        c.SimpleLocalProcessSpawner.home_dir_template = str(settings.state_dir / "homes" / "{username}")
-        c.Spawner.cmd = [runtime.python, "-m", "opshub.singleuser"]
+        apply_local(c, settings, runtime)
+        python = [runtime.python]
+        # `opshub` (and jupyter, papermill) typed in a terminal: the environment's commands first
+        environment["PATH"] = os.pathsep.join([str(Path(runtime.python).parent), runtime.path])
     elif spawner["kind"] == "docker":
         apply_docker(c, settings)
         environment["OPSHUB_SERVICE_URL"] = docker_service_api_url(settings)
@@ -107,4 +185,5 @@ def apply_spawner(c, settings: Settings, runtime) -> None:
     c.Spawner.start_timeout = spawner["start_timeout"]
     c.Spawner.http_timeout = spawner["start_timeout"]
     c.Spawner.environment = environment
-    c.Spawner.server_token_scopes = SERVER_TOKEN_SCOPES
+    c.Spawner.server_token_scopes = server_token_scopes
+    c.Spawner.pre_spawn_hook = system_servers(settings, python, environment)

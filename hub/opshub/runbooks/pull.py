@@ -5,10 +5,28 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 
 log = logging.getLogger("opshub.runbooks.pull")
 FAILURE_NOTE = "RUNBOOKS-PULL-FAILED.md"
+
+
+def trust_local_repositories(repos: list[str], home: Path) -> None:
+    """Let git read repositories on this machine that another account owns (the hub's mirror).
+
+    Git refuses such "dubious ownership" unless `safe.directory` names them in a protected config
+    (not the environment's `-c`), so this server's git gets a system config of its own: the
+    machine's, plus those repositories. Set for this process and all it starts (pulls, terminals).
+    """
+    paths = [urllib.parse.unquote(urllib.parse.urlparse(r).path) for r in repos if r.startswith("file://")]
+    if not paths:
+        return
+    config = home / ".config" / "opshub" / "gitconfig"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    safe = "".join(f"\tdirectory = {path}\n" for path in paths)
+    config.write_text(f"[include]\n\tpath = /etc/gitconfig\n[safe]\n{safe}")
+    os.environ["GIT_CONFIG_SYSTEM"] = str(config)
 
 
 def pull_runbooks(repo: str, branch: str, target: Path, home: Path) -> bool:

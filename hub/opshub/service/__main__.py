@@ -16,8 +16,10 @@ import os
 import signal
 from urllib.parse import urlparse
 
+from jupyterhub.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 
+from ..contract import DASHBOARDS_ACCOUNT, server_prefix
 from ..runbooks.catalog import RunbookCatalog
 from .app import make_app
 from .stats import RunStats
@@ -36,8 +38,11 @@ def parse_args(argv=None):
     p.add_argument("--runbooks-branch", default="main")
     p.add_argument("--cache-dir", required=True, help="folder for the service's copy of the runbooks repository")
     p.add_argument("--metrics-token-env", default="OPSHUB_METRICS_TOKEN", help="variable holding the metrics token")
-    p.add_argument("--dashboards-dir", help="folder for published dashboards and their Voila backend (none: off)")
+    p.add_argument("--dashboards-dir", help="folder for the published dashboards' copies (none: no dashboards)")
     p.add_argument("--dashboards-settings", default="{}", help="the `dashboards:` settings section, as JSON")
+    p.add_argument(
+        "--proxy-url", default="http://127.0.0.1:8000", help="the hub's proxy as this service reaches it (no base URL)"
+    )
     return p.parse_args(argv)
 
 
@@ -97,10 +102,19 @@ async def serve(args) -> None:
     dashboards = None
     if args.dashboards_dir:
         from .dashboards import Dashboards
+        from .voila import VoilaBackend
 
-        dashboards = Dashboards(
-            store, args.dashboards_dir, prefix, url.geturl(), catalog, json.loads(args.dashboards_settings), stats
+        # The dashboards server: a system account's server, started through the hub, reached through the proxy.
+        backend = VoilaBackend(
+            hub_api_url=os.environ.get("JUPYTERHUB_API_URL", ""),
+            api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+            proxy_url=args.proxy_url,
+            server_prefix=server_prefix(os.environ.get("JUPYTERHUB_BASE_URL", "/"), DASHBOARDS_ACCOUNT),
+            base_url=url_path_join(prefix, "dashboards", "-") + "/",
+            account=DASHBOARDS_ACCOUNT,
         )
+        settings = json.loads(args.dashboards_settings)
+        dashboards = Dashboards(store, args.dashboards_dir, prefix, backend, catalog, settings, stats)
     app = make_app(
         store,
         prefix,

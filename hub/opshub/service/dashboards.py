@@ -15,7 +15,9 @@ JupyterLab), or by declaring the dashboard in a runbook's metadata in the reposi
     "opshub": {"dashboard": {"name": "patching-status", "mode": "live", "groups": ["managers"]}}
 
 Who may see a dashboard: members of its groups (none: every logged-in team member), its owner and
-publishers.
+publishers. A dashboard restricted to groups also restricts the runs of its runbook, on every route
+that shows runs (see `Dashboards.hidden_runbooks`). Who may change one: its owner or an admin; a
+dashboard declared in the repository belongs to the repository and changes there only.
 """
 
 from __future__ import annotations
@@ -23,15 +25,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hmac
-import io
 import json
 import logging
 import re
 import secrets
 import shutil
 import subprocess
-import sys
-import tarfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -42,19 +41,21 @@ from jupyterhub.services.auth import HubOAuthenticated, check_scopes
 from jupyterhub.utils import url_path_join
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
-from tornado import httpclient, web
+from tornado import web
 from tornado.ioloop import PeriodicCallback
 
-from .app import ApiHandler, BaseHandler, PageHandler, notebook_html
+from ..runbooks.metadata import RunbookMetadataError, runbook_metadata
+from .app import ApiHandler, BaseHandler, ServiceHandler, is_admin, notebook_html
 from .models import DASHBOARD_MODES, END_STATES, Dashboard, Run
-from .voila import UUID, KernelSocketProxy, VoilaBackend
+from .voila import UUID, BackendDown, KernelSocketProxy, VoilaBackend
 
 log = logging.getLogger("opshub.service.dashboards")
 
 PUBLISH_SCOPE = "custom:opshub:dashboards:publish"
-SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")  # use valid_name(): it fullmatches
 GROUP = re.compile(r"^[^\x00-\x1f/]{1,255}$")
 KERNEL_ID = re.compile(rf'"kernelId":\s*"({UUID})"')
+HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # a Host header fit for a CSP
 GIT_OWNER = "git"  # the owner of dashboards published from the repository
 DEFAULTS = {"pool_size": 2, "cull_idle_seconds": 600, "default_groups": [], "git_sync_interval": 60}
 
@@ -71,8 +72,13 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def valid_name(name: Any) -> bool:
+    """The one test of dashboard names (fullmatch: `$` would also match before a trailing newline)."""
+    return isinstance(name, str) and SLUG.fullmatch(name) is not None
+
+
 def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not SLUG.match(name):
+    if not valid_name(name):
         raise PublishError(
             f"invalid dashboard name {name!r}: use 1 to 64 lowercase letters, digits and dashes"
             " (no slashes, dots or encoded characters), starting and ending with a letter or digit"
@@ -90,9 +96,12 @@ def check_groups(groups: Any) -> list[str]:
     return sorted(set(groups))
 
 
-def opshub_metadata(notebook: dict) -> dict:
-    meta = notebook.get("metadata", {}).get("opshub", {})
-    return meta if isinstance(meta, dict) else {}
+def opshub_metadata(notebook: dict, what: str = "the notebook") -> dict:
+    """The notebook's checked `opshub` metadata with defaults; PublishError (400) naming the wrong key."""
+    try:
+        return runbook_metadata(notebook, what)
+    except RunbookMetadataError as e:
+        raise PublishError(str(e)) from None
 
 
 def parse_notebook(notebook: Any, what: str) -> dict:
@@ -111,11 +120,12 @@ def parse_notebook(notebook: Any, what: str) -> dict:
         nbformat.validate(node)
     except nbformat.ValidationError as e:
         raise PublishError(f"{what} is not a valid notebook: {str(e).splitlines()[0]}") from None
+    opshub_metadata(notebook, what)  # a runbook with wrong metadata is refused before anything is stored
     return notebook
 
 
 def refuse_live_if_it_changes_systems(notebook: dict, what: str) -> None:
-    if opshub_metadata(notebook).get("changes_systems") is True:
+    if opshub_metadata(notebook, what)["changes_systems"]:
         raise PublishError(
             f"{what} is marked `changes_systems: true` in its opshub metadata: as a live dashboard it would"
             " run again every time someone opens the page. Publish it as a snapshot instead"
@@ -167,36 +177,21 @@ class RunbooksRepository:
             raise PublishError(f"unknown runbook {path!r}: the repository has {known}", status=404)
         return json.loads(self._git("show", f"{commit}:{path}"))
 
-    def export(self, commit: str, dest: Path) -> None:
-        """The repository's files at `commit` in `dest` (data files for live dashboards' kernels)."""
-        archive = self._git("archive", "--format=tar", commit, text=False)
-        fresh = dest.with_name(dest.name + ".new")
-        shutil.rmtree(fresh, ignore_errors=True)
-        fresh.mkdir(parents=True)
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (Debian bookworm's 3.11.2 lacks it)
-                tar.extractall(fresh, filter="data")
-            else:  # the same idea by hand: plain files and folders inside `fresh`, nothing else
-                tar.extractall(fresh, members=[m for m in tar.getmembers() if _plain_member(m)])
-        shutil.rmtree(dest, ignore_errors=True)
-        fresh.rename(dest)
-
-
-def _plain_member(member: tarfile.TarInfo) -> bool:
-    parts = Path(member.name).parts
-    return (member.isfile() or member.isdir()) and not Path(member.name).is_absolute() and ".." not in parts
+    def archive(self, commit: str) -> bytes:
+        """The repository's files at `commit`, as a tar (data files for live dashboards' kernels)."""
+        return self._git("archive", "--format=tar", commit, text=False)
 
 
 class Dashboards:
     """The registry of dashboards (a table of the run history database), their published copies and
-    the Voila backend that renders the live ones."""
+    the dashboards server that renders the live ones (see voila.py)."""
 
     def __init__(
         self,
         store,
         folder: Path,
         prefix: str,
-        service_url: str,
+        backend: VoilaBackend | None = None,
         catalog=None,
         settings: dict | None = None,
         stats=None,
@@ -209,38 +204,24 @@ class Dashboards:
         self.prefix = prefix
         self.settings = {**DEFAULTS, **(settings or {})}
         self.repository = RunbooksRepository(catalog) if catalog is not None else None
-        self.published = self.folder / "published"
-        self.runbooks_dir = self.folder / "runbooks"
+        self.published = self.folder / "published"  # the live copies, handed to the dashboards server
+        self.runbooks_archive: bytes | None = None  # the repository's files at the synced commit, likewise
         # The one credential dashboard kernels get: read-only run summaries (see DataRunsHandler).
         self.data_token = secrets.token_urlsafe(32)
-        self.backend = VoilaBackend(
-            root=self.published,
-            workdir=self.folder / "home",
-            base_url=url_path_join(prefix, "dashboards", "-") + "/",
-            kernel_env=self.kernel_environment(service_url),
-            pool_size=self.settings["pool_size"],
-            cull_idle=self.settings["cull_idle_seconds"],
-            log_file=self.folder / "voila.log",
-        )
+        self.backend = backend
+        if backend is not None:
+            backend.restore = self.restore_backend
         self.kernels: OrderedDict[str, str] = OrderedDict()  # kernel id handed out in a page -> dashboard
         self.synced_commit: str | None = None
         self._snapshot_html: OrderedDict[str, str] = OrderedDict()  # run id -> rendered HTML
         self._sync_lock = asyncio.Lock()
         self._cache_lock = threading.Lock()
 
-    def kernel_environment(self, service_url: str) -> dict[str, str]:
-        """Everything a live dashboard's kernel gets: no hub, service or user token, only a
-        read-only token for run summaries and the repository's files."""
-        home = self.folder / "home"
-        return {
-            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home),
-            "LANG": "C.UTF-8",
-            "OPSHUB_DASHBOARD": "1",
-            "OPSHUB_RUNBOOKS_DIR": str(self.runbooks_dir),
-            "OPSHUB_HISTORY_URL": url_path_join(service_url.rstrip("/") + self.prefix, "api/dashboard-data/"),
-            "OPSHUB_HISTORY_TOKEN": self.data_token,
-        }
+    def kernel_environment(self) -> dict[str, str]:
+        """What the service adds to a live dashboard's kernel (the dashboards server adds where the
+        service and the repository's files are): no hub, service or user token, only a read-only
+        token for run summaries."""
+        return {"OPSHUB_HISTORY_TOKEN": self.data_token}
 
     # -- the registry --------------------------------------------------------------------------
 
@@ -272,8 +253,41 @@ class Dashboards:
             return True
         return bool(check_scopes({f"{PUBLISH_SCOPE}!user={user['name']}"}, user.get("scopes", [])))
 
-    def publish(self, body: dict, owner: str, source: str = "api", commit: str | None = None) -> Dashboard:
-        """Check a publication (API body or repository declaration), store it and publish its copy."""
+    def hidden_runbooks(self, user: dict | None) -> frozenset[str]:
+        """Runbooks whose runs `user` may not see: those shown by a dashboard restricted to groups that
+        `user` may not view. A restriction holds even where another dashboard shows the same runbook to
+        everyone. Admins see every run; whoever ran a run always sees it (the callers' business)."""
+        if is_admin(user):
+            return frozenset()
+        return frozenset(
+            d.runbook for d in self.all() if d.runbook and d.groups and not (user and self.may_view(user, d))
+        )
+
+    @staticmethod
+    def check_may_change(dashboard: Dashboard, user: str, admin: bool, source: str, action: str) -> None:
+        """Ownership: the repository's dashboards change in the repository, others by their owner or an admin."""
+        if source == "git":
+            return
+        if dashboard.source == "git":
+            raise PublishError(
+                f"dashboard {dashboard.name!r} belongs to the runbooks repository (declared in {dashboard.runbook}):"
+                f" nobody may {action} it here; change the `dashboard` entry of its opshub metadata there,"
+                " or choose another name",
+                status=403,
+            )
+        if dashboard.owner != user and not admin:
+            raise PublishError(
+                f"dashboard {dashboard.name!r} belongs to {dashboard.owner}: only they or an admin may {action} it"
+                " (choose another name for yours)",
+                status=403,
+            )
+
+    def publish(
+        self, body: dict, owner: str, source: str = "api", commit: str | None = None, admin: bool = False
+    ) -> Dashboard:
+        """Check a publication (API body or repository declaration), store it and publish its copy.
+
+        Over an existing name only its owner or an `admin` (who then owns it) may publish."""
         unknown = set(body) - {"name", "mode", "groups", "title", "description", "notebook", "runbook"}
         if unknown:
             raise PublishError(f"unknown field(s) {', '.join(sorted(unknown))} (the owner comes from the token)")
@@ -317,12 +331,8 @@ class Dashboards:
         now = utcnow()
         with self.sessions.begin() as session:
             dashboard = session.get(Dashboard, name)
-            if dashboard is not None and dashboard.source == "git" and source != "git":
-                raise PublishError(
-                    f"dashboard {name!r} is published from the runbooks repository ({dashboard.runbook}):"
-                    " change its metadata there, or choose another name",
-                    status=409,
-                )
+            if dashboard is not None:
+                self.check_may_change(dashboard, owner, admin, source, "republish")
             if dashboard is None:
                 dashboard = Dashboard(name=name, created_at=now)
                 session.add(dashboard)
@@ -340,18 +350,14 @@ class Dashboards:
         log.info("%s published dashboard %s (%s, %s)", owner, name, mode, source)
         return dashboard
 
-    def unpublish(self, name: str, source: str = "api") -> Dashboard:
+    def unpublish(self, name: str, source: str = "api", user: str = "", admin: bool = False) -> Dashboard:
+        """Remove a dashboard: by `user` if they own it or are an `admin`, or by the repository's sync."""
         check_name(name)
         with self.sessions.begin() as session:
             dashboard = session.get(Dashboard, name)
             if dashboard is None:
                 raise PublishError(f"no dashboard named {name!r}", status=404)
-            if dashboard.source == "git" and source != "git":
-                raise PublishError(
-                    f"dashboard {name!r} is published from the runbooks repository ({dashboard.runbook}):"
-                    " remove the `dashboard` entry from its opshub metadata there",
-                    status=409,
-                )
+            self.check_may_change(dashboard, user, admin, source, "unpublish")
             session.delete(dashboard)
         (self.published / f"{name}.ipynb").unlink(missing_ok=True)
         return dashboard
@@ -377,12 +383,12 @@ class Dashboards:
             except (PublishError, subprocess.CalledProcessError, ValueError) as e:
                 log.error("cannot read %s at %s: %s", path, commit[:12], e)
                 continue
-            spec = opshub_metadata(notebook).get("dashboard")
-            if not spec:
+            try:
+                spec = runbook_metadata(notebook, path)["dashboard"]
+            except RunbookMetadataError as e:
+                log.error("not publishing a dashboard from %s at %s: %s", path, commit[:12], e)
                 continue
-            spec = {} if spec is True else spec
-            if not isinstance(spec, dict):
-                log.error("%s: opshub.dashboard must be true or an object, not %r", path, spec)
+            if spec is None:
                 continue
             name = spec.get("name") or slugify(Path(path).stem)
             body = {key: spec[key] for key in ("mode", "groups", "title", "description") if key in spec}
@@ -405,11 +411,11 @@ class Dashboards:
         commit = self.repository.commit()
         if commit is None or commit == self.synced_commit:
             return []
-        self.repository.export(commit, self.runbooks_dir)
+        self.runbooks_archive = self.repository.archive(commit)
         declared = self.declared_in_repository(commit)
         changed = []
         for name, body in declared.items():
-            existing = self.get(name) if SLUG.match(str(name)) else None
+            existing = self.get(name) if valid_name(name) else None
             if existing is not None and existing.source != "git":
                 log.warning("dashboard %s from %s replaces the one %s published", name, body["runbook"], existing.owner)
                 self.unpublish(name, source="git")
@@ -434,19 +440,39 @@ class Dashboards:
             loop = asyncio.get_running_loop()
             if self.repository is not None:
                 await loop.run_in_executor(None, self.repository.catalog.refresh)
+            synced = self.synced_commit
             changed = await loop.run_in_executor(None, self.sync_from_git)
+            if self.synced_commit != synced and self.backend is not None and self.backend.running():
+                try:
+                    await self.backend.put_runbooks(self.runbooks_archive)
+                except (BackendDown, OSError) as e:
+                    log.error("the dashboards server did not take the repository's files: %s", e)
             for notebook in changed:
                 await self.refresh_backend(notebook)
 
     async def refresh_backend(self, notebook: str) -> None:
-        """Make the backend serve the current copy: preheat it again, or drop it if unpublished."""
+        """Make the dashboards server serve the current copy, preheated again, or drop it if unpublished."""
+        if self.backend is None or not self.backend.running():
+            return  # handed over whole when the server (re)starts: restore_backend
+        path = self.published / notebook
         try:
-            if (self.published / notebook).exists():
+            if path.exists():
+                await self.backend.put_notebook(notebook, path.read_bytes())
                 await self.backend.preheat(notebook)
             else:
-                await self.backend.drop(notebook)
-        except (OSError, httpclient.HTTPClientError) as e:
-            log.error("the Voila backend did not refresh %s: %s", notebook, e)
+                await self.backend.delete_notebook(notebook)
+        except (BackendDown, OSError) as e:
+            log.error("the dashboards server did not refresh %s: %s", notebook, e)
+
+    async def restore_backend(self) -> None:
+        """Everything a freshly started dashboards server serves: the kernels' environment, the
+        repository's files, every live copy (preheated)."""
+        await self.backend.put_environment(self.kernel_environment())
+        if self.runbooks_archive is not None:
+            await self.backend.put_runbooks(self.runbooks_archive)
+        for path in sorted(self.published.glob("*.ipynb")):
+            await self.backend.put_notebook(path.name, path.read_bytes())
+            await self.backend.preheat(path.name)
 
     def finished_runs(self) -> int:
         return sum(self.stats.finished.values()) if self.stats is not None else 0
@@ -477,29 +503,27 @@ class Dashboards:
     # -- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuild the published folder from the database, start Voila, then follow the repository."""
-        for folder in (self.folder, self.folder / "home"):
-            folder.mkdir(parents=True, exist_ok=True)
-            folder.chmod(0o700)
+        """Rebuild the published copies from the database, start the dashboards server, then follow
+        the repository."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o700)
         await asyncio.get_running_loop().run_in_executor(None, self.sync_from_git)
         shutil.rmtree(self.published, ignore_errors=True)
         self.published.mkdir(parents=True)
         for dashboard in self.all():
             self._write_copy(dashboard)
-        self.backend.start()
-        try:
-            await self.backend.wait_ready()
-        except (RuntimeError, TimeoutError) as e:
-            # the pages and snapshots still work; the watchdog below keeps trying to start Voila
-            log.error("live dashboards are down: %s (see %s)", e, self.backend.log_file)
+        if self.backend is not None:
+            # the pages and snapshots work meanwhile; the watchdog below keeps trying to start it
+            asyncio.get_running_loop().create_task(self.backend.ensure_running())
+            PeriodicCallback(self.backend.ensure_running, 10_000).start()
         interval = self.settings["git_sync_interval"] * 1000
         PeriodicCallback(self.sync_and_preheat, interval).start()
-        PeriodicCallback(self.backend.ensure_running, 10_000).start()
         PeriodicCallback(self.refresh_after_runs, 5_000).start()
         asyncio.get_running_loop().create_task(self.render_snapshots())
 
     def stop(self) -> None:
-        self.backend.stop()
+        if self.backend is not None:
+            self.backend.stop()
 
     # -- what pages need ---------------------------------------------------------------------------
 
@@ -528,7 +552,7 @@ class DashboardMixin:
         return self.settings["opshub_dashboards"]
 
     def visible_or_error(self, name: str) -> Dashboard:
-        if not SLUG.match(name):
+        if not valid_name(name):
             raise web.HTTPError(404, f"invalid dashboard name {name!r}")
         dashboard = self.dashboards.get(name)
         if dashboard is None:
@@ -539,14 +563,19 @@ class DashboardMixin:
             )
         return dashboard
 
+    def visible_run(self, dashboard: Dashboard) -> Run | None:
+        """The latest finished run a snapshot shows, if its runbook's runs are not restricted for this person."""
+        run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+        if run is not None and run.runbook in self.hidden_runbooks() and run.user != self.current_user["name"]:
+            raise web.HTTPError(
+                403,
+                f"the runs of {dashboard.runbook} are restricted to the groups of another dashboard that"
+                f" {self.current_user['name']} is not in",
+            )
+        return run
+
 
 class DashboardsApi(DashboardMixin, ApiHandler):
-    def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": message, "message": message, "status": status_code}))
-
     def call(self, method, *args, **kwargs):
         try:
             return method(*args, **kwargs)
@@ -563,7 +592,7 @@ class DashboardsListApi(DashboardsApi):
     @web.authenticated
     async def post(self):
         user = self.require(PUBLISH_SCOPE)
-        dashboard = self.call(self.dashboards.publish, self.body(), owner=user)
+        dashboard = self.call(self.dashboards.publish, self.body(), owner=user, admin=is_admin(self.current_user))
         if dashboard.mode == "live":
             await self.dashboards.refresh_backend(f"{dashboard.name}.ipynb")
         self.set_status(201)
@@ -578,30 +607,28 @@ class DashboardApi(DashboardsApi):
     @web.authenticated
     async def delete(self, name):
         user = self.require(PUBLISH_SCOPE)
-        dashboard = self.call(self.dashboards.unpublish, name)
+        dashboard = self.call(self.dashboards.unpublish, name, user=user, admin=is_admin(self.current_user))
         if dashboard.mode == "live":
             await self.dashboards.refresh_backend(f"{name}.ipynb")
         log.info("%s unpublished dashboard %s", user, name)
         self.set_status(204)
 
 
-class DashboardPageBase(DashboardMixin, PageHandler):
-    def write_error(self, status_code, **kwargs):
-        exc = kwargs.get("exc_info", (None, None))[1]
-        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
-        if self.current_user is None:
-            return super().write_error(status_code, **kwargs)
-        self.render_page("dashboard_error.html", nav="dashboards", status=status_code, message=message)
+class DashboardPageBase(DashboardMixin, BaseHandler):
+    nav = "dashboards"  # error pages lead back to the dashboards
 
 
 class DashboardsPage(DashboardPageBase):
     @web.authenticated
     def get(self):
         rows = []
+        hidden = self.hidden_runbooks()
         for dashboard in self.dashboards.all():
             if not self.dashboards.may_view(self.current_user, dashboard):
                 continue
             run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+            if run is not None and run.runbook in hidden and run.user != self.current_user["name"]:
+                run = None  # restricted by another dashboard of the same runbook
             rows.append((dashboard, run))
         self.render_page("dashboards.html", nav="dashboards", rows=rows)
 
@@ -612,8 +639,9 @@ class DashboardPage(DashboardPageBase):
     @web.authenticated
     async def get(self, name):
         dashboard = self.visible_or_error(name)
+        self.xsrf_token  # noqa: B018 (sets the _xsrf cookie: Voila's page sends it when it stops its kernel)
         if dashboard.mode == "snapshot":
-            run = self.dashboards.latest_run(dashboard.runbook)
+            run = self.visible_run(dashboard)
             self.render_page("dashboard_snapshot.html", nav="dashboards", dashboard=dashboard, run=run)
             return
         await self.live(dashboard)
@@ -643,6 +671,7 @@ class DashboardPage(DashboardPageBase):
 
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", live_page_csp(self.request.host))
         try:
             response = await dashboards.backend.fetch(
                 dashboards.backend.base_url + f"voila/render/{dashboard.name}.ipynb",
@@ -658,19 +687,28 @@ class DashboardPage(DashboardPageBase):
         self.finish()
 
 
+def live_page_csp(host: str) -> str:
+    """What Voila's page needs: its inline and evaluated scripts (widgets), blob workers, inline styles,
+    data: fonts and images, and WebSockets to its own kernel on this host; nothing from elsewhere."""
+    sockets = f" ws://{host} wss://{host}" if HOST.fullmatch(host) else ""
+    return (
+        "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; worker-src 'self' blob:;"
+        " style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:;"
+        f" connect-src 'self'{sockets}; object-src 'none'; base-uri 'self'; form-action 'self';"
+        " frame-ancestors 'self'"
+    )
+
+
 class SnapshotNotebook(DashboardMixin, BaseHandler):
     """The snapshot's executed notebook, sandboxed like the run pages' (no scripts, own origin)."""
 
     @web.authenticated
     def get(self, name):
         dashboard = self.visible_or_error(name)
-        run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+        run = self.visible_run(dashboard)
         if run is None or not run.output_notebook:
             raise web.HTTPError(404, f"no recorded output for dashboard {name!r}")
-        self.set_header(
-            "Content-Security-Policy", "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-        )
-        self.finish(self.dashboards.snapshot_html(run))
+        self.finish_sandboxed(lambda: self.dashboards.snapshot_html(run), f"dashboard {name!r}")
 
 
 # What a live dashboard page may fetch from the backend: Voila's own static files, never notebooks
@@ -681,13 +719,19 @@ ASSET = re.compile(r"^voila/(static|templates|labextensions|api/themes)/[A-Za-z0
 class VoilaAssetProxy(DashboardMixin, BaseHandler):
     @web.authenticated
     async def get(self, path):
-        if not ASSET.match(path) or ".." in path or "//" in path:
-            raise web.HTTPError(404, "not a dashboard asset")
+        if not ASSET.fullmatch(path) or ".." in path or "//" in path or path.endswith("/"):
+            raise web.HTTPError(404, f"not a dashboard asset: {path}")
         backend = self.dashboards.backend
         url = backend.base_url + path + (f"?{self.request.query}" if self.request.query else "")
         response = await backend.fetch(url, raise_error=False, request_timeout=60)
         if response.code == 599:
             raise web.HTTPError(502, "the dashboard backend did not answer")
+        if response.code >= 400:
+            # Voila answers 500 for some paths it has no file for (template folders): to the page it is all
+            # "not found", with the service's own error and headers; the backend's failures go to the log
+            if response.code >= 500:
+                log.warning("the dashboard backend answered %s for %s", response.code, path)
+            raise web.HTTPError(404, f"no dashboard asset at {path}")
         self.set_status(response.code)
         for header in ("Content-Type", "Cache-Control", "Etag", "Last-Modified"):
             if header in response.headers:
@@ -697,6 +741,8 @@ class VoilaAssetProxy(DashboardMixin, BaseHandler):
 
 class KernelModelProxy(DashboardMixin, BaseHandler):
     """The page reads its own kernel's model (GET only: no listing, starting or deleting kernels)."""
+
+    api = True
 
     @web.authenticated
     async def get(self, kernel_id):
@@ -714,8 +760,19 @@ class KernelModelProxy(DashboardMixin, BaseHandler):
 class KernelShutdownProxy(DashboardMixin, BaseHandler):
     """The page asks to stop its kernel when it closes (Voila's shutdown route), for its own kernel only."""
 
+    api = True
+
     def check_xsrf_cookie(self):
-        # Voila's page sends no XSRF token; the kernel id (random, handed to this viewer's page) is the check.
+        """Voila's page sends the `_xsrf` cookie's value as a form field (navigator.sendBeacon), read with a
+        regular expression ending in \\b that drops a trailing "-": accept the token without it too."""
+        if not hasattr(self, "_cached_hub_user"):
+            self.current_user  # noqa: B018 (authenticates, token first: see BaseHandler.check_xsrf_cookie)
+        if getattr(self, "_token_authenticated", False):
+            return None
+        sent = (self.get_argument("_xsrf", None) or self.request.headers.get("X-XSRFToken") or "").encode()
+        expected = self.xsrf_token
+        if not sent or not (hmac.compare_digest(sent, expected) or hmac.compare_digest(sent, expected.rstrip(b"-"))):
+            raise web.HTTPError(403, "stopping a dashboard's kernel needs the page's XSRF token (_xsrf)")
         return None
 
     @web.authenticated
@@ -746,7 +803,7 @@ class KernelSocket(DashboardMixin, HubOAuthenticated, KernelSocketProxy):
         self.visible_or_error(name)
 
 
-class DataRunsHandler(web.RequestHandler):
+class DataRunsHandler(ServiceHandler):
     """Run summaries for live dashboards' kernels, read with the data token in their environment.
 
     No user identity and no output notebooks: exactly what a dashboard may chart, nothing to act on.
@@ -763,7 +820,9 @@ class DataRunsHandler(web.RequestHandler):
         except ValueError:
             raise web.HTTPError(400, "limit must be a whole number") from None
         runs, total = self.settings["opshub_store"].list_runs(runbook=runbook, limit=limit)
-        keys = ("id", "runbook", "user", "trigger", "parameters", "status", "failed_cell", "error_summary")
+        # trigger and reporter: a dashboard can tell what a person's server reported from what opshub did
+        keys = ("id", "runbook", "user", "trigger", "reported_by", "reported_from", "parameters", "status")
+        keys += ("failed_cell", "error_summary")
         self.write(
             {
                 "total": total,

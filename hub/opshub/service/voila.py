@@ -1,329 +1,220 @@
-"""Live dashboards: one standalone Voila process behind the opshub service.
+"""Live dashboards, the service's side: the dashboards server (`opshub.dashboards_backend`, a
+standalone Voila in the server of the `opshub-dashboards` system account) seen from the opshub
+service, and the relay of viewers' kernel websockets to it.
 
-Two halves:
-
-- The backend (`python -m opshub.service.voila ...`, started by `VoilaBackend`): Voila serving the
-  folder of published copies, bound to loopback, with preheated kernels. Every request and
-  websocket must carry a per-start secret header that only the service knows; anything else gets
-  403, so the port is useless to other local processes. The secret is removed from the process
-  environment before any kernel starts.
-- The service side (`VoilaBackend`, `VoilaAssetProxy`, `KernelSocketProxy`): starts and watches the
-  backend, and forwards to it only what a dashboard page needs (Voila's static files and the
-  websockets of kernels it handed out), behind the hub's OAuth. Kernel websockets also pass through
-  a message filter: only widget (comm) traffic reaches the kernel, as Voila itself enforces.
+- `VoilaBackend` starts that server through the hub's REST API (the service's role may start and
+  use that one server, nothing else), opens a session with it, hands it the published notebooks,
+  the repository's files and the kernels' environment, and starts it again when it is gone (a
+  crash, an admin stopping it, the hub's restart). It talks to the server through the hub's proxy.
+- `KernelSocketProxy` relays a viewer's kernel websocket after the service's authentication,
+  through a message filter: only widget (comm) traffic reaches the kernel, as Voila itself enforces.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
-import os
-import secrets
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
-from queue import Empty
 
-from jupyter_client.asynchronous import AsyncKernelClient
-from jupyter_client.channels import AsyncZMQSocketChannel
 from tornado import httpclient, web, websocket
-from traitlets import Type
-from traitlets.config import Config
+
+from ..dashboards_backend import (
+    ENVIRONMENT_PATH,
+    NOTEBOOKS_PATH,
+    POOLS_PATH,
+    RUNBOOKS_PATH,
+    SECRET_HEADER,
+    SESSION_PATH,
+)
 
 log = logging.getLogger("opshub.service.voila")
 
-SECRET_HEADER = "X-Opshub-Voila-Secret"
-SECRET_ENV = "OPSHUB_VOILA_SECRET"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # What a dashboard page may send to its kernel: widget traffic only (the list Voila itself uses).
 ALLOWED_MESSAGE_TYPES = frozenset(
     {"comm_open", "comm_close", "comm_msg", "comm_info_request", "kernel_info_request", "shutdown_request"}
 )
-POOLS_PATH = "opshub-backend/pools/"  # the backend's own endpoint: preheat, drop and count kernel pools
 
 
-def _end_with_parent() -> None:
-    """In the child before exec: Linux sends it SIGTERM when the service dies, even by SIGKILL,
-    so a crashed service never leaves a Voila backend (and its kernels) behind."""
-    import ctypes
-    import signal
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class RepollingChannel(AsyncZMQSocketChannel):
-    """A kernel client channel that looks at its socket afresh every second while it waits.
-
-    Under load the Voila backend sometimes missed a kernel's reply: the kernel had run the cell and
-    answered (it was idle, and the cell's variables existed), but the executor waited out the whole
-    cell timeout and the page stayed at "Executing n of m". The socket's wake-up was lost while other
-    kernels of the backend started and stopped. A new poll reads the socket's state directly, so it
-    finds what a lost wake-up left behind.
-    """
-
-    poll_slice = 1.0  # seconds
-
-    async def get_msg(self, timeout: float | None = None) -> dict:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = self.poll_slice if deadline is None else max(0.0, min(self.poll_slice, deadline - time.monotonic()))
-            try:
-                return await super().get_msg(timeout=wait)
-            except Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-
-
-class RepollingKernelClient(AsyncKernelClient):
-    """The client Voila's executor uses for each dashboard kernel (see RepollingChannel)."""
-
-    shell_channel_class = Type(RepollingChannel)
-    iopub_channel_class = Type(RepollingChannel)
-    stdin_channel_class = Type(RepollingChannel)
-    control_channel_class = Type(RepollingChannel)
-
-
-# -- the backend process ----------------------------------------------------------------------------
-
-
-def backend_config() -> Config:
-    """The backend's Voila configuration beyond its command line."""
-    config = Config()
-    config.AsyncKernelManager.client_factory = RepollingKernelClient  # what Voila's executor uses
-    return config
-
-
-def backend_main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m opshub.service.voila", description="opshub's Voila backend")
-    p.add_argument("--root", required=True, help="folder of published dashboard notebooks")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--base-url", required=True, help="URL prefix the pages use (the service's proxy path)")
-    p.add_argument("--pool-size", type=int, default=2, help="preheated kernels per dashboard (0: none)")
-    p.add_argument("--cull-idle", type=int, default=600, help="seconds before an idle viewer kernel is stopped")
-    args = p.parse_args(argv)
-    # Kernels inherit this process's environment: the secret must not be in it.
-    secret = os.environ.pop(SECRET_ENV, "")
-    if not secret:
-        sys.exit(f"${SECRET_ENV} is not set: refusing to serve dashboards without it")
-
-    import tornado.web
-    from jupyter_server.utils import url_path_join
-    from voila.app import Voila
-
-    class Refused(tornado.web.RequestHandler):
-        def prepare(self):
-            raise tornado.web.HTTPError(403, "this backend only answers the opshub service")
-
-    class SecretApplication(tornado.web.Application):
-        """Every request, websockets included, is routed only if it carries the secret."""
-
-        def find_handler(self, request, **kwargs):
-            sent = request.headers.get(SECRET_HEADER, "").encode()
-            if not hmac.compare_digest(sent, secret.encode()):
-                return self.get_handler_delegate(request, Refused)
-            return super().find_handler(request, **kwargs)
-
-    class PoolHandler(tornado.web.RequestHandler):
-        """POST: (re)preheat the pool of one notebook (after a publish), DELETE: drop it, GET: sizes."""
-
-        def initialize(self, voila):
-            self.km = voila.kernel_manager
-            self.root = Path(voila.root_dir)
-
-        def get(self, name):
-            pools = getattr(self.km, "_pools", {})
-            ready = {nb: sum(1 for task in pool if pre_rendered(task)) for nb, pool in pools.items()}
-            self.finish({"pools": ready})
-
-        async def post(self, name):
-            await self._drop(name)
-            if (self.root / name).is_file() and hasattr(self.km, "fill_if_needed"):
-                self.km.fill_if_needed(delay=0, notebook_name=name)
-            self.finish({"notebook": name})
-
-        async def delete(self, name):
-            await self._drop(name)
-            self.set_status(204)
-
-        async def _drop(self, name):
-            # Voila 0.5 keeps pre-rendered kernels per notebook in `_pools`; a republished notebook
-            # must not be served from kernels that ran its previous version.
-            tasks = getattr(self.km, "_pools", {}).pop(name, [])
-            getattr(self.km, "notebook_data", {}).pop(name, None)
-            for task in tasks:
-                try:
-                    kernel_id = (await task)["kernel_id"]
-                    await self.km.shutdown_kernel(kernel_id)
-                except Exception as e:  # a kernel that failed to start or is already gone
-                    log.info("dropping a pooled kernel of %s: %s", name, e)
-
-    class OpshubVoila(Voila):
-        def start(self):
-            # Voila.start, with the secret-checking application and the pool endpoint added.
-            self.connection_dir = tempfile.mkdtemp(prefix="voila_", dir=self.connection_dir_root)
-            settings = self.init_settings()
-            self.app = SecretApplication(**settings)
-            self.app.settings.update(self.tornado_settings)
-            pools = (url_path_join(self.server_url, POOLS_PATH + "(.*)"), PoolHandler, {"voila": self})
-            self.app.add_handlers(".*$", [pools, *self.init_handlers()])
-            self.listen()
-
-    def pre_rendered(task) -> bool:
-        """A pool entry whose kernel started and whose notebook has finished running."""
-        return task.done() and not task.cancelled() and task.exception() is None and task.result()["task"].done()
-
-    preheat = args.pool_size > 0
-    OpshubVoila.launch_instance(
-        config=backend_config(),
-        argv=[
-            args.root,
-            f"--port={args.port}",
-            "--Voila.ip=127.0.0.1",
-            "--Voila.port_retries=0",  # the service knows the port it chose: never drift to another
-            "--no-browser",
-            "--Voila.log_format=%(asctime)s [%(name)s]%(highlevel)s %(message)s",
-            f"--Voila.base_url={args.base_url}",
-            f"--VoilaConfiguration.preheat_kernel={preheat}",
-            f"--VoilaConfiguration.default_pool_size={max(args.pool_size, 0)}",
-            "--VoilaConfiguration.show_tracebacks=False",
-            "--VoilaConfiguration.strip_sources=True",
-            # no file route serves anything: notebooks embed their images in their outputs
-            "--VoilaConfiguration.file_allowlist=[]",
-            # a cell that never ends (or a reply lost on a loaded machine) must not hang the page for ever
-            "--VoilaExecutor.timeout=120",
-            f"--MappingKernelManager.cull_idle_timeout={args.cull_idle}",
-            "--MappingKernelManager.cull_interval=60",
-        ],
-    )
-
-
-# -- the service side ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class BackendDown(RuntimeError):
+    """The dashboards server could not be started or reached."""
 
 
 class VoilaBackend:
-    """Starts, watches and talks to the Voila backend process."""
+    """The dashboards server of a system account, started through the hub and reached through the proxy."""
 
     def __init__(
         self,
-        root: Path,
-        workdir: Path,
+        hub_api_url: str,
+        api_token: str,
+        proxy_url: str,
+        server_prefix: str,
         base_url: str,
-        kernel_env: dict[str, str],
-        pool_size: int = 2,
-        cull_idle: int = 600,
-        log_file: Path | None = None,
+        account: str,
+        restore=None,
+        start_timeout: float = 120,
     ):
-        self.root = root
-        self.workdir = workdir
-        self.base_url = base_url
-        self.kernel_env = kernel_env
-        self.pool_size = pool_size
-        self.cull_idle = cull_idle
-        self.log_file = log_file
-        self.secret = secrets.token_urlsafe(32)
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
+        self.hub_api_url = hub_api_url.rstrip("/")
+        self.api_token = api_token
+        self.proxy_url = proxy_url.rstrip("/")  # how this service reaches the hub's proxy
+        self.server_prefix = server_prefix  # the server's routes behind the proxy: /user/<account>/
+        self.base_url = base_url  # the URLs in dashboard pages: the service's proxy path
+        self.account = account
+        self.restore = restore  # async (): hand a fresh server everything it serves
+        self.start_timeout = start_timeout
+        self.secret = ""
         self.client = httpclient.AsyncHTTPClient(force_instance=True, max_clients=100)
-        self.ready = asyncio.Event()  # set once the process answers
+        self.ready = asyncio.Event()  # set once the server answers and has everything
+        self._starting = asyncio.Lock()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    # -- the hub's side: start the server, see whether it runs -------------------------------------
+
+    async def _hub(self, method: str, path: str, body: dict | None = None) -> httpclient.HTTPResponse:
+        return await self.client.fetch(
+            f"{self.hub_api_url}/{path}",
+            method=method,
+            body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
+            headers={"Authorization": f"token {self.api_token}", "Content-Type": "application/json"},
+            raise_error=False,
+            request_timeout=30,
+        )
+
+    async def server_ready(self) -> bool:
+        response = await self._hub("GET", f"users/{self.account}")
+        if response.code != 200:
+            raise BackendDown(
+                f"the hub answered {response.code} for the {self.account} account: {response.body[:300]!r}"
+            )
+        server = json.loads(response.body).get("servers", {}).get("")
+        return bool(server and server.get("ready"))
+
+    async def start(self) -> None:
+        """Start the server if it is not running, open a session, hand it what it serves."""
+        async with self._starting:
+            self.ready.clear()
+            if not await self.server_ready():
+                response = await self._hub("POST", f"users/{self.account}/server")
+                if response.code not in (201, 202, 400):  # 400: already running or starting
+                    raise BackendDown(
+                        f"the hub refused to start the dashboards server: {response.code} {response.body[:300]!r}"
+                    )
+                deadline = time.monotonic() + self.start_timeout
+                while not await self.server_ready():
+                    if time.monotonic() > deadline:
+                        raise BackendDown(f"the dashboards server did not start within {self.start_timeout}s")
+                    await asyncio.sleep(0.5)
+                log.info("the dashboards server of %s started", self.account)
+            await self._open_session()
+            if self.restore is not None:
+                await self.restore()
+            self.ready.set()
+
+    async def _open_session(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:  # the proxy's route may lag a moment behind the hub's "ready"
+            response = await self.client.fetch(
+                self._url(SESSION_PATH),
+                method="POST",
+                body=b"",
+                headers={"Authorization": f"token {self.api_token}"},
+                raise_error=False,
+                request_timeout=30,
+            )
+            if response.code == 200:
+                self.secret = json.loads(response.body)["secret"]
+                return
+            if time.monotonic() > deadline:
+                raise BackendDown(f"the dashboards server refused a session: {response.code} {response.body[:300]!r}")
+            await asyncio.sleep(0.5)
+
+    def running(self) -> bool:
+        return self.ready.is_set()
+
+    async def ensure_running(self) -> None:
+        """Start the server again if it is gone (a crash must not leave live dashboards down)."""
+        if self._starting.locked():
+            return
+        try:
+            alive = self.ready.is_set() and (await self.fetch_api("GET", POOLS_PATH)).code == 200
+        except OSError:
+            alive = False
+        if not alive:
+            if self.ready.is_set():
+                log.error("the dashboards server stopped answering: starting it again")
+            try:
+                await self.start()
+            except (BackendDown, OSError) as e:
+                log.error("live dashboards are down: %s", e)
+
+    def stop(self) -> None:
+        """Nothing to stop here: the hub owns the server (and stops it with itself)."""
+
+    # -- talking to the server ---------------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return self.proxy_url + self.server_prefix + path
+
+    def route(self, path: str) -> str:
+        """A page URL (under `base_url`) as the server's URL behind the proxy."""
+        if not path.startswith(self.base_url):
+            raise ValueError(f"{path} is not under {self.base_url}")
+        return self._url(path[len(self.base_url) :])
+
+    def ws_url(self, path: str) -> str:
+        """The server's websocket URL of a path under `base_url`'s prefix (such as api/kernels/<id>/channels)."""
+        return self._url(path).replace("http", "ws", 1)
 
     def headers(self) -> dict[str, str]:
         return {SECRET_HEADER: self.secret}
 
-    def start(self) -> None:
-        """Start the process (kernels are preheated in the background once it listens)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ready.clear()
-        self.port = free_port()
-        env = {**self.kernel_env, SECRET_ENV: self.secret}
-        argv = [
-            sys.executable, "-m", "opshub.service.voila",
-            "--root", str(self.root),
-            "--port", str(self.port),
-            "--base-url", self.base_url,
-            "--pool-size", str(self.pool_size),
-            "--cull-idle", str(self.cull_idle),
-        ]  # fmt: skip
-        out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 (the child writes to it)
-        try:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=self.workdir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
-                preexec_fn=_end_with_parent,
-            )
-        finally:
-            if out:
-                out.close()
-        log.info("Voila backend started on 127.0.0.1:%d (pid %d)", self.port, self.proc.pid)
-
-    async def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError("the Voila backend exited; see its log")
-            try:
-                await self.pools()
-                self.ready.set()
-                return
-            except (OSError, httpclient.HTTPClientError):
-                await asyncio.sleep(0.2)
-        raise TimeoutError(f"the Voila backend did not answer within {timeout}s")
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    async def ensure_running(self) -> None:
-        """Restart the backend if it died (a crash must not leave live dashboards down)."""
-        if self.proc is not None and not self.running():
-            log.error("the Voila backend exited with %s: restarting it", self.proc.returncode)
-            self.start()
-            await self.wait_ready()
-
-    def stop(self) -> None:
-        if self.running():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
     def fetch(self, path: str, **kwargs) -> asyncio.Future:
+        """A page request (path under `base_url`), as the server answers it."""
         headers = {**kwargs.pop("headers", {}), **self.headers()}
-        return self.client.fetch(self.url + path, headers=headers, **kwargs)
+        return self.client.fetch(self.route(path), headers=headers, **kwargs)
+
+    def fetch_api(self, method: str, path: str, body: bytes | None = None, timeout: float = 60) -> asyncio.Future:
+        """A call to the server's own API (`opshub-backend/...`)."""
+        if body is None and method in ("POST", "PUT"):
+            body = b""
+        return self.client.fetch(
+            self._url(path),
+            method=method,
+            body=body,
+            headers=self.headers(),
+            raise_error=False,
+            request_timeout=timeout,
+        )
+
+    async def _api(self, method: str, path: str, body: bytes | None = None, timeout: float = 60) -> None:
+        response = await self.fetch_api(method, path, body, timeout)
+        if response.code >= 400:
+            raise BackendDown(
+                f"the dashboards server answered {response.code} to {method} {path}: {response.body[:300]!r}"
+            )
 
     async def pools(self) -> dict[str, int]:
-        response = await self.fetch(self.base_url + POOLS_PATH, request_timeout=5)
+        response = await self.fetch_api("GET", POOLS_PATH, timeout=5)
         return json.loads(response.body)["pools"]
 
     async def preheat(self, notebook: str) -> None:
-        if self.running():
-            await self.fetch(self.base_url + POOLS_PATH + notebook, method="POST", body=b"", request_timeout=60)
+        await self._api("POST", POOLS_PATH + notebook)
 
     async def drop(self, notebook: str) -> None:
-        if self.running():
-            await self.fetch(self.base_url + POOLS_PATH + notebook, method="DELETE", request_timeout=60)
+        await self._api("DELETE", POOLS_PATH + notebook)
+
+    async def put_notebook(self, notebook: str, content: bytes) -> None:
+        await self._api("PUT", NOTEBOOKS_PATH + notebook, content)
+
+    async def delete_notebook(self, notebook: str) -> None:
+        await self._api("DELETE", NOTEBOOKS_PATH + notebook)
+
+    async def put_runbooks(self, archive: bytes) -> None:
+        await self._api("PUT", RUNBOOKS_PATH, archive, timeout=120)
+
+    async def put_environment(self, environment: dict[str, str]) -> None:
+        await self._api("PUT", ENVIRONMENT_PATH, json.dumps(environment).encode())
 
 
 def message_type(message: str | bytes) -> str | None:
@@ -361,10 +252,7 @@ class KernelSocketProxy(websocket.WebSocketHandler):
 
     async def get(self, path: str, kernel_id: str):
         self.authorize(kernel_id)
-        request = httpclient.HTTPRequest(
-            self.backend.url.replace("http", "ws", 1) + self.backend.base_url + path,
-            headers=self.backend.headers(),
-        )
+        request = httpclient.HTTPRequest(self.backend.ws_url(path), headers=self.backend.headers())
         self._pending: list = []
         self._open = False
         try:
@@ -407,7 +295,3 @@ class KernelSocketProxy(websocket.WebSocketHandler):
     def on_close(self):
         if self.upstream is not None:
             self.upstream.close()
-
-
-if __name__ == "__main__":
-    backend_main()

@@ -1,0 +1,312 @@
+"""`python -m opshub.dashboards_backend`: the server of the `opshub-dashboards` system account
+(see `__init__.py`). The spawner starts it with JupyterHub's usual environment for a server."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from queue import Empty
+from urllib.parse import urlparse
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from traitlets import Type
+from traitlets.config import Config
+
+from . import (
+    API_PATH,
+    BASE_URL_ENV,
+    CULL_IDLE_ENV,
+    ENVIRONMENT_PATH,
+    NOTEBOOKS_PATH,
+    POOL_SIZE_ENV,
+    POOLS_PATH,
+    RUNBOOKS_PATH,
+    SECRET_HEADER,
+    SESSION_PATH,
+)
+
+log = logging.getLogger("opshub.dashboards_backend")
+
+NOTEBOOK_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\.ipynb")
+
+
+class RepollingChannel(AsyncZMQSocketChannel):
+    """A kernel client channel that looks at its socket afresh every second while it waits.
+
+    Under load the Voila backend sometimes missed a kernel's reply: the kernel had run the cell and
+    answered (it was idle, and the cell's variables existed), but the executor waited out the whole
+    cell timeout and the page stayed at "Executing n of m". The socket's wake-up was lost while other
+    kernels of the backend started and stopped. A new poll reads the socket's state directly, so it
+    finds what a lost wake-up left behind.
+    """
+
+    poll_slice = 1.0  # seconds
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = self.poll_slice if deadline is None else max(0.0, min(self.poll_slice, deadline - time.monotonic()))
+            try:
+                return await super().get_msg(timeout=wait)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class RepollingKernelClient(AsyncKernelClient):
+    """The client Voila's executor uses for each dashboard kernel (see RepollingChannel)."""
+
+    shell_channel_class = Type(RepollingChannel)
+    iopub_channel_class = Type(RepollingChannel)
+    stdin_channel_class = Type(RepollingChannel)
+    control_channel_class = Type(RepollingChannel)
+
+
+def backend_config() -> Config:
+    """The backend's Voila configuration beyond its command line."""
+    config = Config()
+    config.AsyncKernelManager.client_factory = RepollingKernelClient  # what Voila's executor uses
+    return config
+
+
+def kernel_base_environment(home: Path, service_url: str) -> dict[str, str]:
+    """What every dashboard kernel has before the service adds its data token: no hub variable, no
+    token, the repository's files and where the run summaries are."""
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "OPSHUB_DASHBOARD": "1",
+        "OPSHUB_RUNBOOKS_DIR": str(home / "runbooks"),
+        "OPSHUB_HISTORY_URL": service_url.rstrip("/") + "/api/dashboard-data/",
+    }
+
+
+def extract_runbooks(archive: bytes, dest: Path) -> None:
+    """The repository's files (a tar from `git archive`) in `dest`, replacing what was there: only
+    plain files and folders, never a link or a path out of `dest`."""
+    fresh = dest.with_name(dest.name + ".new")
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = [m for m in tar.getmembers() if _plain_member(m)]
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 (Debian bookworm's 3.11.2 lacks it)
+            tar.extractall(fresh, members=members, filter="data")
+        else:
+            tar.extractall(fresh, members=members)  # noqa: S202 (members checked by _plain_member)
+    shutil.rmtree(dest, ignore_errors=True)
+    fresh.rename(dest)
+
+
+def _plain_member(member: tarfile.TarInfo) -> bool:
+    parts = Path(member.name).parts
+    return (member.isfile() or member.isdir()) and not Path(member.name).is_absolute() and ".." not in parts
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+    import tornado.web
+    from jupyter_server.utils import url_path_join
+    from jupyterhub.services.auth import HubAuth
+    from voila.app import Voila
+
+    # JupyterHub's environment for a server: where to listen, under which prefix, and this server's
+    # token. The token stays in this process's memory; kernels get none of it.
+    service_url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
+    user = os.environ["JUPYTERHUB_USER"]
+    server_name = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+    api_url = os.environ["JUPYTERHUB_API_URL"]
+    api_token = os.environ["JUPYTERHUB_API_TOKEN"]
+    base_url = os.environ[BASE_URL_ENV]
+    pool_size = int(os.environ.get(POOL_SIZE_ENV, "2"))
+    cull_idle = int(os.environ.get(CULL_IDLE_ENV, "600"))
+    home = Path(os.environ.get("HOME") or os.getcwd())
+    root = home / "published"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (home / "runbooks").mkdir(exist_ok=True)
+    os.chdir(home)
+    kernel_env = kernel_base_environment(home, os.environ.get("OPSHUB_SERVICE_URL", ""))
+    os.environ.clear()
+    os.environ.update(kernel_env)
+    hub_auth = HubAuth(api_token=api_token, api_url=api_url, cache_max_age=60)
+    # Who may ask for the secret: a token holding access to this server (the opshub service's role).
+    access = {f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"}
+    secret = secrets.token_urlsafe(32)
+
+    class Refused(tornado.web.RequestHandler):
+        def prepare(self):
+            raise tornado.web.HTTPError(403, "this server only answers the opshub service")
+
+    class SecretApplication(tornado.web.Application):
+        """Every request, websockets included, is routed only if it carries the secret (or asks for it)."""
+
+        def find_handler(self, request, **kwargs):
+            sent = request.headers.get(SECRET_HEADER, "").encode()
+            asking = request.path == url_path_join(prefix, SESSION_PATH)
+            if not asking and not hmac.compare_digest(sent, secret.encode()):
+                return self.get_handler_delegate(request, Refused)
+            return super().find_handler(request, **kwargs)
+
+    class SessionHandler(tornado.web.RequestHandler):
+        """The secret, for a token that the hub says holds access to this server."""
+
+        async def post(self):
+            kind, _, token = self.request.headers.get("Authorization", "").partition(" ")
+            model = await hub_auth.user_for_token(token, sync=False) if kind.lower() in ("token", "bearer") else None
+            if not model or not hub_auth.check_scopes(access, model):
+                raise tornado.web.HTTPError(403, "only the opshub service may use this server")
+            log.info("session opened by %s %s", model.get("kind"), model.get("name"))
+            self.finish({"secret": secret})
+
+    class BackendHandler(tornado.web.RequestHandler):
+        def initialize(self, voila):
+            self.km = voila.kernel_manager
+            self.voila = voila
+
+        async def drop(self, name):
+            # Voila 0.5 keeps pre-rendered kernels per notebook in `_pools`; a republished notebook
+            # must not be served from kernels that ran its previous version.
+            tasks = getattr(self.km, "_pools", {}).pop(name, [])
+            getattr(self.km, "notebook_data", {}).pop(name, None)
+            for task in tasks:
+                try:
+                    kernel_id = (await task)["kernel_id"]
+                    await self.km.shutdown_kernel(kernel_id)
+                except Exception as e:  # a kernel that failed to start or is already gone
+                    log.info("dropping a pooled kernel of %s: %s", name, e)
+
+    class PoolHandler(BackendHandler):
+        """POST: (re)preheat the pool of one notebook (after a publish), DELETE: drop it, GET: sizes."""
+
+        def get(self, name):
+            pools = getattr(self.km, "_pools", {})
+            ready = {nb: sum(1 for task in pool if pre_rendered(task)) for nb, pool in pools.items()}
+            self.finish({"pools": ready})
+
+        async def post(self, name):
+            await self.drop(name)
+            if (root / name).is_file() and hasattr(self.km, "fill_if_needed"):
+                self.km.fill_if_needed(delay=0, notebook_name=name)
+            self.finish({"notebook": name})
+
+        async def delete(self, name):
+            await self.drop(name)
+            self.set_status(204)
+
+    class NotebookHandler(BackendHandler):
+        """PUT: a published copy (the notebook's JSON), DELETE: remove it and its kernels."""
+
+        def check_name(self, name: str) -> Path:
+            if not NOTEBOOK_NAME.fullmatch(name):
+                raise tornado.web.HTTPError(400, f"not a dashboard notebook name: {name!r}")
+            return root / name
+
+        async def put(self, name):
+            path = self.check_name(name)
+            try:
+                json.loads(self.request.body)
+            except ValueError:
+                raise tornado.web.HTTPError(400, "the body is not a notebook") from None
+            await self.drop(name)
+            with tempfile.NamedTemporaryFile(dir=root, delete=False, suffix=".tmp") as f:
+                f.write(self.request.body)
+            os.replace(f.name, path)
+            self.set_status(204)
+
+        async def delete(self, name):
+            path = self.check_name(name)
+            await self.drop(name)
+            path.unlink(missing_ok=True)
+            self.set_status(204)
+
+    class RunbooksHandler(BackendHandler):
+        """PUT: the repository's files at the synced commit, as a tar archive."""
+
+        async def put(self):
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, extract_runbooks, self.request.body, home / "runbooks"
+                )
+            except tarfile.TarError as e:
+                raise tornado.web.HTTPError(400, f"not a tar archive: {e}") from None
+            self.set_status(204)
+
+    class EnvironmentHandler(BackendHandler):
+        """PUT: what the service adds to every kernel's environment (kernels started from now on)."""
+
+        def put(self):
+            try:
+                added = json.loads(self.request.body)
+                assert isinstance(added, dict) and all(isinstance(v, str) for v in added.values())
+            except (ValueError, AssertionError):
+                raise tornado.web.HTTPError(400, "the body must be a JSON object of strings") from None
+            os.environ.clear()
+            os.environ.update({**kernel_env, **added})
+            self.set_status(204)
+
+    class OpshubVoila(Voila):
+        def start(self):
+            # Voila.start, with the secret-checking application and the service's API added.
+            self.connection_dir = tempfile.mkdtemp(prefix="voila_", dir=self.connection_dir_root)
+            settings = self.init_settings()
+            self.app = SecretApplication(**settings)
+            self.app.settings.update(self.tornado_settings)
+            ours = {"voila": self}
+            api = [
+                (url_path_join(prefix, POOLS_PATH + "(.*)"), PoolHandler, ours),
+                (url_path_join(prefix, NOTEBOOKS_PATH + "([^/]+)"), NotebookHandler, ours),
+                (url_path_join(prefix, RUNBOOKS_PATH), RunbooksHandler, ours),
+                (url_path_join(prefix, ENVIRONMENT_PATH), EnvironmentHandler, ours),
+                (url_path_join(prefix, SESSION_PATH), SessionHandler),
+                (url_path_join(prefix, API_PATH + ".*"), Refused),
+            ]
+            self.app.add_handlers(".*$", [*api, *self.init_handlers()])
+            self.listen()
+
+    def pre_rendered(task) -> bool:
+        """A pool entry whose kernel started and whose notebook has finished running."""
+        return task.done() and not task.cancelled() and task.exception() is None and task.result()["task"].done()
+
+    preheat = pool_size > 0
+    OpshubVoila.launch_instance(
+        config=backend_config(),
+        argv=[
+            str(root),
+            f"--port={service_url.port}",
+            f"--Voila.ip={service_url.hostname}",
+            "--Voila.port_retries=0",  # the spawner chose the port: never drift to another
+            "--no-browser",
+            "--Voila.log_format=%(asctime)s [%(name)s]%(highlevel)s %(message)s",
+            f"--Voila.server_url={prefix}",  # the routes, as the proxy forwards them
+            f"--Voila.base_url={base_url}",  # the URLs in the pages: the service's proxy path
+            f"--VoilaConfiguration.preheat_kernel={preheat}",
+            f"--VoilaConfiguration.default_pool_size={max(pool_size, 0)}",
+            "--VoilaConfiguration.show_tracebacks=False",
+            "--VoilaConfiguration.strip_sources=True",
+            # no file route serves anything: notebooks embed their images in their outputs
+            "--VoilaConfiguration.file_allowlist=[]",
+            # a cell that never ends (or a reply lost on a loaded machine) must not hang the page for ever
+            "--VoilaExecutor.timeout=120",
+            f"--MappingKernelManager.cull_idle_timeout={cull_idle}",
+            "--MappingKernelManager.cull_interval=60",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
