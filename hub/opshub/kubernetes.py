@@ -275,6 +275,7 @@ def service_main(argv: list[str] | None = None) -> None:
     p.add_argument("--settings", required=True, help="the settings (the chart's ConfigMap, from the values)")
     p.add_argument("--base-url", default="/", help="the hub's base URL (z2jh's hub.baseUrl)")
     p.add_argument("--data-dir", default=SERVICE_DATA_DIR, help="the pod's volume; relative paths start here")
+    p.add_argument("--proxy-url", default="http://proxy-public", help="z2jh's proxy in the cluster (proxy-public)")
     args = p.parse_args(argv)
     try:
         data = yaml.safe_load(Path(args.settings).read_text())
@@ -285,7 +286,7 @@ def service_main(argv: list[str] | None = None) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     from .service.__main__ import main as run_service
 
-    run_service(service_arguments(settings))
+    run_service(service_arguments(settings, proxy=args.proxy_url))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,9 +50,9 @@ def database_url(settings: Settings) -> str:
     return settings["history"]["database_url"] or f"sqlite:///{settings.state_dir / 'opshub.sqlite'}"
 
 
-def service_arguments(settings: Settings) -> list[str]:
+def service_arguments(settings: Settings, proxy: str | None = None) -> list[str]:
     """The opshub service's command-line arguments, the same in every mode (the Helm chart's
-    service pod passes them too: opshub.kubernetes)."""
+    service pod passes them too, with the proxy's address in the cluster: opshub.kubernetes)."""
     history = settings["history"]
     return [
         "--database-url", database_url(settings),
@@ -67,7 +67,7 @@ def service_arguments(settings: Settings) -> list[str]:
         "--dashboards-dir", str(settings.state_dir / "dashboards"),
         "--dashboards-settings", json.dumps(settings["dashboards"]),
         # the dashboards server is reached through the proxy, like any server
-        "--proxy-url", proxy_url(settings),
+        "--proxy-url", proxy or proxy_url(settings),
     ]  # fmt: skip
 
 
