@@ -159,7 +159,7 @@ def test_the_service_pod_gets_the_settings_of_the_one_values_key(chart):
     assert args[args.index("--settings") + 1] == "/etc/opshub/settings.yaml"
     base_url = args[args.index("--base-url") + 1]
     # the dashboards server is a pod behind z2jh's proxy: the service reaches it there
-    assert args[args.index("--proxy-url") + 1] == "http://proxy-public:80"
+    assert args[args.index("--proxy-url") + 1] == "http://ops-proxy-public:80"  # all-options: fullnameOverride ops
     # what the pod will run: the same validation as the hub's
     settings = kubernetes_settings(settings_yaml, base_url)
     assert settings["hub"]["base_url"] == "/ops/"
