@@ -107,17 +107,25 @@ def cmd_publish(args) -> int:
 
     from .runbooks.client import ServiceClient, ServiceError
     from .runbooks.headless import default_runbooks_dir
+    from .runbooks.metadata import runbook_metadata
 
     path = Path(args.notebook).resolve()
+    home = Path.home().resolve()
+    if not path.is_relative_to(home):
+        # what one publishes is one's own work: a notebook in one's home (links followed)
+        print(
+            f"opshub publish: {args.notebook} is not in your home ({home}): publish your own notebooks", file=sys.stderr
+        )
+        return 2
     try:
         notebook = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        print(f"opshub publish: cannot read {args.notebook} as a notebook: {e}", file=sys.stderr)
+        declared = runbook_metadata(notebook, args.notebook)["dashboard"] or {}
+    except (OSError, ValueError) as e:  # RunbookMetadataError is a ValueError, and names the key
+        print(f"opshub publish: cannot publish {args.notebook}: {e}", file=sys.stderr)
         return 2
     runbooks = default_runbooks_dir().resolve()
     runbook = path.relative_to(runbooks).as_posix() if path.is_relative_to(runbooks) else None
-    declared = notebook.get("metadata", {}).get("opshub", {}).get("dashboard")
-    declared_mode = declared.get("mode") if isinstance(declared, dict) else None
+    declared_mode = declared.get("mode")
     # snapshots are the default for runbooks: viewing one never runs anything
     mode = args.mode or declared_mode or ("snapshot" if runbook else "live")
     body = {"name": args.name, "mode": mode, "groups": args.group or None, "runbook": runbook}

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import subprocess
 import time
 import uuid
+from html import unescape
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,8 +20,9 @@ import pytest
 import requests
 import websocket
 
-from tests.helpers import VENV_BIN, git
+from tests.helpers import git
 from tests.livehub import Hub, wait_for
+from tests.terminals import Terminal
 
 PREFIX = "/services/opshub/"
 LIVE = "patching-status"  # declared in shared-notebooks/dashboards/patching-status.ipynb
@@ -39,7 +40,9 @@ def dash_hub(tmp_path_factory):
     the_hub.start()
     yield the_hub
     the_hub.stop()
-    assert not [p for p in the_hub.processes_of_this_hub() if "opshub.dashboards_backend" in p], "Voila outlived the hub"
+    assert not [p for p in the_hub.processes_of_this_hub() if "opshub.dashboards_backend" in p], (
+        "Voila outlived the hub"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +304,74 @@ def test_no_files_apis_or_sources_through_dashboard_urls(dash_hub, sessions):
     assert raw_get(dash_hub, base + "-/voila/static/voila.js", session=carol)[0] == 200
 
 
+# What a hostile author's live dashboard tries from its kernel; it prints what it found as JSON.
+BREAK_OUT = r"""
+import json, os, socket, urllib.error, urllib.request
+found = {"uid": os.getuid()}
+for name, path in PATHS.items():
+    try:
+        with open(path, "rb") as f:
+            found[name] = "READ " + f.read(40).hex()
+    except OSError as e:
+        found[name] = type(e).__name__
+try:
+    found["state listing"] = os.listdir(STATE)
+except OSError as e:
+    found["state listing"] = type(e).__name__
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("/var/run/docker.sock")
+    found["docker socket"] = "CONNECTED"
+except OSError as e:
+    found["docker socket"] = type(e).__name__
+# the one token within reach: the dashboards server's own, in its starting environment
+env = open(f"/proc/{os.getppid()}/environ", "rb").read().split(b"\0")
+token = next((v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"JUPYTERHUB_API_TOKEN=")), "")
+found["server token found"] = bool(token)
+for what, url in {"hub users": HUB + "users", "alice's tokens": HUB + "users/alice/tokens"}.items():
+    request = urllib.request.Request(url, headers={"Authorization": "token " + token})
+    try:
+        found[what] = urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as e:
+        found[what] = e.code
+found["secrets in env"] = sorted(k for k in os.environ if any(w in k for w in ("JUPYTERHUB", "SECRET", "PASSWORD")))
+print("BREAKOUT" + json.dumps(found))
+"""
+
+
+def test_a_live_dashboards_code_finds_nothing_of_the_hubs(dash_hub, tokens, sessions):
+    """An author publishes a live dashboard whose code goes for the hub's state, secrets, processes
+    and the Docker socket; a viewer opens it. It runs under the dashboards server's own account."""
+    service = subprocess.run(["pgrep", "-f", f"opshub.service .*{dash_hub.state}"], capture_output=True, text=True)
+    paths = {
+        "cookie secret": str(dash_hub.state / "jupyterhub_cookie_secret"),
+        "hub database": str(dash_hub.state / "jupyterhub.sqlite"),
+        "run history": str(dash_hub.state / "opshub.sqlite"),
+        "metrics token": str(dash_hub.state / "metrics-token"),
+        "hub environment": f"/proc/{dash_hub.proc.pid}/environ",
+        "service environment": f"/proc/{service.stdout.split()[0]}/environ",
+        "alice's runbook": str(dash_hub.home("alice") / "runbooks" / "patch-server-stack.ipynb"),
+    }
+    setup = f"PATHS = {paths!r}\nSTATE = {str(dash_hub.state)!r}\nHUB = {dash_hub.url + '/hub/api/'!r}\n"
+    body = {"name": "innocent", "mode": "live", "notebook": live_notebook("Innocent", code=setup + BREAK_OUT)}
+    assert api(dash_hub, tokens["alice"], "POST", "dashboards", json=body).status_code == 201
+    try:
+        html = live_page(dash_hub, sessions["carol"], "innocent").text
+        printed = re.search(r"BREAKOUT(\{.*?\})\s*</pre>", html, re.S)
+        assert printed, html[html.find('<div cell-index="1">') :][:3000]
+        found = json.loads(unescape(printed.group(1)))
+    finally:
+        api(dash_hub, tokens["alice"], "DELETE", "dashboards/innocent")
+    assert found["uid"] != 0
+    for name in paths:
+        assert found[name] in ("PermissionError", "FileNotFoundError"), (name, found[name])
+    assert found["state listing"] == "PermissionError"
+    assert found["docker socket"] in ("PermissionError", "FileNotFoundError", "ConnectionRefusedError")
+    # its server's token opens nothing of the hub
+    assert found["server token found"] and found["hub users"] == 403 and found["alice's tokens"] == 403
+    assert found["secrets in env"] == []
+
+
 KERNEL_ENV = {
     "PATH",
     "HOME",
@@ -502,38 +573,49 @@ def test_dashboards_follow_the_repository_branch(dash_hub, tokens, sessions):
     wait_for(lambda: api(dash_hub, tokens["carol"], "GET", "dashboards/from-git").status_code == 404, timeout=60)
 
 
-def test_opshub_publish_and_unpublish_commands(dash_hub, tokens, tmp_path):
-    home = tmp_path / "home"
-    (home / "runbooks").mkdir(parents=True)
-    notebook = home / "runbooks" / "status.ipynb"
-    notebook.write_text(json.dumps(live_notebook("Status board", code="print('from the command')")))
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "OPSHUB_SERVICE_URL": f"{dash_hub.url}{PREFIX}",
-        "JUPYTERHUB_API_TOKEN": tokens["alice"],
-    }
+def save(hub, token, user, path, notebook) -> None:
+    """Save a notebook in the person's server through the contents API, as JupyterLab does."""
+    answer = requests.put(
+        f"{hub.url}/user/{user}/api/contents/{path}",
+        json={"type": "notebook", "format": "json", "content": notebook},
+        headers={"Authorization": f"token {token}"},
+        timeout=60,
+    )
+    assert answer.status_code in (200, 201), answer.text
 
-    def opshub(*args, token=None):
-        run_env = {**env, "JUPYTERHUB_API_TOKEN": token} if token else env
-        return subprocess.run([str(VENV_BIN / "opshub"), *args], capture_output=True, text=True, env=run_env)
 
-    done = opshub("publish", str(notebook), "--name", "status-board", "--mode", "live", "--group", "operators")
-    assert done.returncode == 0, done.stderr
-    assert "Published status-board (live) for operators" in done.stdout and "/dashboards/status-board/" in done.stdout
-    shown = api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").json()
-    assert shown["runbook"] == "status.ipynb" and shown["groups"] == ["operators"] and shown["title"] == "Status board"
-    # the copy was taken at publish time: editing the file changes nothing
-    notebook.write_text(json.dumps(live_notebook("Edited", code="print('edited')")))
-    assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").json()["title"] == "Status board"
+def test_opshub_publish_and_unpublish_typed_in_a_terminal(dash_hub, tokens):
+    """As an author does it: `opshub publish` typed in a JupyterLab terminal of her own server."""
+    for user in ("alice", "bob"):
+        dash_hub.open_lab(dash_hub.login(user)[0], user)
+    notebook = live_notebook("Status board", code="print('from the command')")
+    save(dash_hub, tokens["alice"], "alice", "runbooks/status.ipynb", notebook)  # as JupyterLab saves it
+    with Terminal(dash_hub.url, "alice", tokens["alice"]) as alice:
+        out, rc = alice.run("opshub publish runbooks/status.ipynb --name status-board --mode live --group operators")
+        assert rc == 0, out
+        assert "Published status-board (live) for operators" in out and "/dashboards/status-board/" in out
+        shown = api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").json()
+        assert (shown["runbook"], shown["groups"], shown["title"]) == ("status.ipynb", ["operators"], "Status board")
+        assert shown["owner"] == "alice"  # from her server's token
+        # the copy was taken at publish time: editing the file changes nothing
+        save(dash_hub, tokens["alice"], "alice", "runbooks/status.ipynb", live_notebook("Edited", code="print(1)"))
+        assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").json()["title"] == "Status board"
 
-    refused = opshub("publish", str(notebook), "--name", "Bad/Name", "--mode", "live")
-    assert refused.returncode == 1 and "invalid dashboard name" in refused.stderr
-    refused = opshub("publish", str(notebook), "--name", "by-bob", "--mode", "live", token=tokens["bob"])
-    assert refused.returncode == 1 and "publish" in refused.stderr
-    assert opshub("publish", str(tmp_path / "missing.ipynb"), "--name", "x").returncode == 2
-
-    done = opshub("unpublish", "status-board")
-    assert done.returncode == 0, done.stderr
-    assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").status_code == 404
-    assert opshub("unpublish", "status-board").returncode == 1
+        out, rc = alice.run("opshub publish runbooks/status.ipynb --name Bad/Name --mode live")
+        assert rc == 1 and "invalid dashboard name" in out, out
+        out, rc = alice.run("opshub publish runbooks/missing.ipynb --name x")
+        assert rc == 2 and "cannot publish" in out, out
+        # only one's own notebooks: nothing outside the home, not even through a link
+        alice.run(f"cp ~/runbooks/status.ipynb /tmp/elsewhere-{dash_hub.port}.ipynb; ln -sf /etc/passwd ~/passwd.ipynb")
+        for outside in (f"/tmp/elsewhere-{dash_hub.port}.ipynb", "~/passwd.ipynb"):
+            out, rc = alice.run(f"opshub publish {outside} --name outside --mode live")
+            assert rc == 2 and "is not in your home" in out, (outside, out)
+    with Terminal(dash_hub.url, "bob", tokens["bob"]) as bob:
+        save(dash_hub, tokens["bob"], "bob", "by-bob.ipynb", notebook)
+        out, rc = bob.run("opshub publish ~/by-bob.ipynb --name by-bob")
+        assert rc == 1 and "publish" in out, out  # an operator does not publish
+    with Terminal(dash_hub.url, "alice", tokens["alice"]) as alice:
+        out, rc = alice.run("opshub unpublish status-board")
+        assert rc == 0, out
+        assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").status_code == 404
+        assert alice.run("opshub unpublish status-board")[1] == 1
