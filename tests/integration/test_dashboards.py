@@ -170,6 +170,8 @@ def test_viewer_sees_the_list_and_the_live_dashboard_from_git(dash_hub, sessions
     r = live_page(dash_hub, carol)
     assert "stacks in the inventory" in r.text  # the notebook ran, in a preheated kernel
     assert "OPSHUB_HISTORY_TOKEN" not in r.text  # sources are stripped
+    # self-contained: nothing fetched from another site (Voila's template links a CDN's stylesheet)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", r.text), re.findall(r"(?:src|href)=\S+//\S+", r.text)
     listing = carol.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30)
     assert listing.status_code == 200
     row = re.search(r'<tr data-dashboard="patching-status">(.*?)</tr>', listing.text, re.S).group(1)

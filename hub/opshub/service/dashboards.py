@@ -659,6 +659,8 @@ class DashboardPage(DashboardPageBase):
             if line.startswith("HTTP/"):
                 self.set_status(int(line.split()[1]))
 
+        head = {"buffer": b"", "done": False}
+
         def on_chunk(chunk: bytes) -> None:
             if not pending["found"]:
                 pending["text"] += chunk.decode(errors="ignore")
@@ -666,6 +668,15 @@ class DashboardPage(DashboardPageBase):
                 if match:
                     dashboards.remember_kernel(match.group(1), dashboard.name)
                     pending.update(found=True, text="")
+            if not head["done"]:
+                # Voila's template links stylesheets from a public CDN: pages fetch nothing from the
+                # internet (air-gapped sites), so the head goes out without them
+                head["buffer"] += chunk
+                end = head["buffer"].find(b"</head>")
+                if end < 0:
+                    return
+                chunk = EXTERNAL_LINK.sub(b"", head["buffer"][:end]) + head["buffer"][end:]
+                head["done"] = True
             self.write(chunk)
             self.flush()
 
@@ -684,6 +695,8 @@ class DashboardPage(DashboardPageBase):
             raise web.HTTPError(502, f"the dashboard backend did not answer: {e}") from None
         if response.code == 599 and not self._headers_written:
             raise web.HTTPError(502, f"the dashboard backend did not answer: {response.error}")
+        if not head["done"]:
+            self.write(EXTERNAL_LINK.sub(b"", head["buffer"]))
         self.finish()
 
 
@@ -711,6 +724,8 @@ class SnapshotNotebook(DashboardMixin, BaseHandler):
         self.finish_sandboxed(lambda: self.dashboards.snapshot_html(run), f"dashboard {name!r}")
 
 
+# A stylesheet or script from another site (Voila's templates link Font Awesome from a CDN).
+EXTERNAL_LINK = re.compile(rb"<link\b[^>]*\bhref=[\"'](?:https?:)?//[^\"']*[\"'][^>]*>\s*", re.I)
 # What a live dashboard page may fetch from the backend: Voila's own static files, never notebooks
 # (no files, tree, render or contents routes) nor the kernels API.
 ASSET = re.compile(r"^voila/(static|templates|labextensions|api/themes)/[A-Za-z0-9_@.+/-]*$")
