@@ -1,8 +1,9 @@
 """Benchmarks of published dashboards (`make bench`). Prints a report; asserts nothing.
 
 - Live dashboard, preheated kernels against cold Voila on the same notebook (shared-notebooks'
-  patching-status): time until Voila has sent the fully rendered page (every cell executed), median
-  of several views, each backend standalone on loopback. Target: preheated at least 3x faster.
+  patching-status): time until the page is fully rendered (every cell executed) through the hub,
+  the service and the dashboards server, median of several views, one hub of each kind. Target:
+  preheated at least 3x faster.
 - Snapshot dashboard page through the hub (proxy + service + HubOAuth): median time of the page and
   of its rendered notebook, against the run page of the history for the same run. Target: < 0.5 s.
 - 20 viewers opening the live dashboard through the hub at once, each page then talking to its kernel
@@ -11,14 +12,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +28,7 @@ import websocket
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from opshub.service.voila import VoilaBackend  # noqa: E402
-
-from tests.helpers import SHARED_NOTEBOOKS  # noqa: E402
+from tests.helpers import SHARED_NOTEBOOKS, open_folder  # noqa: E402
 from tests.livehub import Hub, wait_for  # noqa: E402
 
 NOTEBOOK = SHARED_NOTEBOOKS / "dashboards" / "patching-status.ipynb"
@@ -41,45 +37,37 @@ VIEWERS = 20
 PAGE_REQUESTS = 30
 
 
-async def render_times(folder: Path, pool_size: int) -> list[float]:
-    root = folder / f"pool-{pool_size}"
-    root.mkdir()
-    shutil.copy(NOTEBOOK, root / "status.ipynb")
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(folder), "LANG": "C.UTF-8"}
-    env["OPSHUB_RUNBOOKS_DIR"] = str(SHARED_NOTEBOOKS)
-    backend = VoilaBackend(
-        root, folder, "/bench/", env, pool_size=pool_size, log_file=folder / f"voila-{pool_size}.log"
-    )
-    backend.start()
+def render_times(pool_size: int) -> list[float]:
+    """Views of patching-status through a hub whose dashboards server keeps `pool_size` preheated kernels."""
+    root = open_folder("bench-dashboards-")
+    hub = Hub(root, configure=lambda s: s.update(dashboards={"pool_size": pool_size}))
+    hub.start()
     times = []
     try:
-        await backend.wait_ready()
+        carol, _ = hub.login("carol")
+        url = f"{hub.url}/services/opshub/dashboards/patching-status/"
+        wait_for(lambda: carol.get(url, timeout=180).ok, timeout=180, what="the live dashboard")  # not counted
         for _ in range(VIEWS):
             # a viewer arrives when the pool is ready again (pooled kernels refill in the background)
-            deadline = time.monotonic() + 120
-            while pool_size and (await backend.pools()).get("status.ipynb", 0) < 1 and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
+            if pool_size:
+                wait_for(lambda: ready_kernels(hub) >= 1, timeout=120, interval=0.2, what="a preheated kernel")
             began = time.perf_counter()
-            try:
-                response = await backend.fetch("/bench/voila/render/status.ipynb", request_timeout=180)
-            except Exception as e:  # reported, not hidden
-                print(
-                    f"  a {'preheated' if pool_size else 'cold'} view failed after {time.perf_counter() - began:.0f} s: {e}"
-                )
+            response = carol.get(url, timeout=180)
+            if response.status_code != 200:  # reported, not hidden
+                print(f"  a {'preheated' if pool_size else 'cold'} view failed: {response.status_code}")
                 continue
             times.append(time.perf_counter() - began)
-            assert b"stacks in the inventory" in response.body
+            assert "stacks in the inventory" in response.text
     finally:
-        backend.stop()
+        hub.stop()
+        shutil.rmtree(root, ignore_errors=True)
     return times
 
 
 def preheated_against_cold() -> None:
-    folder = Path(tempfile.mkdtemp(prefix="bench-voila-"))
-    cold = asyncio.run(render_times(folder, 0))
-    warm = asyncio.run(render_times(folder, 2))
-    shutil.rmtree(folder, ignore_errors=True)
-    print(f"live dashboard, fully rendered page ({VIEWS} views each, target: preheated >= 3x faster):")
+    cold = render_times(0)
+    warm = render_times(2)
+    print(f"live dashboard through the hub, fully rendered page ({VIEWS} views each, target: preheated >= 3x faster):")
     print(f"  cold Voila: median {statistics.median(cold):.2f} s (min {min(cold):.2f}, max {max(cold):.2f})")
     print(f"  preheated:  median {statistics.median(warm):.3f} s (min {min(warm):.3f}, max {max(warm):.3f})")
     print(f"  preheated is {statistics.median(cold) / statistics.median(warm):.0f}x faster")
@@ -153,14 +141,19 @@ def one_viewer(hub: Hub, session: requests.Session) -> tuple[bool, float, str]:
 
 
 def ready_kernels(hub: Hub) -> int:
-    """Pre-rendered kernels of patching-status in the hub's Voila backend (asked with its secret)."""
-    out = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout
-    line = next(x for x in out.splitlines() if "opshub.service.voila" in x and str(hub.state) in x)
-    environ = Path(f"/proc/{line.split()[0]}/environ").read_bytes().split(b"\0")
-    secret = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"OPSHUB_VOILA_SECRET="))
-    port = re.search(r"--port (\d+)", line).group(1)
-    url = f"http://127.0.0.1:{port}/services/opshub/dashboards/-/opshub-backend/pools/"
-    pools = requests.get(url, headers={"X-Opshub-Voila-Secret": secret}, timeout=10).json()["pools"]
+    """Pre-rendered kernels of patching-status in the hub's dashboards server, asked as the service
+    asks (a session opened with a token that may use that server: an admin's)."""
+    if not hasattr(hub, "bench_secret"):
+        admin = hub.tokens(users=("alice",))["alice"]
+        answer = requests.post(
+            f"{hub.url}/user/opshub-dashboards/opshub-backend/session", headers={"Authorization": f"token {admin}"}
+        )
+        hub.bench_secret = answer.json()["secret"]
+    pools = requests.get(
+        f"{hub.url}/user/opshub-dashboards/opshub-backend/pools/",
+        headers={"X-Opshub-Voila-Secret": hub.bench_secret},
+        timeout=10,
+    ).json()["pools"]
     return pools.get("patching-status.ipynb", 0)
 
 
@@ -188,14 +181,15 @@ def many_viewers(hub: Hub) -> None:
 
 def main() -> None:
     preheated_against_cold()
-    with tempfile.TemporaryDirectory(prefix="bench-dashboards-") as folder:
-        hub = Hub(Path(folder), configure=lambda s: s.update(dashboards={"pool_size": 2}))
-        hub.start()
-        try:
-            snapshot_page(hub)
-            many_viewers(hub)
-        finally:
-            hub.stop()
+    folder = open_folder("bench-dashboards-")
+    hub = Hub(folder, configure=lambda s: s.update(dashboards={"pool_size": 2}))
+    hub.start()
+    try:
+        snapshot_page(hub)
+        many_viewers(hub)
+    finally:
+        hub.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
