@@ -157,6 +157,34 @@ def test_headless_run_in_the_container_shows_in_history_and_metrics(deployment):
     )
 
 
+def test_live_dashboards_render_in_a_container_of_their_own(deployment):
+    """The dashboards server is a container of the ops image like a person's, started by DockerSpawner
+    for the opshub-dashboards account: no Docker socket and no hub state in it, nor in bob's."""
+    carol = login(deployment, "carol")
+    url = f"{deployment.url}/services/opshub/dashboards/patching-status/"
+
+    def rendered():
+        page = carol.get(url, timeout=180)
+        return page if page.status_code == 200 and '"kernelId"' in page.text else None
+
+    page = wait_for(rendered, timeout=300, interval=3, what="the live dashboard")
+    assert "stacks in the inventory" in page.text  # it read the run history with its data token
+    container = deployment.container("opshub-dashboards")
+    info = json.loads(docker("inspect", container).stdout)[0]
+    assert info["Config"]["Image"] == OPS_IMAGE and info["Config"]["User"] == "1000"
+    assert list(info["NetworkSettings"]["Networks"]) == [NAME]
+    assert not [m for m in info["Mounts"] if "docker.sock" in (m.get("Source") or "")]
+    hub_mounts = {m["Destination"] for m in json.loads(docker("inspect", f"{NAME}-hub").stdout)[0]["Mounts"]}
+    assert "/var/run/docker.sock" in hub_mounts  # only the hub's container holds it
+    session = login(deployment, "bob")
+    deployment.open_lab(session, "bob", timeout=240)
+    for name in (container, deployment.container("bob")):
+        probe = deployment.exec(name, "sh", "-c", "id -u; ls /var/run/docker.sock /srv/opshub/state 2>&1")
+        uid = probe.stdout.split()[0]
+        assert uid != "0", name
+        assert probe.stdout.count("No such file or directory") == 2, (name, probe.stdout)
+
+
 def test_home_survives_stop_and_start_and_the_container_is_removed(deployment):
     session = login(deployment, "bob")
     deployment.open_lab(session, "bob", timeout=240)
