@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import pwd
 import random
 import re
 import shutil
@@ -87,10 +88,12 @@ def start_server(argv: list[str], log_name: str, ready_url: str, timeout: float 
 class Hub:
     """One opshub, started and stopped like a person would: `opshub hub`, then Ctrl-C (SIGINT)."""
 
-    def __init__(self, root: Path, configure=None, env: dict[str, str] | None = None):
+    def __init__(self, root: Path, configure=None, env: dict[str, str] | None = None, run_as: str | None = None):
         """`configure(settings)` may change the embedded default's settings dict; `env` is
-        added to the hub's environment."""
+        added to the hub's environment; `run_as` starts it as that system account instead of
+        the tests' own (which owns `root` then)."""
         self.root = root
+        self.run_as = run_as
         self.env = env or {}
         self.state = root / "state"
         # What people's accounts must reach (as root, each person's server runs as their own
@@ -119,7 +122,7 @@ class Hub:
 
     @property
     def per_person_accounts(self) -> bool:
-        return os.geteuid() == 0  # `auto`, as in the embedded default
+        return os.geteuid() == 0 and not self.run_as  # `auto`, as in the embedded default
 
     def system_home(self, account: str) -> Path:
         """The home of a system account's server (the dashboards server): its name, as its OS account's."""
@@ -135,10 +138,18 @@ class Hub:
         env = {**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD, **self.env}
         env.pop("OPSHUB_SETTINGS", None)
         log = open(self.log_file, "a")  # noqa: SIM115 (the hub writes to it until stopped)
+        if self.run_as:
+            account = pwd.getpwnam(self.run_as)
+            env.update(HOME=account.pw_dir, USER=self.run_as)
+            for folder in (self.root, self.shared):
+                subprocess.run(["chown", "-R", f"{self.run_as}:", str(folder)], check=True)
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "opshub"), "hub", "--settings", str(self.settings_file)],
             cwd=self.root,
             env=env,
+            user=self.run_as,
+            group=pwd.getpwnam(self.run_as).pw_gid if self.run_as else None,
+            extra_groups=[] if self.run_as else None,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so a failed test can end all of it
