@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -142,6 +143,11 @@ def check_accounts(settings: Settings, runtime: Runtime) -> None:
             [f"spawner.local.homes_dir: {homes} is inside hub.state_dir, which only the hub's account may enter"],
         )
     homes.mkdir(parents=True, exist_ok=True)
+    if homes.stat().st_mode & stat.S_IWOTH:
+        # anyone could plant a home (or a link in its place) for the hub to hand over as root
+        raise SettingsError(
+            settings.source, [f"spawner.local.homes_dir: {homes} is writable by every account; make it 0755"]
+        )
     needed = {
         "the Python environment": Path(runtime.python),
         "its standard library": Path(os.__file__),
