@@ -17,6 +17,7 @@ import hashlib
 import os
 import pwd
 import re
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -92,6 +93,12 @@ class PerPersonSpawner(LocalProcessSpawner):
         help="JupyterHub users that are system accounts of the execution plane (their OS account is their name).",
     )
 
+    earlier_homes_dir = Unicode(
+        "",
+        config=True,
+        help="Folder of homes from before per-person accounts (<folder>/<username>): moved to the new home on first start.",
+    )
+
     _creating = asyncio.Lock()  # useradd takes /etc/passwd's lock: one at a time
 
     @property
@@ -118,9 +125,19 @@ class PerPersonSpawner(LocalProcessSpawner):
         env["SHELL"] = "/bin/bash"
         return env
 
+    def _move_earlier_home(self) -> None:
+        """People's files from the single-account layout follow them into their own home, once."""
+        earlier = Path(self.earlier_homes_dir) / self.user.name if self.earlier_homes_dir else None
+        if earlier and earlier.is_dir() and not earlier.is_symlink() and not self.home.exists():
+            self.home.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(earlier), str(self.home))
+            self.log.info("moved %s's home from %s to %s", self.user.name, earlier, self.home)
+
     async def start(self):
         async with self._creating:
-            account = await asyncio.get_running_loop().run_in_executor(None, ensure_account, self.account, self.home)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._move_earlier_home)
+            account = await loop.run_in_executor(None, ensure_account, self.account, self.home)
         if account.pw_uid == 0:
             raise RuntimeError(f"{self.account} is root: opshub never starts a server as root")
         return await super().start()

@@ -54,7 +54,13 @@ def test_a_persons_server_runs_under_their_own_account_never_root(hub, bobs_term
 
 @pytest.mark.parametrize(
     "target",
-    ["state", "state/jupyterhub_cookie_secret", "state/jupyterhub.sqlite", "state/opshub.sqlite", "state/metrics-token"],
+    [
+        "state",
+        "state/jupyterhub_cookie_secret",
+        "state/jupyterhub.sqlite",
+        "state/opshub.sqlite",
+        "state/metrics-token",
+    ],
 )
 def test_the_hubs_state_and_secrets_are_out_of_reach(hub, bobs_terminal, target):
     path = hub.root / target
@@ -88,3 +94,20 @@ def test_other_processes_environments_are_out_of_reach(hub, bobs_terminal):
 def test_opshub_is_on_the_path_in_a_terminal(bobs_terminal):
     out, rc = bobs_terminal.run("opshub --help")
     assert rc == 0 and "usage: opshub" in out, out
+
+
+def test_homes_of_the_single_account_layout_move_to_their_owners(tmp_path):
+    """An install from before per-person accounts, started again as root: bob finds his files."""
+    earlier = Hub(tmp_path / "earlier")
+    (earlier.state / "homes" / "bob").mkdir(parents=True)
+    (earlier.state / "homes" / "bob" / "notes.md").write_text("my patching notes\n")
+    earlier.start()
+    try:
+        session, _ = earlier.login("bob")
+        earlier.open_lab(session, "bob")
+        notes = earlier.home("bob") / "notes.md"
+        assert notes.read_text() == "my patching notes\n"
+        assert notes.stat().st_uid == earlier.home("bob").stat().st_uid != 0
+        assert not (earlier.state / "homes" / "bob").exists()
+    finally:
+        earlier.stop()

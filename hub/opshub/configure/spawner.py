@@ -118,6 +118,8 @@ def apply_local(c, settings: Settings, runtime) -> None:
         c.JupyterHub.spawner_class = "opshub.accounts.PerPersonSpawner"
         c.PerPersonSpawner.homes_dir = str(homes)
         c.PerPersonSpawner.system_accounts = list(SYSTEM_ACCOUNTS)
+        # homes of the single-account layout (before per-person accounts) move to their owners
+        c.PerPersonSpawner.earlier_homes_dir = str(settings.state_dir / "homes")
     else:
         c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
         c.SimpleLocalProcessSpawner.home_dir_template = str(homes / "{username}")
