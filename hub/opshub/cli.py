@@ -97,8 +97,11 @@ def cmd_config_docs(args) -> int:
 
 def cmd_run(args) -> int:
     from .runbooks.headless import run_runbook
+    from .service.recorder import StoreRecorder
 
-    return run_runbook(args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir)
+    return run_runbook(
+        args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir, open_store=StoreRecorder
+    )
 
 
 def cmd_publish(args) -> int:

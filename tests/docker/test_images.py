@@ -93,15 +93,18 @@ def test_base_image_was_built_from_debian_packages_when_the_registry_is_unreacha
 
 
 def test_hub_image_has_the_hub_side(images):
+    # `|| exit 1`: a missing part fails the container; then opshub's answer, with its own exit code
     result = docker(
         "run", "--rm", images["hub"], "bash", "-c",
         "configurable-http-proxy --version && python -c 'import jupyterhub, dockerspawner, kubespawner, "
-        "oauthenticator, jupyterhub_idle_culler, opshub.service; print(jupyterhub.__version__)' "
-        "&& opshub config validate /srv/none.yaml; echo rc=$?",
+        "oauthenticator, jupyterhub_idle_culler, opshub.service; print(jupyterhub.__version__)' || exit 1; "
+        "opshub config validate /srv/none.yaml; echo \"validate-rc=$?\"",
         check=False,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.split()
     assert lines[0].startswith("5.") or lines[0].startswith("4."), result.stdout  # CHP
     assert lines[1].startswith("6."), result.stdout  # JupyterHub, the same major as the ops image's
-    assert "rc=" in result.stdout and "cannot read the settings file" in result.stdout + result.stderr
+    # opshub runs in the hub image: it refuses a settings file that is not there, and says why
+    assert lines[2] == "validate-rc=1", result.stdout + result.stderr
+    assert "cannot read the settings file" in result.stderr, result.stderr

@@ -1,39 +1,96 @@
 """The whole history service on PostgreSQL: a live hub whose settings point the run history at a
-real PostgreSQL server, with the password from the environment, not the settings file."""
+real PostgreSQL server that asks for a password, with the password from the environment, not the
+settings file (`history.database_password_env`)."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.livehub import Hub
+from tests.terminals import Terminal
+
+PASSWORD_ENV = "OPS_DB_PASSWORD"  # the variable a deployment names in `history.database_password_env`
+
+
+def history_on(database_url: str):
+    """Settings change: the run history in `database_url` (no password in it), the password in $OPS_DB_PASSWORD."""
+
+    def configure(settings):
+        settings["history"] = {"database_url": database_url, "database_password_env": PASSWORD_ENV}
+
+    return configure
 
 
 @pytest.fixture(scope="module")
-def pg_hub(postgres_server, tmp_path_factory):
-    url = make_url(postgres_server.create_database())
+def pg_database(postgres_server):
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
 
-    def on_postgres(settings):
-        settings["history"] = {
-            "database_url": url.set(password=None).render_as_string(hide_password=False),
-            "database_password_env": "OPS_DB_PASSWORD",
-        }
 
-    # the test server trusts loopback connections, so any password does: this proves the plumbing
-    hub = Hub(tmp_path_factory.mktemp("pg-hub"), configure=on_postgres, env={"OPS_DB_PASSWORD": "pg-pass-81f3"})
+@pytest.fixture(scope="module")
+def pg_hub(postgres_server, pg_database, tmp_path_factory):
+    hub = Hub(
+        tmp_path_factory.mktemp("pg-hub"),
+        configure=history_on(pg_database),
+        env={PASSWORD_ENV: postgres_server.password},
+    )
     hub.start()
     yield hub
     hub.stop()
-    postgres_server.drop_database(url.render_as_string(hide_password=False))
 
 
-def test_runs_recorded_through_the_service_land_in_postgresql(pg_hub):
+def rows_in_postgresql(postgres_server, database_url: str, run_id: str) -> list[tuple]:
+    """The run's row, read straight from the database (as the server's superuser), not through opshub."""
+    database = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_server.conninfo(database)) as connection:
+        query = 'SELECT "user", trigger, status FROM runs WHERE id = %s'
+        return connection.execute(query, (run_id,)).fetchall()
+
+
+def test_runs_recorded_through_the_service_land_in_postgresql(pg_hub, postgres_server, pg_database):
     tokens = pg_hub.tokens(users=["bob", "carol"])
     run = pg_hub.service_api(tokens["bob"], "POST", "runs", json={"runbook": "patch-server-stack.ipynb"}).json()
     assert pg_hub.service_api(tokens["bob"], "POST", f"runs/{run['id']}/finish", json={"status": "succeeded"}).ok
     listed = pg_hub.service_api(tokens["carol"], "GET", "runs").json()
-    assert [r["id"] for r in listed["runs"]] == [run["id"]]
+    assert run["id"] in [r["id"] for r in listed["runs"]]
+    assert rows_in_postgresql(postgres_server, pg_database, run["id"]) == [("bob", "headless", "succeeded")]
     assert not list(pg_hub.state.glob("opshub.sqlite*"))  # nothing went to the SQLite default
     log = pg_hub.log_file.read_text()
     assert "postgresql+psycopg" in log
-    assert "pg-pass-81f3" not in log  # the password is in no log and on no command line
+    assert postgres_server.password not in log  # the password is in no log and on no command line
+
+
+def test_a_run_typed_in_a_persons_terminal_is_recorded_in_postgresql(pg_hub, postgres_server, pg_database):
+    tokens = pg_hub.tokens(users=["bob", "carol"])
+    session, _ = pg_hub.login("bob")
+    pg_hub.open_lab(session, "bob")
+
+    def run_ids() -> set[str]:
+        return {run["id"] for run in pg_hub.service_api(tokens["carol"], "GET", "runs").json()["runs"]}
+
+    before = run_ids()
+    with Terminal(pg_hub.url, "bob", tokens["bob"]) as terminal:
+        out, rc = terminal.run("cd ~ && opshub run patch-server-stack -p stack web", timeout=300)
+    assert rc == 0, out
+    (run_id,) = run_ids() - before
+    run = pg_hub.service_api(tokens["carol"], "GET", f"runs/{run_id}").json()
+    assert (run["runbook"], run["parameters"]["stack"]) == ("patch-server-stack.ipynb", "web")
+    assert rows_in_postgresql(postgres_server, pg_database, run_id) == [("bob", "headless", "succeeded")]
+
+
+def test_with_a_wrong_password_the_hub_refuses_to_start_and_its_log_says_why(postgres_server, tmp_path):
+    """A wrong password must not give a hub that looks fine and loses every run: the service cannot
+    open the history, exits, and the hub stops at start with the database's refusal in its log."""
+    url = postgres_server.create_database()
+    try:
+        hub = Hub(tmp_path, configure=history_on(url), env={PASSWORD_ENV: "not-the-database-password"})
+        with pytest.raises(RuntimeError, match="the hub exited with 1"):
+            hub.start()
+    finally:
+        postgres_server.drop_database(url)
+    log = hub.log_file.read_text()
+    assert 'password authentication failed for user "opshub"' in log
+    assert "Service opshub exited with status 1" in log
+    assert "not-the-database-password" not in log

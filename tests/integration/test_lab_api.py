@@ -88,4 +88,9 @@ def test_links_point_to_the_history_the_dashboards_and_an_nbgitpuller_pull(hub, 
     assert links["history"] == "/services/opshub/"
     assert links["dashboards"] == "/services/opshub/dashboards/"
     assert links["pull"].startswith("/user/bob/git-pull?repo=")
-    assert requests.get(f"{hub.url}{links['history']}", timeout=30).status_code in (200, 302)
+    # the links lead to the pages themselves, for someone logged in (not to the login page)
+    session, _ = hub.login("bob")
+    for link, heading in ((links["history"], "Run history"), (links["dashboards"], "Dashboards")):
+        shown = session.get(f"{hub.url}{link}", timeout=30)
+        assert shown.status_code == 200 and shown.url == f"{hub.url}{link}", (link, shown.status_code, shown.url)
+        assert f'<h1 class="h3">{heading}</h1>' in shown.text, shown.text[:500]

@@ -8,7 +8,6 @@ import subprocess
 from urllib.parse import urljoin, urlparse
 
 import pytest
-import requests
 
 from tests.helpers import VENV_BIN
 from tests.idp import CLIENT_SECRET, CONTACT, PEOPLE, oidc_login
@@ -35,8 +34,11 @@ def test_someone_in_no_allowed_group_is_refused_with_a_clear_page(oidc_hub):
     for leak in ["Traceback", "ops-leads", "management", "contractors", CLIENT_SECRET]:
         assert leak not in response.text
     assert urlparse(session.get(f"{oidc_hub.url}/hub/home").url).path == "/hub/login"  # no session
-    admin = requests.get(f"{oidc_hub.url}/hub/api/users/mallory")
-    assert admin.status_code in (403, 404)
+    # the hub never made mallory a user: an admin asking for her gets 404 (dave, who got in, 200)
+    admin, _ = oidc_login(oidc_hub, "frank")  # frank is in the admin group
+    assert admin.get(f"{oidc_hub.url}/hub/api/users/mallory").status_code == 404
+    oidc_login(oidc_hub, "dave")
+    assert admin.get(f"{oidc_hub.url}/hub/api/users/dave").status_code == 200
 
 
 def test_viewer_sees_what_viewers_may_see_and_gets_no_server(oidc_hub):

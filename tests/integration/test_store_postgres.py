@@ -1,23 +1,44 @@
 """The run history store against a real PostgreSQL server: every test of tests/unit/test_store.py again.
 
 Importing the tests makes pytest collect them here too; this module's `database_url` fixture replaces
-the SQLite one, so each test runs on its own fresh PostgreSQL database.
+the SQLite one, so each test runs on its own fresh PostgreSQL database. The server asks for a password,
+which reaches the URL the way the opshub service adds it (from OPSHUB_DATABASE_PASSWORD).
 """
 
 from __future__ import annotations
 
 import pytest
+import sqlalchemy.exc
+from opshub.service.__main__ import database_url as with_password_from_environment
+from opshub.service.store import RunStore
 from sqlalchemy import inspect
 
 from tests.unit.test_store import *  # noqa: F403 (the shared tests, collected again here)
 
 
 @pytest.fixture
-def database_url(postgres_server):
-    """An empty PostgreSQL database, dropped after the test."""
+def database_url(postgres_server, monkeypatch):
+    """An empty PostgreSQL database, dropped after the test; its URL with the password, as the service makes it."""
     url = postgres_server.create_database()
-    yield url
+    monkeypatch.setenv("OPSHUB_DATABASE_PASSWORD", postgres_server.password)
+    yield with_password_from_environment(url)
     postgres_server.drop_database(url)
+
+
+@pytest.mark.parametrize(
+    ("password", "refusal"),
+    [("", "no password supplied"), ("not-the-password", 'password authentication failed for user "opshub"')],
+)
+def test_without_the_right_password_the_store_cannot_open_the_database(postgres_server, monkeypatch, password, refusal):
+    url = postgres_server.create_database()
+    monkeypatch.setenv("OPSHUB_DATABASE_PASSWORD", password)
+    store = RunStore(with_password_from_environment(url))
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match=refusal):
+            store.upgrade()
+    finally:
+        store.close()
+        postgres_server.drop_database(url)
 
 
 def test_the_store_really_is_on_postgresql(store):

@@ -14,7 +14,6 @@ from opshub.runbooks.client import ServiceClient, ServiceError
 from opshub.runbooks.headless import (
     DeclaredParameter,
     Heartbeat,
-    StoreRecorder,
     Terminal,
     UsageError,
     cell_label,
@@ -37,6 +36,7 @@ from opshub.runbooks.headless import (
 )
 from opshub.runbooks.masking import MASK
 from opshub.runbooks.pull import pull_runbooks
+from opshub.service.recorder import StoreRecorder
 from opshub.service.store import RunStore
 
 from tests.helpers import SHARED_NOTEBOOKS, git, make_work_tree
@@ -393,7 +393,7 @@ def test_heartbeat_keeps_going_after_a_failure():
 def test_store_recorder_and_make_recorder(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'runs.sqlite'}"
     monkeypatch.setenv("JUPYTERHUB_USER", "bob")
-    recorder = make_recorder({"OPSHUB_RECORDER": f"store:{url}"})
+    recorder = make_recorder({"OPSHUB_RECORDER": f"store:{url}"}, open_store=StoreRecorder)
     assert isinstance(recorder, StoreRecorder)
     run = recorder.start_run("patch.ipynb", {"stack": "web"}, "headless", None, True)
     recorder.heartbeat(run["id"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import getpass
 import json
 import logging
 import math
@@ -656,47 +655,10 @@ class Stopper:
             pass
 
 
-class StoreRecorder:
-    """Records straight into a RunStore, with no service in between (`OPSHUB_RECORDER=store:<URL>`).
-
-    A testing and offline aid: the user is $JUPYTERHUB_USER, else the login name, and the schema is
-    created or upgraded on first use. Store errors come out as ServiceError, like the service's.
-    """
-
-    def __init__(self, url: str, user: str | None = None):
-        from opshub.service.store import RunStore
-
-        self.user = user or os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
-        try:
-            self.store = RunStore(url)
-            self.store.upgrade()
-        except Exception as e:
-            raise ServiceError(0, f"cannot open the run store {url}: {e}") from None
-
-    def start_run(self, runbook, parameters=None, trigger="headless", runbook_commit=None, drift=False) -> dict:
-        with self._errors():
-            run = self.store.start_run(runbook, self.user, trigger, parameters, runbook_commit, drift)
-            return {"id": run.id, "runbook": run.runbook, "status": run.status}
-
-    def heartbeat(self, run_id: str) -> dict:
-        with self._errors():
-            return {"id": run_id, "last_heartbeat_at": self.store.heartbeat(run_id, self.user).isoformat()}
-
-    def finish_run(self, run_id, status, failed_cell=None, error_summary=None, output_notebook=None) -> dict:
-        with self._errors():
-            run = self.store.finish_run(run_id, self.user, status, failed_cell, error_summary, output_notebook)
-            return {"id": run.id, "status": run.status}
-
-    @contextlib.contextmanager
-    def _errors(self):
-        try:
-            yield
-        except Exception as e:
-            raise ServiceError(0, f"run store: {e}") from None
-
-
-def make_recorder(environ: Mapping[str, str] | None = None):
-    """The recorder `opshub run` uses: a RunStore for `OPSHUB_RECORDER=store:<URL>`, else ServiceClient().
+def make_recorder(environ: Mapping[str, str] | None = None, open_store: Callable[[str], Any] | None = None):
+    """The recorder `opshub run` uses: ServiceClient(), or for `OPSHUB_RECORDER=store:<URL>` the
+    `open_store(url)` the command wires in (the run store is the service's side: runbooks/ does not
+    import it).
 
     Raises ServiceError when it cannot be set up (no service URL or token), UsageError for an
     OPSHUB_RECORDER it does not understand.
@@ -705,8 +667,8 @@ def make_recorder(environ: Mapping[str, str] | None = None):
     spec = environ.get(RECORDER_ENV, "")
     if not spec:
         return ServiceClient()
-    if spec.startswith("store:"):
-        return StoreRecorder(spec.removeprefix("store:"))
+    if spec.startswith("store:") and open_store is not None:
+        return open_store(spec.removeprefix("store:"))
     raise UsageError(f"${RECORDER_ENV} must be empty or store:<database URL>, not {spec!r}")
 
 
@@ -734,12 +696,14 @@ def run_runbook(
     output: str | Path | None = None,
     runbooks_dir: str | Path | None = None,
     recorder=None,
+    open_store: Callable[[str], Any] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """Run `runbook` headless, recorded; return the exit code (see the module docstring and EXIT_*).
 
-    `parameters` are (NAME, VALUE) text pairs as given to `-p`. `recorder` defaults to `make_recorder()`.
+    `parameters` are (NAME, VALUE) text pairs as given to `-p`. `recorder` defaults to
+    `make_recorder(open_store=open_store)`.
     Secrets are taken from the process environment, which the kernel inherits, and from the kernel's own
     environment after each cell (a cell may set one).
     """
@@ -750,7 +714,7 @@ def run_runbook(
     try:
         plan = _prepare(runbook, pairs, output, runbooks_dir)
         if recorder is None:
-            recorder = make_recorder()
+            recorder = make_recorder(open_store=open_store)
     except UsageError as e:
         terminal.warn(str(e))
         return EXIT_USAGE

@@ -22,8 +22,10 @@ from tornado.ioloop import PeriodicCallback
 from ..contract import DASHBOARDS_ACCOUNT, server_prefix
 from ..runbooks.catalog import RunbookCatalog
 from .app import make_app
+from .dashboards import Dashboards, dashboard_handlers
 from .stats import RunStats
 from .store import RunStore
+from .voila import VoilaBackend
 
 log = logging.getLogger("opshub.service")
 
@@ -101,9 +103,6 @@ async def serve(args) -> None:
         log.warning("$%s is not set: /metrics answers 401 to everyone", args.metrics_token_env)
     dashboards = None
     if args.dashboards_dir:
-        from .dashboards import Dashboards
-        from .voila import VoilaBackend
-
         # The dashboards server: a system account's server, started through the hub, reached through the proxy.
         backend = VoilaBackend(
             hub_api_url=os.environ.get("JUPYTERHUB_API_URL", ""),
@@ -123,6 +122,7 @@ async def serve(args) -> None:
         metrics_token=metrics_token,
         cookie_secret=os.urandom(32),
         opshub_dashboards=dashboards,
+        extra_handlers=dashboard_handlers(prefix) if dashboards is not None else [],
     )
     app.listen(url.port, address=url.hostname)
     if dashboards is not None:

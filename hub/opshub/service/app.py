@@ -515,13 +515,15 @@ def make_app(
     stats: RunStats | None = None,
     known_runbooks=frozenset,
     metrics_token: str = "",
+    extra_handlers: list[tuple] = (),
     **settings,
 ) -> web.Application:
     """The service's tornado application, serving under `prefix` (/services/opshub/).
 
     `known_runbooks()` returns the runbooks of the repository (metric labels); `metrics_token` is
-    the bearer token Prometheus sends (empty: no metrics); `opshub_dashboards` (a
-    dashboards.Dashboards) adds the published dashboards.
+    the bearer token Prometheus sends (empty: no metrics); `extra_handlers` and `opshub_dashboards`
+    (a dashboards.Dashboards) add the published dashboards' routes and registry (the service's
+    __main__ wires them: dashboards.py builds on this module, not the other way round).
     """
     stats = stats if stats is not None else RunStats.from_store(store)
     registry = CollectorRegistry(auto_describe=False)
@@ -537,10 +539,7 @@ def make_app(
         (url_path_join(prefix, r"api/runs/([^/]+)/heartbeat"), HeartbeatHandler),
         (url_path_join(prefix, r"api/runs/([^/]+)/finish"), FinishHandler),
     ]
-    if settings.get("opshub_dashboards") is not None:
-        from .dashboards import dashboard_handlers  # imports this module: import it late
-
-        handlers += dashboard_handlers(prefix)
+    handlers += list(extra_handlers)
     return web.Application(
         handlers,
         opshub_store=store,

@@ -1,0 +1,77 @@
+"""The import rules of hub/opshub/ (hub/docs/architecture.md): each folder is a process or a concern,
+imports go only the allowed ways, and no two modules import each other, even late."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from opshub.settings import PACKAGE_DIR
+
+# folder (or top-level module) -> what it may import from opshub. Modules at the top not listed
+# here (settings, contract, startup, cli...) are the shared base or the composition roots.
+ALLOWED = {
+    "runbooks": {"runbooks", "settings", "contract"},  # the execution side: never the service
+    "lab": {"lab", "runbooks", "settings", "contract"},  # a person's server
+    "dashboards_backend": {"dashboards_backend"},  # the dashboards server: nothing of the hub's
+    "service": {"service", "runbooks", "contract", "dashboards_backend"},  # the control plane
+    "configure": {"configure", "settings", "contract", "dashboards_backend", "accounts"},  # pure functions
+}
+
+
+def opshub_imports(path: Path) -> set[str]:
+    """Dotted opshub modules imported anywhere in the file (function-level imports included)."""
+    module = "opshub." + ".".join(path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module.removesuffix(".__init__")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("opshub")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            if name.startswith("opshub"):
+                found.add(name)
+    return found
+
+
+def modules() -> dict[str, Path]:
+    return {
+        "opshub." + ".".join(p.relative_to(PACKAGE_DIR).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in PACKAGE_DIR.rglob("*.py")
+        if "migrations" not in p.parts
+    }
+
+
+def test_each_folder_imports_only_what_it_may():
+    wrong = []
+    for name, path in modules().items():
+        part = name.split(".")[1] if "." in name else ""
+        if part not in ALLOWED:
+            continue
+        for imported in opshub_imports(path):
+            target = imported.split(".")[1] if imported.count(".") else ""
+            if target and target not in ALLOWED[part]:
+                wrong.append(f"{name} imports {imported}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_two_modules_import_each_other():
+    graph = {name: {i for i in opshub_imports(path) if i in modules()} for name, path in modules().items()}
+    cycles = sorted(f"{a} <-> {b}" for a, targets in graph.items() for b in targets if a < b and a in graph.get(b, ()))
+    assert not cycles, cycles
+
+
+def test_the_rules_see_a_violation():
+    """The check itself can fail: a late import of the service from runbooks/ is found."""
+    source = PACKAGE_DIR / "runbooks" / "client.py"
+    assert "opshub.service.store" not in opshub_imports(source)
+    probe = PACKAGE_DIR / "runbooks" / "_layering_probe.py"
+    probe.write_text("def f():\n    from ..service.store import RunStore\n")
+    try:
+        assert "opshub.service.store" in opshub_imports(probe)
+    finally:
+        probe.unlink()
