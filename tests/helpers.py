@@ -51,6 +51,28 @@ def make_work_tree(path: Path, files: dict[str, str] | None = None, copy_from: P
     return path
 
 
+def run_async(coroutine):
+    """asyncio.run in a thread of its own: in the full suite Playwright's sync API keeps an event loop
+    running in the main thread, where asyncio.run refuses to start another."""
+    import asyncio
+    import threading
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as e:  # handed to the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def open_folder(prefix: str) -> Path:
     """A new folder that every account can enter (0755), outside pytest's root-only temporary
     folder: per-person accounts must reach their homes and the runbooks repository. The caller

@@ -4,10 +4,14 @@ settings file (`history.database_password_env`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import psycopg
 import pytest
 
-from tests.livehub import Hub
+from tests.helpers import VENV_BIN
+from tests.livehub import DEMO_PASSWORD, Hub
 from tests.terminals import Terminal
 
 PASSWORD_ENV = "OPS_DB_PASSWORD"  # the variable a deployment names in `history.database_password_env`
@@ -82,15 +86,25 @@ def test_a_run_typed_in_a_persons_terminal_is_recorded_in_postgresql(pg_hub, pos
 
 def test_with_a_wrong_password_the_hub_refuses_to_start_and_its_log_says_why(postgres_server, tmp_path):
     """A wrong password must not give a hub that looks fine and loses every run: the service cannot
-    open the history, exits, and the hub stops at start with the database's refusal in its log."""
+    open the history and exits, the hub stops at start (exit status 1, as `make run` would show it)
+    with the database's refusal in its log, and leaves nothing running."""
     url = postgres_server.create_database()
+    hub = Hub(tmp_path, configure=history_on(url), env={PASSWORD_ENV: "not-the-database-password"})
     try:
-        hub = Hub(tmp_path, configure=history_on(url), env={PASSWORD_ENV: "not-the-database-password"})
-        with pytest.raises(RuntimeError, match="the hub exited with 1"):
-            hub.start()
+        with open(hub.log_file, "w") as log:
+            started = subprocess.run(
+                [str(VENV_BIN / "opshub"), "hub", "--settings", str(hub.settings_file)],
+                cwd=hub.root,
+                env={**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD, **hub.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
     finally:
         postgres_server.drop_database(url)
     log = hub.log_file.read_text()
+    assert started.returncode == 1, log[-3000:]
     assert 'password authentication failed for user "opshub"' in log
     assert "Service opshub exited with status 1" in log
     assert "not-the-database-password" not in log
+    assert hub.processes_of_this_hub() == []

@@ -3,11 +3,13 @@ service of a live hub; PromQL returns exactly the runs recorded, also after the 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import yaml
 
 from tests.helpers import ROOT, ensure_debian_package
 from tests.livehub import Hub, free_port_block, start_server, wait_for
+from tests.terminals import Terminal
 
 MONITORING = ROOT / "hub" / "docs" / "monitoring"
 METRIC_NAMES = {
@@ -218,3 +221,71 @@ def test_shipped_monitoring_files_are_valid():
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "opshub")
     assert job["metrics_path"] == "/services/opshub/metrics" and job["authorization"]["type"] == "Bearer"
+
+
+def alerts(prom: Prometheus, name: str, runbook: str) -> list[dict]:
+    """The alerts `name` of `runbook` that Prometheus holds now (pending or firing)."""
+    response = requests.get(f"{prom.url}/api/v1/alerts", timeout=10).json()
+    assert response["status"] == "success", response
+    return [
+        a for a in response["data"]["alerts"] if a["labels"]["alertname"] == name and a["labels"]["runbook"] == runbook
+    ]
+
+
+def rules_evaluated(prom: Prometheus) -> float:
+    """When Prometheus last evaluated opshub's alert rules (Unix time; 0 if never)."""
+    response = requests.get(f"{prom.url}/api/v1/rules", timeout=10).json()
+    group = next(g for g in response["data"]["groups"] if g["name"] == "opshub-runbooks")
+    assert all(rule["health"] != "err" for rule in group["rules"]), group
+    when = group["lastEvaluation"]
+    if when.startswith("0001-"):
+        return 0.0
+    # RFC 3339 with nanoseconds: seconds are enough here
+    return datetime.datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", when).replace("Z", "+00:00")).timestamp()
+
+
+def settle(prom: Prometheus, failed_series: str, failures: float) -> None:
+    """Wait until Prometheus has scraped `failures` failed runs and evaluated the rules after that."""
+
+    def scraped():
+        return sum(prom.query(f"sum({failed_series})").values()) == failures  # no series yet: 0
+
+    wait_for(scraped, timeout=30, interval=1, what=f"Prometheus to scrape {failures} failed runs")
+    seen = time.time()
+    wait_for(lambda: rules_evaluated(prom) > seen, timeout=30, interval=0.5, what="an evaluation of the rules")
+
+
+def test_a_runbook_failing_repeatedly_fires_the_shipped_alert(metrics_hub, prometheus):
+    """The shipped rule RunbookFailingRepeatedly, evaluated by Prometheus, fires at the third failed run of
+    a runbook within the hour, and not before. The runs fail for real: `opshub run` typed in bob's
+    terminal, the runbook raising at its end (nothing listens on port 1). Last in this module, which
+    counts its runs exactly: no other test here fails this runbook."""
+    runbook = "tls-certificate-expiry.ipynb"
+    failed_series = f'opshub_runbook_runs_total{{runbook="{runbook}",status="failed"}}'
+    session, _ = metrics_hub.login("bob")
+    metrics_hub.open_lab(session, "bob")
+    token = metrics_hub.tokens(users=["bob"])["bob"]
+
+    settle(prometheus, failed_series, 0)
+    assert alerts(prometheus, "RunbookFailingRepeatedly", runbook) == []
+    with Terminal(metrics_hub.url, "bob", token) as terminal:
+        for failures in (1, 2, 3):
+            out, rc = terminal.run(
+                "opshub run tls-certificate-expiry -p endpoints '[\"127.0.0.1:1\"]' -p timeout 5", timeout=300
+            )
+            assert rc != 0 and "certificates need attention now" in out, out
+            if failures < 3:
+                settle(prometheus, failed_series, failures)
+                assert alerts(prometheus, "RunbookFailingRepeatedly", runbook) == [], f"after {failures} failures"
+
+    def firing():
+        found = alerts(prometheus, "RunbookFailingRepeatedly", runbook)
+        return found if found and found[0]["state"] == "firing" else None
+
+    try:
+        (alert,) = wait_for(firing, timeout=60, interval=1, what="the alert to fire")
+    except TimeoutError:
+        values = prometheus.query(f"increase({failed_series}[1h])")
+        raise AssertionError(f"not firing after 3 failed runs; increase over 1h: {values}") from None
+    assert alert["labels"]["severity"] == "warning"
+    assert f"Runbook {runbook} failed" in alert["annotations"]["summary"], alert

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import sys
@@ -23,6 +22,8 @@ from opshub.runbooks.masking import (
     secret_values,
 )
 from papermill.parameterize import parameterize_notebook
+
+from tests.helpers import run_async
 
 TOKEN = "ghp_s3cr3tTOKENvalue"
 PASSWORD = "hunter2-correct-horse"
@@ -323,7 +324,7 @@ def in_a_kernel(kernel_name: str, code: str) -> tuple[dict | None, list[dict], i
             client.stop_channels()
             await km.shutdown_kernel(now=True)
 
-    return asyncio.run(scenario())
+    return run_async(scenario())
 
 
 def test_a_python_kernel_tells_the_secrets_its_cells_set_and_shows_nothing_of_it():
@@ -353,7 +354,7 @@ def test_a_kernel_of_another_language_is_not_asked():
     class Manager:
         kernel_spec = Spec()
 
-    assert asyncio.run(kernel_environment(Manager())) is None
+    assert run_async(kernel_environment(Manager())) is None
 
 
 def test_parse_environment_dump():

@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import pytest
 from opshub.lab.recorder import FAILED_CELL_TAG, Recorder, Spool
 
+from tests.helpers import run_async
+
 KERNEL = "k-1"
 
 
@@ -28,7 +30,7 @@ def server(tmp_path):
         json.dumps({"cells": [], "metadata": {"opshub": {"title": "Check"}}})
     )
     (tmp_path / "scratch.ipynb").write_text("{}")
-    sessions = sqlite3.connect(":memory:")
+    sessions = sqlite3.connect(":memory:", check_same_thread=False)  # scenarios run in a thread of their own
     sessions.execute("CREATE TABLE session (session_id, path, name, type, kernel_id)")
     kernels = []
     return Server(
@@ -216,7 +218,7 @@ def test_a_secret_the_kernel_set_is_masked_before_anything_is_spooled(server, tm
         await asyncio.sleep(0.05)
         return recorder
 
-    recorder = asyncio.run(scenario())
+    recorder = run_async(scenario())
     assert recorder.questions == 2, "the second cell finished while the first question was out: asked again"
     (record,) = spooled(tmp_path)
     assert "set-in-the-kernel" not in json.dumps(record)
@@ -243,7 +245,7 @@ def test_a_restart_while_asking_cancels_the_question_and_spools_the_run(server, 
         await asyncio.sleep(0.05)
         return question
 
-    question = asyncio.run(scenario())
+    question = run_async(scenario())
     assert question.cancelled()
     (record,) = spooled(tmp_path)
     assert record["end"]["status"] == "succeeded" and len(record["notebook"]["cells"]) == 1
