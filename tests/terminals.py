@@ -21,6 +21,7 @@ class Terminal:
     def __init__(self, hub_url: str, user: str, token: str):
         self.base = f"{hub_url}/user/{user}"
         self.headers = {"Authorization": f"token {token}"}
+        self.screen = ""  # everything the terminal showed, without escape codes
         self.loop = asyncio.new_event_loop()  # the websocket lives in a loop of its own thread
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -49,23 +50,40 @@ class Terminal:
     async def _close(self):
         self.ws.close()
 
-    def run(self, command: str, timeout: float = 120) -> tuple[str, int]:
-        """Type `command` and Enter; returns what it printed (without escape codes) and its exit code."""
-        mark = uuid.uuid4().hex[:12]
-        # the marks are split in quotes, so the terminal's echo of the typed line never matches them
-        typed = f'echo "{mark}""-start"; {command}; echo "{mark}""-rc=$?"\n'
-        return self._run(self._until_mark(typed, mark, timeout), timeout + 10)
+    async def _type(self, keys: str):
+        await self.ws.write_message(json.dumps(["stdin", keys]))
 
-    async def _until_mark(self, typed: str, mark: str, timeout: float) -> tuple[str, int]:
-        await self.ws.write_message(json.dumps(["stdin", typed]))
+    def press(self, keys: str) -> None:
+        """Keys as typed, such as "\\x03" for Ctrl-C."""
+        self._run(self._type(keys))
+
+    def start(self, command: str) -> str:
+        """Type `command` and Enter without waiting for it to end; returns the mark `finish` waits for.
+        The marks are split in quotes, so the terminal's echo of the typed line never matches them."""
+        mark = uuid.uuid4().hex[:12]
+        self.press(f'echo "{mark}""-start"; {command}; echo "{mark}""-rc=$?"\n')
+        return mark
+
+    def read_until(self, pattern: str, timeout: float = 120) -> re.Match:
+        """Wait until the screen matches `pattern` (a multi-line regular expression)."""
+        return self._run(self._read_until(re.compile(pattern, re.M | re.S), timeout), timeout + 10)
+
+    async def _read_until(self, pattern: re.Pattern, timeout: float) -> re.Match:
         deadline = time.monotonic() + timeout
-        screen = ""
-        pattern = re.compile(rf"^{mark}-start\n(.*?)^{mark}-rc=(\d+)$", re.M | re.S)
-        while not (found := pattern.search(screen)):
+        while not (found := pattern.search(self.screen)):
             raw = await asyncio.wait_for(self.ws.read_message(), timeout=max(deadline - time.monotonic(), 0.1))
             if raw is None:
-                raise AssertionError(f"the terminal closed; it showed:\n{screen}")
+                raise AssertionError(f"the terminal closed; it showed:\n{self.screen}")
             kind, *content = json.loads(raw)
             if kind == "stdout":
-                screen += _ANSI.sub("", content[0])
+                self.screen += _ANSI.sub("", content[0])
+        return found
+
+    def finish(self, mark: str, timeout: float = 120) -> tuple[str, int]:
+        """What a command `start` typed printed, and its exit code."""
+        found = self.read_until(rf"^{mark}-start\n(.*?)^{mark}-rc=(\d+)\n", timeout)
         return found.group(1).rstrip("\n"), int(found.group(2))
+
+    def run(self, command: str, timeout: float = 120) -> tuple[str, int]:
+        """Type `command` and Enter; returns what it printed and its exit code."""
+        return self.finish(self.start(command), timeout)

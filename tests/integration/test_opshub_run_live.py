@@ -1,38 +1,35 @@
-"""`opshub run` inside a live user server, recording through the live opshub service.
-
-The command runs with exactly the environment of bob's running single-user server (his server
-token, the service URL, his home), as in a terminal of his JupyterLab."""
+"""`opshub run` typed in a JupyterLab terminal of bob's live server, recording through the live
+opshub service: his server's environment, his account, his home, as a person runs it."""
 
 from __future__ import annotations
 
 import contextlib
-import subprocess
+import os
+import shlex
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from tests.helpers import VENV_BIN, git
+from tests.helpers import git
+from tests.terminals import Terminal
 
 SECRET = "s3cr3t-deploy-token-4d2f"
 
 
 @pytest.fixture(scope="module")
-def bob_env(hub):
+def bob(hub):
+    """A terminal of bob's running JupyterLab."""
     session, _ = hub.login("bob")
     hub.open_lab(session, "bob")
-    return hub.server_environment("bob")
+    with Terminal(hub.url, "bob", hub.tokens(users=["bob"])["bob"]) as terminal:
+        yield terminal
 
 
-def opshub_run(env, *args, extra_env=None):
-    return subprocess.run(
-        [str(VENV_BIN / "opshub"), "run", *args],
-        env={**env, **(extra_env or {})},
-        cwd=env["HOME"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def opshub_run(terminal, *args, extra_env=None):
+    """`opshub run ...` typed in the terminal (after `NAME=value` for `extra_env`): output, exit code."""
+    assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in (extra_env or {}).items())
+    return terminal.run(f"{assignments} opshub run {shlex.join(args)}".strip(), timeout=300)
 
 
 @contextlib.contextmanager
@@ -48,6 +45,8 @@ def own_runbook(hub, name: str, parameters: str, code: str):
     )
     path = hub.home("bob") / "runbooks" / f"{name}.ipynb"
     nbformat.write(notebook, path)
+    home = hub.home("bob").stat()
+    os.chown(path, home.st_uid, home.st_gid)  # his, as if he had saved it
     try:
         yield path
     finally:
@@ -61,11 +60,11 @@ def find_run(hub, runbook: str, status: str) -> dict:
     return hub.service_api(token, "GET", f"runs/{runs['runs'][0]['id']}").json()
 
 
-def test_headless_run_succeeds_and_is_recorded(hub, bob_env):
+def test_headless_run_succeeds_and_is_recorded(hub, bob):
     # a runbook bob has not edited (other tests edit host-health-check in his copy)
-    result = opshub_run(bob_env, "patch-server-stack", "-p", "stack", "lab", "-p", "dry_run", "True")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "▶" in result.stdout and "[dry run] ssh" in result.stdout  # progress per cell, then the cell's output
+    out, rc = opshub_run(bob, "patch-server-stack", "-p", "stack", "lab", "-p", "dry_run", "True")
+    assert rc == 0, out
+    assert "▶" in out and "[dry run] ssh" in out  # progress per cell, then the cell's output
     run = find_run(hub, "patch-server-stack.ipynb", "succeeded")
     assert run["user"] == "bob" and run["trigger"] == "headless"
     assert run["parameters"] == {"stack": "lab", "dry_run": True}
@@ -74,34 +73,34 @@ def test_headless_run_succeeds_and_is_recorded(hub, bob_env):
     assert run["output_notebook"]["cells"]
 
 
-def test_failing_runbook_exits_non_zero_with_the_failing_cell(hub, bob_env):
-    result = opshub_run(bob_env, "host-health-check", "-p", "services", "[]", "-p", "disk_fail_percent", "0")
-    assert result.returncode == 1, result.stdout + result.stderr
+def test_failing_runbook_exits_non_zero_with_the_failing_cell(hub, bob):
+    out, rc = opshub_run(bob, "host-health-check", "-p", "services", "[]", "-p", "disk_fail_percent", "0")
+    assert rc == 1, out
     run = find_run(hub, "host-health-check.ipynb", "failed")
     cell = run["output_notebook"]["cells"][run["failed_cell"]]
     assert "raise RuntimeError" in "".join(cell["source"])
     assert "health check failed" in run["error_summary"]
 
 
-def test_unknown_runbook_and_undeclared_parameter_are_refused_before_anything_runs(hub, bob_env):
+def test_unknown_runbook_and_undeclared_parameter_are_refused_before_anything_runs(hub, bob):
     token = hub.tokens(users=["carol"])["carol"]
     before = hub.service_api(token, "GET", "runs").json()["total"]
-    unknown = opshub_run(bob_env, "reboot-everything")
-    assert unknown.returncode == 2 and "patch-server-stack.ipynb" in unknown.stdout + unknown.stderr
-    undeclared = opshub_run(bob_env, "patch-server-stack", "-p", "force", "True")
-    assert undeclared.returncode == 2 and "dry_run" in undeclared.stdout + undeclared.stderr
-    tricks = opshub_run(bob_env, "../.bashrc")
-    assert tricks.returncode == 2
+    out, rc = opshub_run(bob, "reboot-everything")
+    assert rc == 2 and "patch-server-stack.ipynb" in out
+    out, rc = opshub_run(bob, "patch-server-stack", "-p", "force", "True")
+    assert rc == 2 and "dry_run" in out
+    assert opshub_run(bob, "../.bashrc")[1] == 2
     assert hub.service_api(token, "GET", "runs").json()["total"] == before
 
 
-def test_secrets_appear_nowhere_and_local_edits_are_drift(hub, bob_env):
+def test_secrets_appear_nowhere_and_local_edits_are_drift(hub, bob):
     # bob's own runbook is not in the repository, so it is drift
     code = "import os\nprint('using', os.environ['DEPLOY_TOKEN'])\nprint(token_hint)"
     with own_runbook(hub, "deploy-check", "token_hint = 'none'", code):
-        result = opshub_run(bob_env, "deploy-check", "-p", "token_hint", SECRET, extra_env={"DEPLOY_TOKEN": SECRET})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert SECRET not in result.stdout + result.stderr
+        out, rc = opshub_run(bob, "deploy-check", "-p", "token_hint", SECRET, extra_env={"DEPLOY_TOKEN": SECRET})
+    assert rc == 0, out
+    printed = out.replace(f"token_hint {SECRET}", "").replace(f"DEPLOY_TOKEN={SECRET}", "")  # the typed line
+    assert SECRET not in printed and "[masked]" in out
     run = find_run(hub, "deploy-check.ipynb", "succeeded")
     assert run["drift"] is True
     carol, _ = hub.login("carol")
@@ -114,28 +113,14 @@ def test_secrets_appear_nowhere_and_local_edits_are_drift(hub, bob_env):
         assert SECRET.encode() not in database_file.read_bytes(), database_file
 
 
-def test_ctrl_c_ends_the_record_as_interrupted(hub, bob_env):
-    import signal
-    import time
-
+def test_ctrl_c_ends_the_record_as_interrupted(hub, bob):
     with own_runbook(
         hub, "slow-rollout", "hosts = 3", "import time\nprint('rolling out', flush=True)\ntime.sleep(120)"
     ):
-        process = subprocess.Popen(
-            [str(VENV_BIN / "opshub"), "run", "slow-rollout"],
-            env=bob_env,
-            cwd=bob_env["HOME"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 120
-        seen = ""
-        while "rolling out" not in seen and time.monotonic() < deadline:
-            seen += process.stdout.readline()
-        assert "rolling out" in seen, seen
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        process.communicate(timeout=60)
-        assert process.returncode == 130
+        mark = bob.start("opshub run slow-rollout")
+        bob.read_until(rf"{mark}-start\n.*rolling out")
+        bob.press("\x03")  # Ctrl-C
+        out, rc = bob.finish(mark)
+        assert rc == 130, out
     run = find_run(hub, "slow-rollout.ipynb", "interrupted")
     assert run["ended_at"] and run["user"] == "bob"

@@ -642,7 +642,6 @@ class DashboardPage(DashboardPageBase):
         self.xsrf_token  # noqa: B018 (sets the _xsrf cookie: Voila's page sends it when it stops its kernel)
         if dashboard.mode == "snapshot":
             run = self.visible_run(dashboard)
-            self.store.start_run(dashboard.runbook, self.current_user["name"], "headless")  # BROKEN-BY-cannotfail
             self.render_page("dashboard_snapshot.html", nav="dashboards", dashboard=dashboard, run=run)
             return
         await self.live(dashboard)
