@@ -3,13 +3,11 @@ stack dropdown, then reads the snapshot of the last patching run (made with `ops
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 from playwright.sync_api import expect
 
-from tests.helpers import ARTIFACTS, VENV_BIN
+from tests.helpers import ARTIFACTS
 from tests.livehub import wait_for
+from tests.terminals import Terminal
 
 from .conftest import log_in, screenshot
 
@@ -19,31 +17,12 @@ def test_viewer_uses_a_live_dashboard_and_reads_a_snapshot(page, hub, tmp_path):
     snapshot = {"name": "patching-last-run", "mode": "snapshot", "runbook": "patch-server-stack.ipynb"}
     published = hub.service_api(tokens["alice"], "POST", "dashboards", json=snapshot)
     assert published.status_code == 201, published.text
-    # bob patches the web stack (a dry run), recorded like any headless run
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path),
-        "OPSHUB_SERVICE_URL": f"{hub.url}/services/opshub/",
-        "JUPYTERHUB_API_TOKEN": tokens["bob"],
-    }
-    run = subprocess.run(
-        [
-            str(VENV_BIN / "opshub"),
-            "run",
-            "patch-server-stack",
-            "-p",
-            "stack",
-            "web",
-            "--runbooks-dir",
-            str(hub.upstream),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    (ARTIFACTS / "dashboards-opshub-run.log").write_text(run.stdout + run.stderr)
-    assert run.returncode == 0, run.stderr
+    # bob patches the web stack (a dry run) from a terminal of his JupyterLab, recorded like any headless run
+    hub.open_lab(hub.login("bob")[0], "bob")
+    with Terminal(hub.url, "bob", tokens["bob"]) as terminal:
+        out, rc = terminal.run("opshub run patch-server-stack -p stack web", timeout=300)
+    (ARTIFACTS / "dashboards-opshub-run.log").write_text(out)
+    assert rc == 0, out
 
     # preheated pages ran before bob's run: the service makes them again within seconds of a run's end
     carol, _ = hub.login("carol")

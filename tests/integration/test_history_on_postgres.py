@@ -90,7 +90,7 @@ def hub_with_a_wrong_password(postgres_server, tmp_path_factory):
     """`opshub hub` started by hand with a wrong database password: its exit status, its log and what it
     left running (stopped afterwards)."""
     url = postgres_server.create_database()
-    hub = Hub(tmp_path_factory.mktemp("pg-wrong"), configure=history_on(url), env={PASSWORD_ENV: postgres_server.password})
+    hub = Hub(tmp_path_factory.mktemp("pg-wrong"), configure=history_on(url), env={PASSWORD_ENV: WRONG_PASSWORD})
     try:
         with open(hub.log_file, "w") as log:
             hub.proc = subprocess.Popen(
