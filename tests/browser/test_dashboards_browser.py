@@ -26,12 +26,17 @@ def test_viewer_uses_a_live_dashboard_and_reads_a_snapshot(page, hub, tmp_path):
 
     # preheated pages ran before bob's run: the service makes them again within seconds of a run's end
     carol, _ = hub.login("carol")
-    wait_for(
-        lambda: "(dry run)" in carol.get(f"{hub.url}/services/opshub/dashboards/patching-status/", timeout=120).text,
+    shown = wait_for(
+        lambda: (
+            "(dry run)"
+            in (text := carol.get(f"{hub.url}/services/opshub/dashboards/patching-status/", timeout=120).text)
+            and text
+        ),
         timeout=90,
         interval=2,
         what="the live dashboard to show bob's run",
     )
+    assert "bob (own server)" in shown  # reported by his server, and labelled so
 
     try:
         log_in(page, hub, "carol")
