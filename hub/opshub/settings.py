@@ -19,6 +19,7 @@ import jsonschema
 import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+CHECKOUT_DIR = PACKAGE_DIR.parents[1]  # hub/opshub/ -> the project's checkout (the embedded default's paths)
 SETTINGS_ENV = "OPSHUB_SETTINGS"
 PORT_ENV = "OPSHUB_PORT"
 EMBEDDED_SETTINGS = PACKAGE_DIR / "embedded.yaml"
@@ -72,9 +73,12 @@ def load_settings(
     """Read, validate and complete a settings file. Raises SettingsError naming each problem.
 
     `port` overrides `hub.port` (as `make run PORT=...` does); relative paths are resolved
-    against `cwd` (default: the current directory).
+    against `cwd`, by default the settings file's folder (for the embedded default: this checkout,
+    where `make run` keeps `state/`), never the folder the command happens to run in.
     """
     file = settings_path(path)
+    if cwd is None:
+        cwd = CHECKOUT_DIR if file.resolve() == EMBEDDED_SETTINGS.resolve() else file.resolve().parent
     source = str(file)
     try:
         text = file.read_text()

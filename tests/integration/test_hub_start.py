@@ -41,7 +41,9 @@ def test_jupyterhub_with_the_glue_config_refuses_invalid_settings(tmp_path):
 
 
 def test_too_short_demo_password_is_refused(tmp_path):
-    result = run([str(VENV_BIN / "opshub"), "hub"], tmp_path, OPSHUB_DEMO_PASSWORD="short")
+    embedded = tmp_path / "embedded.yaml"  # a copy: its state goes here, not into the checkout
+    embedded.write_text(EMBEDDED_SETTINGS.read_text())
+    result = run([str(VENV_BIN / "opshub"), "hub", "--settings", str(embedded)], tmp_path, OPSHUB_DEMO_PASSWORD="short")
     assert result.returncode != 0
     assert "OPSHUB_DEMO_PASSWORD: the shared password must be at least 8 characters" in result.stderr
     assert "Traceback" not in result.stderr

@@ -21,7 +21,9 @@ def embedded_here(open_tmp_path, monkeypatch):
     make_work_tree(open_tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
     monkeypatch.chdir(open_tmp_path)
     monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "glue-test-password")
-    monkeypatch.delenv("OPSHUB_SETTINGS", raising=False)
+    # the embedded default, copied here: its relative paths start at its file's folder
+    (open_tmp_path / "embedded.yaml").write_text(EMBEDDED_SETTINGS.read_text())
+    monkeypatch.setenv("OPSHUB_SETTINGS", str(open_tmp_path / "embedded.yaml"))
     return open_tmp_path
 
 

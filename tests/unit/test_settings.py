@@ -8,7 +8,16 @@ import textwrap
 
 import pytest
 import yaml
-from opshub.settings import EMBEDDED_SETTINGS, MASK, SettingsError, load_settings, masked, render_docs, validate
+from opshub.settings import (
+    EMBEDDED_SETTINGS,
+    MASK,
+    PACKAGE_DIR,
+    SettingsError,
+    load_settings,
+    masked,
+    render_docs,
+    validate,
+)
 
 from tests.helpers import ROOT
 
@@ -113,6 +122,19 @@ def test_relative_paths_resolve_against_the_start_directory(tmp_path):
     settings = load_settings(write(tmp_path, text), cwd=tmp_path)
     assert settings["hub"]["state_dir"] == str(tmp_path / "var" / "opshub")
     assert settings["runbooks"]["repository"] == "git@github.com:acme/runbooks.git"  # URLs stay as they are
+
+
+def test_relative_paths_start_at_the_settings_file_whatever_the_current_folder(tmp_path, monkeypatch):
+    """`opshub config show` typed in a home shows the state where `opshub hub` keeps it."""
+    (tmp_path / "etc").mkdir()
+    settings_file = write(tmp_path / "etc", MINIMAL + "hub: {state_dir: var/opshub}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(settings_file)["hub"]["state_dir"] == str(tmp_path / "etc" / "var" / "opshub")
+    # the embedded default's paths start at the checkout, where `make run` keeps state/ and runbooks.git
+    embedded = load_settings(EMBEDDED_SETTINGS)
+    assert embedded["hub"]["state_dir"] == str(PACKAGE_DIR.parents[1] / "state")
+    shown = yaml.safe_load(run_cli("config", "show", str(settings_file)).stdout)
+    assert shown["hub"]["state_dir"] == str(tmp_path / "etc" / "var" / "opshub")
 
 
 def test_masked_hides_literal_secret_values():
