@@ -78,7 +78,7 @@ def start_server(argv: list[str], log_name: str, ready_url: str, timeout: float 
             raise RuntimeError(f"{argv[0]} exited with {proc.returncode}; see {ARTIFACTS / log_name}")
         try:
             return requests.get(ready_url, timeout=2).ok
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy dying
             return False
 
     wait_for(ready, timeout=timeout, what=f"{argv[0]} at {ready_url}")
@@ -177,7 +177,7 @@ class Hub:
             raise RuntimeError(f"the hub exited with {self.proc.returncode}; see {self.log_file}")
         try:
             return requests.get(f"{self.url}/hub/api", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy dying
             return False
 
     def stop(self) -> None:
