@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .accounts import unreadable_by_others
 from .configure import Runtime
+from .configure.services import database_url
 from .configure.spawner import homes_dir, local_accounts
 from .runbooks.mirror import MirrorError, mirror
 from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, repository_url
@@ -113,6 +114,33 @@ def oidc_endpoints(settings: Settings) -> dict[str, str]:
     return {key: endpoints[key] or discovered[key] for key in endpoints}
 
 
+def check_database(settings: Settings, password: str | None) -> None:
+    """The run history's database answers with the settings' password: a wrong one stops the hub at
+    start with the database's own words, before anything listens (a service that cannot record would
+    otherwise take the hub down after the proxy started, or lose every run)."""
+    url = database_url(settings)
+    if url.startswith("sqlite:"):
+        return  # a file in the state folder, made by the service
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = create_engine(make_url(url).set(password=password) if password else url, pool_pre_ping=False)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        variable = settings["history"]["database_password_env"]
+        hint = f" (the password comes from ${variable})" if variable else ""
+        raise SettingsError(
+            settings.source,
+            [f"history.database_url: cannot open {make_url(url).render_as_string(hide_password=True)}{hint}: {reason}"],
+        ) from None
+    finally:
+        engine.dispose()
+
+
 def check_accounts(settings: Settings, runtime: Runtime) -> None:
     """The local kind's accounts can work here: root for per-person accounts, never servers as
     root, and everything those accounts must read (the Python environment, opshub, the runbooks
@@ -199,6 +227,7 @@ def prepare(settings: Settings) -> Runtime:
                 settings.source, [f"history.database_password_env: the environment variable {password_env} is not set"]
             )
         found["database_password"] = os.environ[password_env]
+    check_database(settings, found.get("database_password"))
     if provider == "shared-password":
         found["demo_password"] = demo_password(settings)[0]
     if provider in OAUTH_PROVIDERS:
