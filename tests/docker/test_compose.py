@@ -14,6 +14,7 @@ import subprocess
 import pytest
 import requests
 import yaml
+from dockerspawner import DockerSpawner
 
 from tests.docker.engine import OPS_IMAGE, docker
 from tests.helpers import ARTIFACTS, ROOT
@@ -50,7 +51,7 @@ class ComposeHub(Hub):
         return result
 
     def container(self, user: str) -> str:
-        return f"{NAME}-user-{user}"
+        return f"{NAME}-user-{DockerSpawner._escape(user)}"  # DockerSpawner's name: `-` in a name is escaped
 
     def exists(self, container: str) -> bool:
         names = docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
