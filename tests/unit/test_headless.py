@@ -9,33 +9,30 @@ import time
 
 import nbformat
 import pytest
-from opshub.runbooks import headless
+from opshub.runbooks import execute, headless
 from opshub.runbooks.client import ServiceClient, ServiceError
+from opshub.runbooks.execute import Heartbeat
+from opshub.runbooks.gitstate import git_state
 from opshub.runbooks.headless import (
-    DeclaredParameter,
-    Heartbeat,
-    Terminal,
-    UsageError,
-    cell_label,
-    check_parameters,
-    declared_parameters,
-    error_summary,
-    failed_cell_index,
-    format_duration,
-    git_state,
     heartbeat_interval,
     list_runbooks,
     make_recorder,
-    parse_parameters,
-    parse_value,
-    progress_line,
-    python_assignments,
     resolve_runbook,
     run_runbook,
-    secrets_for,
 )
-from opshub.runbooks.masking import MASK
+from opshub.runbooks.masking import MASK, secrets_for
+from opshub.runbooks.params import (
+    DeclaredParameter,
+    UsageError,
+    check_parameters,
+    declared_parameters,
+    parse_parameters,
+    parse_value,
+    python_assignments,
+)
 from opshub.runbooks.pull import pull_runbooks
+from opshub.runbooks.results import error_summary, failed_cell_index
+from opshub.runbooks.terminal import Terminal, cell_label, format_duration, progress_line
 from opshub.service.recorder import StoreRecorder
 from opshub.service.store import RunStore
 
@@ -499,7 +496,7 @@ def test_signal_handlers_are_restored():
     import signal
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    stopper = headless.Stopper()
+    stopper = execute.Stopper()
     stopper.install()
     assert signal.getsignal(signal.SIGINT) != before[0]
     stopper.uninstall()

@@ -27,8 +27,10 @@ from tornado import web
 from tornado.httputil import url_concat
 
 from ..runbooks.client import ServiceClient, ServiceError
-from ..runbooks.headless import declared_parameters, default_runbooks_dir, git_state
+from ..runbooks.gitstate import git_state
+from ..runbooks.headless import default_runbooks_dir
 from ..runbooks.metadata import DEFAULTS, RunbookMetadataError, read_runbook_metadata, runbook_metadata
+from ..runbooks.params import declared_parameters
 
 RUN_LINE = re.compile(r"^run ([0-9a-f-]{36})\b")
 MAX_JOB_LINES = 2000

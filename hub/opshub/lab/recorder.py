@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ..runbooks.client import ServiceClient, ServiceError
-from ..runbooks.headless import DEFAULT_HEARTBEAT_SECONDS, committed_text, git_state, notebook_cells
+from ..runbooks.execute import DEFAULT_HEARTBEAT_SECONDS
+from ..runbooks.gitstate import committed_text, git_state, notebook_cells
 from ..runbooks.masking import kernel_environment, mask_notebook, mask_obj, secret_values
+from ..runbooks.results import error_summary, failed_cell_index, is_failure
 
 log = logging.getLogger("opshub.recorder")
 
@@ -75,10 +77,8 @@ class InteractiveRun:
     secrets: set[str] = field(default_factory=set)
 
     def failed_cell(self) -> int | None:
-        for index, cell in enumerate(self.cells):
-            if any(output.get("output_type") == "error" for output in cell["outputs"]):
-                return index
-        return None
+        """The first cell that failed, by the rule headless runs follow too (`sys.exit(0)` is no failure)."""
+        return failed_cell_index({"cells": self.cells})
 
     def notebook(self, finished_only: bool = False) -> dict[str, Any]:
         """The run as a notebook: the executed cells in the order they ran, with their outputs (not masked)."""
@@ -356,7 +356,7 @@ class Recorder:
                 last["text"] += output["text"]
             else:
                 cell["outputs"].append(output)
-            if kind == "error":
+            if is_failure(output):
                 cell["metadata"].setdefault("tags", []).append(FAILED_CELL_TAG)
         elif kind == "clear_output":
             cell["outputs"].clear()
@@ -477,10 +477,8 @@ class Recorder:
         if run is None:
             return
         failed = run.failed_cell()
-        summary = None
-        if failed is not None:
-            error = next(o for o in run.cells[failed]["outputs"] if o["output_type"] == "error")
-            summary = f"{error.get('ename', 'Error')}: {error.get('evalue', '')}"[:1000]
+        summary = error_summary({"cells": run.cells}, failed)
+        summary = summary[:1000] if summary else None
         for cell, _ in run.by_request.values():  # cells still running when the kernel went away
             cell["metadata"]["opshub"]["unfinished"] = True
         run.end = {

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 MASK = "[masked]"
+SECRET_NAMES_ENV = "OPSHUB_SECRET_NAMES"  # more secret variable names, comma-separated (history.secret_names)
 DEFAULT_PATTERNS = ("*_TOKEN", "*_PASSWORD", "*_SECRET", "*_KEY")
 
 # Base64-encoded binary outputs: a secret never appears in them as text, and replacing a chance match
@@ -72,6 +73,17 @@ def secret_values(
         if is_secret_name(name, names, patterns) and len(value.strip()) >= min_length
     }
     return sorted(values, key=lambda value: (-len(value), value))
+
+
+def secrets_for(environ: Mapping[str, str], parameters: Mapping[str, Any] | None = None) -> list[str]:
+    """The values to mask: secret environment variables ($OPSHUB_SECRET_NAMES, comma-separated, plus the
+    default patterns) and the values of parameters whose names look like secrets (`-p api_token ...`)."""
+    names = [name.strip() for name in environ.get(SECRET_NAMES_ENV, "").split(",") if name.strip()]
+    secrets = set(secret_values(environ, names))
+    for name, value in (parameters or {}).items():
+        if is_secret_name(name, names) and isinstance(value, str) and len(value.strip()) >= 4:
+            secrets.add(value.strip())
+    return sorted(secrets, key=lambda value: (-len(value), value))
 
 
 def mask_text(text: str, secrets: Iterable[str]) -> str:
