@@ -23,8 +23,8 @@ from opshub.configure.services import PUBLISH_SCOPE, apply_services
 from opshub.configure.spawner import SERVER_TOKEN_SCOPES
 from opshub.dashboards_backend.__main__ import RepollingChannel, RepollingKernelClient, backend_config
 from opshub.runbooks.catalog import RunbookCatalog
-from opshub.service.app import UnreadableNotebook, notebook_html
 from opshub.service.dashboards import Dashboards, PublishError, check_name, refuse_live_if_it_changes_systems
+from opshub.service.handlers.base import UnreadableNotebook, notebook_html
 from opshub.service.store import RunStore
 from opshub.service.voila import ALLOWED_MESSAGE_TYPES, message_type
 from opshub.settings import load_settings

@@ -22,7 +22,7 @@ from tornado.ioloop import PeriodicCallback
 from ..contract import DASHBOARDS_ACCOUNT, server_prefix
 from ..runbooks.catalog import RunbookCatalog
 from .app import make_app
-from .dashboards import Dashboards, dashboard_handlers
+from .dashboards import Dashboards
 from .stats import RunStats
 from .store import RunStore
 from .voila import VoilaBackend
@@ -121,8 +121,7 @@ async def serve(args) -> None:
         known_runbooks=catalog.names,
         metrics_token=metrics_token,
         cookie_secret=os.urandom(32),
-        opshub_dashboards=dashboards,
-        extra_handlers=dashboard_handlers(prefix) if dashboards is not None else [],
+        dashboards=dashboards,
     )
     app.listen(url.port, address=url.hostname)
     if dashboards is not None:

@@ -1,0 +1,321 @@
+"""What every handler of the opshub service shares (like jupyterhub/handlers/base.py).
+
+- `ServiceHandler`: the security headers of every response (the one place they and the pages' CSP
+  are set), errors that name the problem (JSON for APIs, a page for people, never a traceback), and
+  the one bearer-token check (Prometheus' metrics token, the dashboards' data token).
+- `BaseHandler`: authenticated by the hub (`jupyterhub.services.auth`): tokens for the API, the
+  hub's OAuth cookie for pages; who may see which runs; pages from the service's templates; the one
+  sandboxed-HTML helper for executed notebooks (`finish_sandboxed`, `notebook_html`).
+- `ApiHandler`: JSON bodies, anonymous callers refused with 403, the store's refusals as HTTP errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import uuid
+
+import nbformat
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
+from jupyterhub.utils import url_path_join
+from nbconvert import HTMLExporter
+from tornado import web
+
+from ..models import Run
+from ..store import MAX_OFFSET, NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
+
+log = logging.getLogger("opshub.service")
+
+FAILED_CELL_TAG = "opshub-failed-cell"
+RECORD_SCOPE = "custom:opshub:runs:record"
+DELETE_SCOPE = "custom:opshub:runs:delete"
+
+# The service's pages: its own files and the hub's stylesheet, inline styles (page.html), nothing from
+# elsewhere, framed only by pages of this origin (invariant 9 of THREAT-MODEL.md).
+PAGE_CSP = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none';"
+    " base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
+)
+# Executed notebooks hold whatever the runbook printed, HTML included: sandboxed (no scripts, an opaque
+# origin of their own, so they can never act as the person viewing them), styles and inline images only.
+NOTEBOOK_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
+HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # a Host header fit for a CSP
+
+
+def live_page_csp(host: str) -> str:
+    """What Voila's page needs: its inline and evaluated scripts (widgets), blob workers, inline styles,
+    data: fonts and images, and WebSockets to its own kernel on this host; nothing from elsewhere."""
+    sockets = f" ws://{host} wss://{host}" if HOST.fullmatch(host) else ""
+    return (
+        "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; worker-src 'self' blob:;"
+        " style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:;"
+        f" connect-src 'self'{sockets}; object-src 'none'; base-uri 'self'; form-action 'self';"
+        " frame-ancestors 'self'"
+    )
+
+
+def is_admin(user: dict | None) -> bool:
+    """Whether the token's or cookie's user is an admin: JupyterHub's admin flag, JupyterHub's admin role
+    (`admin:users`), or opshub's admin role (its scopes hold for every user, not only oneself)."""
+    if not user or user.get("kind") != "user":
+        return False
+    scopes = user.get("scopes", [])
+    return bool(user.get("admin")) or bool(check_scopes({"admin:users"}, scopes) | check_scopes({DELETE_SCOPE}, scopes))
+
+
+class UnreadableNotebook(ValueError):
+    """A recorded notebook nbconvert cannot render; the message says why."""
+
+
+def notebook_html(notebook_json: str, failed_cell: int | None) -> str:
+    """The executed notebook as HTML, the failing cell tagged (the recorder may have tagged it already).
+    Serve it only with `BaseHandler.finish_sandboxed`."""
+    try:
+        notebook = nbformat.reads(notebook_json, as_version=4)
+        for cell in notebook.cells:
+            # nbformat wants each tag once: a reporter's notebook may repeat them
+            tags = cell.metadata.get("tags")
+            if isinstance(tags, list):
+                cell.metadata["tags"] = list(dict.fromkeys(tag for tag in tags if isinstance(tag, str)))
+        if failed_cell is not None and 0 <= failed_cell < len(notebook.cells):
+            tags = notebook.cells[failed_cell].metadata.setdefault("tags", [])
+            if FAILED_CELL_TAG not in tags:
+                tags.append(FAILED_CELL_TAG)
+        html, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
+    except Exception as e:  # whatever a malformed notebook makes nbformat or nbconvert raise
+        raise UnreadableNotebook(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+    highlight = (
+        f"<style>.celltag_{FAILED_CELL_TAG} {{ outline: 3px solid #dc3545; outline-offset: 4px; }}"
+        f" .celltag_{FAILED_CELL_TAG}::before {{ content: 'This cell failed'; color: #dc3545; font-weight: bold; }}</style>"
+    )
+    return html.replace("</head>", highlight + "</head>", 1)
+
+
+def duration(run: Run) -> str:
+    """How long a run took, as the pages show it."""
+    if not run.ended_at:
+        return "running"
+    seconds = int((run.ended_at - run.started_at).total_seconds())
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def parse_time(name: str, value: str) -> datetime.datetime:
+    """A query argument's ISO 8601 time, in UTC (naive times are taken as UTC); 400 otherwise."""
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+        return parsed.astimezone(datetime.timezone.utc)  # overflows here for times at the calendar's edges
+    except (ValueError, OverflowError):
+        raise web.HTTPError(400, f"{name} must be an ISO 8601 time, not {value!r}") from None
+
+
+def int_argument(handler: web.RequestHandler, name: str, default: int) -> int:
+    """A whole number from 0 to what the database can count (offsets, limits)."""
+    value = handler.get_argument(name, None)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise web.HTTPError(400, f"{name} must be a whole number, not {value!r}") from None
+    if not 0 <= number <= MAX_OFFSET:
+        raise web.HTTPError(400, f"{name} must be between 0 and {MAX_OFFSET}, not {value}")
+    return number
+
+
+class ServiceHandler(web.RequestHandler):
+    """What every response of the service shares: security headers, and errors that name the problem
+    (JSON for APIs, a page for people), never a traceback."""
+
+    api = True  # errors as JSON; pages say False
+
+    def set_default_headers(self) -> None:
+        # also after an error: tornado's send_error clears the headers back to these
+        self.set_header("Content-Security-Policy", PAGE_CSP)
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
+        if self.api:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"status": status_code, "message": message, "error": message}))
+        else:
+            self.finish(self.error_page(status_code, message))
+
+    def error_page(self, status_code: int, message: str) -> str:
+        template = self.settings["opshub_templates"].get_template("error.html")
+        prefix = self.settings["opshub_prefix"]
+        return template.render(prefix=prefix, hub_prefix="/hub/", user_name="", status=status_code, message=message)
+
+    def check_bearer(self, token: str, refusal: str) -> None:
+        """401 with `refusal` unless the request sends `Authorization: Bearer <token>`, for callers that
+        hold a secret rather than a hub identity. An empty token lets nobody in."""
+        sent = self.request.headers.get("Authorization", "")
+        if not token or not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise web.HTTPError(401, refusal)
+
+
+class BaseHandler(HubOAuthenticated, ServiceHandler):
+    api = False
+
+    @property
+    def store(self) -> RunStore:
+        return self.settings["opshub_store"]
+
+    @property
+    def prefix(self) -> str:
+        return self.settings["opshub_prefix"]
+
+    def check_xsrf_cookie(self):
+        """Skip the XSRF check only when a token authenticated the request.
+
+        Tornado checks before prepare(), when nobody has asked yet who the caller is: ask now. The hub's
+        auth tries the Authorization token first (and sets `_token_authenticated` when it holds), then
+        the cookie, for which it calls this method again: by then `_cached_hub_user` is set, so the
+        cookie gets the real check. A header that authenticates nothing does not switch it off.
+        """
+        if not hasattr(self, "_cached_hub_user"):
+            self.current_user  # noqa: B018 (authenticates, token first)
+        if getattr(self, "_token_authenticated", False):
+            return None
+        return super().check_xsrf_cookie()
+
+    def render_page(self, template: str, **namespace) -> None:
+        self.finish(self.page_html(template, **namespace))
+
+    def page_html(self, template: str, **namespace) -> str:
+        user = self.current_user
+        page = self.settings["opshub_templates"].get_template(template)
+        return page.render(
+            prefix=self.prefix,
+            hub_prefix=self.hub_auth.hub_prefix,
+            user_name=user["name"] if user else "",
+            duration=duration,
+            **namespace,
+        )
+
+    def finish_sandboxed(self, render, what: str) -> None:
+        """Serve an executed notebook's HTML under the sandbox policy (the one place it is set)."""
+        try:
+            html = render()
+        except UnreadableNotebook as e:
+            raise web.HTTPError(422, f"the recorded notebook of {what} cannot be shown: {e}") from None
+        self.set_header("Content-Security-Policy", NOTEBOOK_CSP)
+        self.finish(html)
+
+    def error_page(self, status_code: int, message: str) -> str:
+        try:
+            return self.page_html("error.html", status=status_code, message=message, nav=getattr(self, "nav", None))
+        except Exception:  # the hub cannot be asked who this is: a page without the name
+            log.exception("error page for %s", self.request.path)
+            return super().error_page(status_code, message)
+
+    def hidden_runbooks(self) -> frozenset[str]:
+        """Runbooks whose runs this person may not see: those of dashboards restricted to groups they
+        are not in (see Dashboards.hidden_runbooks); nothing without dashboards."""
+        dashboards = self.settings.get("opshub_dashboards")
+        return dashboards.hidden_runbooks(self.current_user) if dashboards is not None else frozenset()
+
+    def run_or_404(self, run_id: str) -> Run:
+        """The run, if this person may see it: 404 for an unknown or malformed id, 403 for a restricted one."""
+        try:
+            uuid.UUID(run_id)
+        except ValueError:
+            raise web.HTTPError(404, f"no run with id {run_id!r}: run ids are UUIDs") from None
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        if run.runbook in self.hidden_runbooks() and run.user != self.current_user["name"]:
+            raise web.HTTPError(
+                403,
+                f"run {run_id} is of {run.runbook}, whose dashboard is restricted to groups"
+                f" {self.current_user['name']} is not in",
+            )
+        return run
+
+    def user_name(self) -> str:
+        """The person behind the token. Services' tokens cannot record or delete runs."""
+        model = self.current_user
+        if model.get("kind") != "user":
+            raise web.HTTPError(403, "only people record runs, not services")
+        return model["name"]
+
+    def require(self, scope: str) -> str:
+        """The user's name, if their token holds `scope` for themselves; 403 otherwise."""
+        name = self.user_name()
+        if not check_scopes({f"{scope}!user={name}"}, self.current_user.get("scopes", [])):
+            raise web.HTTPError(403, f"{name} may not do this: it needs the {scope} permission")
+        return name
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path the service does not serve: a 404 with the service's headers and error page."""
+
+    def prepare(self):
+        self.api = self.request.path.startswith(url_path_join(self.prefix, "api/"))
+        raise web.HTTPError(404, f"nothing at {self.request.path}")
+
+
+class ApiHandler(BaseHandler):
+    api = True
+
+    def prepare(self):
+        # An API answers anonymous callers with 403, not with a redirect to a login page.
+        if self.current_user is None:
+            raise web.HTTPError(403, "authentication required: send a JupyterHub token (Authorization: token ...)")
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def reported_from(self) -> str:
+        """How the record reached the service, as far as the service can tell: the kind of credential,
+        the address the connection came from and, when that is a proxy (the hub's adds X-Forwarded-For),
+        the address it says it forwarded for. Earlier X-Forwarded-For entries are the client's own claims:
+        left out."""
+        how = "API token" if getattr(self, "_token_authenticated", False) else "browser session"
+        peer = self.request.remote_ip
+        forwarded = self.request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        try:
+            forwarded = str(ipaddress.ip_address(forwarded))
+        except ValueError:
+            forwarded = ""
+        where = f"{forwarded} via {peer}" if forwarded and forwarded != peer else peer
+        return f"{how} from {where}"[:255]
+
+    def store_call(self, method, *args, **kwargs):
+        """Call the store, turning its refusals into HTTP errors that name the problem."""
+        try:
+            return method(*args, **kwargs)
+        except RunNotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+        except NotRunOwner as e:
+            raise web.HTTPError(403, str(e)) from None
+        except (RunAlreadyFinished, RunConflict) as e:
+            raise web.HTTPError(409, str(e)) from None
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler, ServiceHandler):
+    """The end of the hub's OAuth login, with the service's headers and error pages."""
+
+    api = False
+
+
+def base_handlers(prefix: str) -> list[tuple]:
+    """The end of every page's login (history and dashboards alike)."""
+    return [(url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler)]

@@ -1,0 +1,155 @@
+"""The run API at `api/runs`: people's servers record their runs here (`opshub run`, interactive
+runs), every role reads, admins delete.
+
+Who records is always the token's owner. A person's token reports only `headless` and `interactive`
+runs, and each record says who reported it and how it reached the service.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from ..models import REPORTED_TRIGGERS, TRIGGERS, Run
+from .base import DELETE_SCOPE, RECORD_SCOPE, ApiHandler, int_argument, parse_time
+
+log = logging.getLogger("opshub.service")
+
+
+def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
+    data = {
+        "id": run.id,
+        "runbook": run.runbook,
+        "runbook_commit": run.runbook_commit,
+        "drift": run.drift,
+        "trigger": run.trigger,
+        "user": run.user,
+        "parameters": run.parameters,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+        "last_heartbeat_at": run.last_heartbeat_at.isoformat(),
+        "failed_cell": run.failed_cell,
+        "error_summary": run.error_summary,
+        "output_truncated": run.output_truncated,
+        "reported_by": run.reported_by,
+        "reported_from": run.reported_from,
+        "url": url_path_join(prefix, "runs", run.id),
+    }
+    if with_output:
+        data["output_notebook"] = json.loads(run.output_notebook) if run.output_notebook else None
+    return data
+
+
+class RunsHandler(ApiHandler):
+    @web.authenticated
+    def get(self):
+        args = {key: self.get_argument(key, None) for key in ("runbook", "user", "status", "trigger")}
+        for key in ("since", "until"):
+            value = self.get_argument(key, None)
+            args[key] = parse_time(key, value) if value else None
+        args["limit"] = int_argument(self, "limit", 50)
+        args["offset"] = int_argument(self, "offset", 0)
+        hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
+        runs, total = self.store_call(self.store.list_runs, **args, **hidden)
+        self.write({"runs": [run_json(r, self.prefix) for r in runs], "total": total})
+
+    @web.authenticated
+    def post(self):
+        user = self.require(RECORD_SCOPE)
+        body = self.body()
+        unknown = set(body) - {"id", "runbook", "trigger", "parameters", "runbook_commit", "drift"}
+        if unknown:
+            raise web.HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))} (the user comes from the token)")
+        if not isinstance(body.get("parameters", {}), dict):
+            raise web.HTTPError(400, "parameters must be a JSON object")
+        trigger = body.get("trigger", "headless")
+        if trigger not in REPORTED_TRIGGERS:
+            allowed = " or ".join(REPORTED_TRIGGERS)
+            if not isinstance(trigger, str) or trigger not in TRIGGERS:
+                raise web.HTTPError(400, f"trigger must be one of {', '.join(REPORTED_TRIGGERS)}, not {trigger!r}")
+            raise web.HTTPError(
+                403,
+                f"a person's token reports only {allowed} runs, not {trigger!r}:"
+                f" {trigger} runs are recorded by the opshub service itself",
+            )
+        run = self.store_call(
+            self.store.start_run,
+            runbook=body.get("runbook"),
+            user=user,
+            trigger=trigger,
+            parameters=body.get("parameters") or {},
+            runbook_commit=body.get("runbook_commit"),
+            drift=bool(body.get("drift", False)),
+            run_id=body.get("id"),
+            reported_by=user,
+            reported_from=self.reported_from(),
+        )
+        if run.id in self.settings["opshub_stats"].running or run.finished:
+            # the same start sent again by a client that spools runs (its first answer was lost)
+            self.write(run_json(run, self.prefix))
+            return
+        self.settings["opshub_stats"].started(run)
+        log.info("run %s of %s started by %s (%s)", run.id, run.runbook, user, run.trigger)
+        self.set_status(201)
+        self.write(run_json(run, self.prefix))
+
+
+class RunHandler(ApiHandler):
+    @web.authenticated
+    def get(self, run_id):
+        self.write(run_json(self.run_or_404(run_id), self.prefix, with_output=True))
+
+    @web.authenticated
+    def delete(self, run_id):
+        user = self.require(DELETE_SCOPE)
+        self.run_or_404(run_id)  # admins see every run: this only refuses malformed and unknown ids
+        if not self.store.delete_run(run_id):
+            raise web.HTTPError(404, f"no run with id {run_id!r}")
+        self.settings["opshub_stats"].reload(self.store)
+        log.info("run %s deleted by %s", run_id, user)
+        self.set_status(204)
+
+
+class HeartbeatHandler(ApiHandler):
+    @web.authenticated
+    def post(self, run_id):
+        user = self.require(RECORD_SCOPE)
+        body = self.body()
+        self.run_or_404(run_id)
+        self.store_call(self.store.heartbeat, run_id, user, body.get("output_notebook"), body.get("drift") is True)
+        self.write(run_json(self.store.get_run(run_id), self.prefix))
+
+
+class FinishHandler(ApiHandler):
+    @web.authenticated
+    def post(self, run_id):
+        user = self.require(RECORD_SCOPE)
+        body = self.body()
+        self.run_or_404(run_id)
+        run = self.store_call(
+            self.store.finish_run,
+            run_id,
+            user,
+            body.get("status"),
+            failed_cell=body.get("failed_cell"),
+            error_summary=body.get("error_summary"),
+            output_notebook=body.get("output_notebook"),
+            drift=body.get("drift") is True,
+        )
+        self.settings["opshub_stats"].ended(run)
+        log.info("run %s of %s ended %s", run.id, run.runbook, run.status)
+        self.write(run_json(run, self.prefix))
+
+
+def run_handlers(prefix: str) -> list[tuple]:
+    """The run API's routes under the service's prefix."""
+    return [
+        (url_path_join(prefix, "api/runs"), RunsHandler),
+        (url_path_join(prefix, r"api/runs/([^/]+)"), RunHandler),
+        (url_path_join(prefix, r"api/runs/([^/]+)/heartbeat"), HeartbeatHandler),
+        (url_path_join(prefix, r"api/runs/([^/]+)/finish"), FinishHandler),
+    ]
