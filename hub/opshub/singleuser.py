@@ -1,7 +1,7 @@
 """Start a user's JupyterLab: pull the team's runbooks, then become `jupyterhub-singleuser`.
 
 The spawner runs this instead of `jupyterhub-singleuser`, with the runbooks repository in the
-environment (see `opshub.configure.spawner.runbooks_environment`). Pulling here, inside the
+environment (see `opshub.configure.spawner.user_environment`). Pulling here, inside the
 user's own environment and with their permissions, works the same for local processes,
 containers and Kubernetes pods.
 """

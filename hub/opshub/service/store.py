@@ -9,6 +9,9 @@
 
 Every datetime going in or coming out is timezone-aware UTC. The clock is injectable (`now=`) so tests
 move time instead of sleeping.
+
+Over 500 lines on purpose: one class is the one door to the runs table, with every refusal typed
+(RunNotFound, NotRunOwner, RunAlreadyFinished, RunConflict) next to the write it guards.
 """
 
 from __future__ import annotations

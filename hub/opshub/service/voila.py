@@ -235,7 +235,7 @@ def message_type(message: str | bytes) -> str | None:
 class KernelSocketProxy(websocket.WebSocketHandler):
     """A viewer's kernel websocket, relayed to the backend after the service's authentication.
 
-    The dashboards module subclasses this with HubOAuth and decides who may open which kernel
+    handlers/dashboards.py subclasses this with HubOAuth and decides who may open which kernel
     (`authorize`). No subprotocol is offered, so the page uses Jupyter's legacy framing, which
     `message_type` reads.
     """
