@@ -10,6 +10,7 @@ import yaml
 
 from .configure.pages import TRIAL_WARNING, demo_team
 from .configure.spawner import homes_dir, local_accounts
+from .contract import service_prefix
 from .settings import (
     PACKAGE_DIR,
     PORT_ENV,
@@ -52,11 +53,11 @@ def banner(
             f"    {callback_url(settings.data)}",
         ]
     runbooks = settings["runbooks"]
+    history = public_url(settings.data).rstrip("/") + service_prefix("/")
     lines += [
         f"  Runbooks: {repository_url(settings)} ({runbooks['branch']}) -> ~/{runbooks['target']}",
-        f"  Run history: {public_url(settings.data)}services/opshub/",
-        f"  Prometheus: scrape {public_url(settings.data)}services/opshub/metrics with the bearer token"
-        f" from {metrics_token_source}",
+        f"  Run history: {history}",
+        f"  Prometheus: scrape {history}metrics with the bearer token from {metrics_token_source}",
         f"  State (databases, secrets; the hub's account only): {settings.state_dir}",
         "  Stop with Ctrl-C.",
         "",

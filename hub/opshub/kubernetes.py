@@ -32,7 +32,8 @@ from traitlets.config.loader import LazyConfigValue
 
 from . import startup
 from .configure import Runtime, apply_all
-from .configure.services import SERVICE_NAME, service_arguments
+from .configure.services import service_arguments
+from .contract import SERVICE_NAME, SERVICE_URL_ENV, service_prefix
 from .settings import OAUTH_PROVIDERS, Settings, SettingsError, _is_url, schema, validate
 
 VALUES_KEY = "jupyterhub.custom.opshub"  # where the settings live in the wrapper chart's values
@@ -174,7 +175,7 @@ def merge_into(c: Config, ours: Config, settings: Settings, service_url: str, pr
     ours.JupyterHub.load_roles = z2jh_roles + list(ours.JupyterHub.load_roles)
     # User servers record runs through the proxy; z2jh's `singleuser.extraEnv` stays, ours wins.
     environment = dict(ours.Spawner.environment)
-    environment["OPSHUB_SERVICE_URL"] = f"{proxy}{settings['hub']['base_url']}services/{SERVICE_NAME}/"
+    environment[SERVICE_URL_ENV] = f"{proxy}{service_prefix(settings['hub']['base_url'])}"
     ours.Spawner.environment = {**_current(c, "KubeSpawner", "environment", {}), **environment}
     for trait in KUBESPAWNER_TRAITS:
         if trait in ours.Spawner:

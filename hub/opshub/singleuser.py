@@ -15,19 +15,26 @@ import sys
 from pathlib import Path
 
 from . import lab
+from .contract import (
+    ALLOWED_PULL_REPOS_ENV,
+    DEFAULT_RUNBOOKS_TARGET,
+    RUNBOOKS_BRANCH_ENV,
+    RUNBOOKS_REPO_ENV,
+    RUNBOOKS_TARGET_ENV,
+)
 from .runbooks.pull import pull_runbooks, trust_local_repositories
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
-    repo = os.environ.get("OPSHUB_RUNBOOKS_REPO")
+    repo = os.environ.get(RUNBOOKS_REPO_ENV)
     if repo:
         home = Path(os.environ.get("HOME") or os.getcwd())
-        target = home / os.environ.get("OPSHUB_RUNBOOKS_TARGET", "runbooks")
-        allowed = os.environ.get("OPSHUB_ALLOWED_PULL_REPOS", "").split()
+        target = home / os.environ.get(RUNBOOKS_TARGET_ENV, DEFAULT_RUNBOOKS_TARGET)
+        allowed = os.environ.get(ALLOWED_PULL_REPOS_ENV, "").split()
         trust_local_repositories([repo, *allowed], home)
-        pull_runbooks(repo, os.environ.get("OPSHUB_RUNBOOKS_BRANCH", "main"), target, home)
+        pull_runbooks(repo, os.environ.get(RUNBOOKS_BRANCH_ENV, "main"), target, home)
     # Our Jupyter config and data folders come first: they enable the opshub server extension (which
     # records interactive runs) and the JupyterLab extension, and turn off JupyterLab's news prompt.
     for variable, folder in (("JUPYTER_CONFIG_PATH", lab.CONFIG_DIR), ("JUPYTER_PATH", lab.DATA_DIR)):

@@ -19,8 +19,9 @@ from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.session import Session
 from nbclient import NotebookClient
 from opshub.configure.roles import load_roles
-from opshub.configure.services import PUBLISH_SCOPE, apply_services
+from opshub.configure.services import apply_services
 from opshub.configure.spawner import SERVER_TOKEN_SCOPES
+from opshub.contract import PUBLISH_SCOPE
 from opshub.dashboards_backend.__main__ import RepollingChannel, RepollingKernelClient, backend_config
 from opshub.runbooks.catalog import RunbookCatalog
 from opshub.service.dashboards import Dashboards, PublishError, check_name, refuse_live_if_it_changes_systems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from ..contract import service_prefix
 from ..settings import PACKAGE_DIR, Settings, repository_url
 from .spawner import local_accounts
 
@@ -72,7 +73,7 @@ def apply_pages(c, settings: Settings, runtime) -> None:
         "opshub_runbooks_pull_link": runbooks_pull_link(settings),
         "opshub_runbooks_target": settings["runbooks"]["target"],
         "opshub_demo_team": demo_team(settings),
-        "opshub_history_url": f"{settings['hub']['base_url']}services/opshub/",
+        "opshub_history_url": service_prefix(settings["hub"]["base_url"]),
     }
     if settings["spawner"]["kind"] == "local" and local_accounts(settings, runtime) == "shared":
         # JupyterHub shows `announcement` at the top of every one of its pages

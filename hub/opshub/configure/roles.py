@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from ..contract import SYSTEM_ACCOUNTS
+from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, SERVICE_NAME, SYSTEM_ACCOUNTS
 from ..settings import Settings
-from .services import (
-    DELETE_SCOPE,
-    IDLE_CULLER_ROLE,
-    PUBLISH_SCOPE,
-    RECORD_SCOPE,
-    SERVICE_NAME,
-    idle_culler_enabled,
-)
+from .services import IDLE_CULLER_ROLE, idle_culler_enabled
 
 # JupyterHub gives every user the `user` role, which by default holds `self` (start and use
 # one's own server). opshub narrows it to reading oneself, so that a viewer gets no server;

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 
+from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, SERVICE_NAME, service_prefix
 from ..settings import Settings, repository_url
 
-SERVICE_NAME = "opshub"
 METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
 DATABASE_PASSWORD_ENV = "OPSHUB_DATABASE_PASSWORD"  # ... and the database password
-RECORD_SCOPE = "custom:opshub:runs:record"
 IDLE_CULLER = "idle-culler"
 # What jupyterhub-idle-culler needs, and nothing more (its README's role).
 IDLE_CULLER_ROLE = {
@@ -19,8 +18,6 @@ IDLE_CULLER_ROLE = {
     "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
     "services": [IDLE_CULLER],
 }
-DELETE_SCOPE = "custom:opshub:runs:delete"
-PUBLISH_SCOPE = "custom:opshub:dashboards:publish"
 # Custom RBAC scopes (JupyterHub >= 3): the hub hands them out through roles, the service checks them.
 CUSTOM_SCOPES = {
     RECORD_SCOPE: {"description": "Record runbook runs as oneself in the opshub run history."},
@@ -36,7 +33,7 @@ def service_url(settings: Settings) -> str:
 
 def service_api_url(settings: Settings) -> str:
     """The service's API as user servers on this machine reach it (directly, not through the proxy)."""
-    return f"{service_url(settings)}{settings['hub']['base_url']}services/{SERVICE_NAME}/"
+    return f"{service_url(settings)}{service_prefix(settings['hub']['base_url'])}"
 
 
 def proxy_url(settings: Settings) -> str:

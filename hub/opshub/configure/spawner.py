@@ -6,10 +6,22 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..contract import DASHBOARDS_ACCOUNT, SYSTEM_ACCOUNTS
+from ..contract import (
+    ALLOWED_PULL_REPOS_ENV,
+    DASHBOARDS_ACCOUNT,
+    PUBLISH_SCOPE,
+    RECORD_SCOPE,
+    RUNBOOKS_BRANCH_ENV,
+    RUNBOOKS_REPO_ENV,
+    RUNBOOKS_TARGET_ENV,
+    SERVICE_NAME,
+    SERVICE_URL_ENV,
+    SYSTEM_ACCOUNTS,
+    service_prefix,
+)
 from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
 from ..settings import Settings, repository_url
-from .services import PUBLISH_SCOPE, RECORD_SCOPE, SERVICE_NAME, service_api_url
+from .services import service_api_url
 
 # The server's own token ($JUPYTERHUB_API_TOKEN): JupyterHub's `server` role, plus reading and
 # recording runs in the opshub service as the server's owner (`opshub run` uses it). The hub
@@ -28,12 +40,12 @@ def user_environment(settings: Settings) -> dict[str, str]:
     runbooks = settings["runbooks"]
     return {
         # read by `opshub.singleuser` to pull the runbooks before the server starts
-        "OPSHUB_RUNBOOKS_REPO": repository_url(settings),
-        "OPSHUB_RUNBOOKS_BRANCH": runbooks["branch"],
-        "OPSHUB_RUNBOOKS_TARGET": runbooks["target"],
-        "OPSHUB_ALLOWED_PULL_REPOS": " ".join(runbooks["allowed_pull_repositories"]),  # read by opshub.lab.pull_guard
+        RUNBOOKS_REPO_ENV: repository_url(settings),
+        RUNBOOKS_BRANCH_ENV: runbooks["branch"],
+        RUNBOOKS_TARGET_ENV: runbooks["target"],
+        ALLOWED_PULL_REPOS_ENV: " ".join(runbooks["allowed_pull_repositories"]),  # read by opshub.lab.pull_guard
         # read by `opshub run` to record runs
-        "OPSHUB_SERVICE_URL": service_api_url(settings),
+        SERVICE_URL_ENV: service_api_url(settings),
         "OPSHUB_SECRET_NAMES": ",".join(settings["history"]["secret_names"]),
         # read by the opshub server extension that records interactive runs (opshub.lab)
         "OPSHUB_INTERACTIVE_IDLE_MINUTES": str(settings["history"]["interactive_idle_minutes"]),
@@ -91,7 +103,7 @@ def docker_service_api_url(settings: Settings) -> str:
     """The opshub service's API as the users' containers reach it: through the proxy, by the
     hub container's name (the service itself listens on the hub container's loopback)."""
     hub = settings["hub"]
-    return f"http://{settings['spawner']['docker']['hub_host']}:{hub['port']}{hub['base_url']}services/{SERVICE_NAME}/"
+    return f"http://{settings['spawner']['docker']['hub_host']}:{hub['port']}{service_prefix(hub['base_url'])}"
 
 
 def local_accounts(settings: Settings, runtime) -> str:
@@ -155,10 +167,10 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
     kernel pools, where its kernels reach the run summaries."""
     dashboards = settings["dashboards"]
     backend = {
-        BASE_URL_ENV: f"{settings['hub']['base_url']}services/{SERVICE_NAME}/dashboards/-/",
+        BASE_URL_ENV: f"{service_prefix(settings['hub']['base_url'])}dashboards/-/",
         POOL_SIZE_ENV: str(dashboards["pool_size"]),
         CULL_IDLE_ENV: str(dashboards["cull_idle_seconds"]),
-        "OPSHUB_SERVICE_URL": environment["OPSHUB_SERVICE_URL"],
+        SERVICE_URL_ENV: environment[SERVICE_URL_ENV],
     }
     if "PATH" in environment:
         backend["PATH"] = environment["PATH"]
@@ -179,7 +191,7 @@ def apply_spawner(c, settings: Settings, runtime) -> None:
         environment["PATH"] = os.pathsep.join([str(Path(runtime.python).parent), runtime.path])
     elif spawner["kind"] == "docker":
         apply_docker(c, settings)
-        environment["OPSHUB_SERVICE_URL"] = docker_service_api_url(settings)
+        environment[SERVICE_URL_ENV] = docker_service_api_url(settings)
     elif spawner["kind"] == "kubernetes":
         # The Zero to JupyterHub chart sets KubeSpawner and the pods' image; only the command is ours.
         c.Spawner.cmd = IMAGE_CMD

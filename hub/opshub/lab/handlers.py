@@ -26,6 +26,13 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.httputil import url_concat
 
+from ..contract import (
+    DEFAULT_RUNBOOKS_TARGET,
+    RUNBOOKS_BRANCH_ENV,
+    RUNBOOKS_REPO_ENV,
+    RUNBOOKS_TARGET_ENV,
+)
+from ..contract import service_prefix as service_prefix_under
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.gitstate import git_state
 from ..runbooks.headless import default_runbooks_dir
@@ -215,9 +222,9 @@ class LinksHandler(OpshubHandler):
         pull = url_concat(
             self.base_url + "git-pull",
             {
-                "repo": os.environ.get("OPSHUB_RUNBOOKS_REPO", ""),
-                "branch": os.environ.get("OPSHUB_RUNBOOKS_BRANCH", "main"),
-                "targetpath": os.environ.get("OPSHUB_RUNBOOKS_TARGET", "runbooks"),
+                "repo": os.environ.get(RUNBOOKS_REPO_ENV, ""),
+                "branch": os.environ.get(RUNBOOKS_BRANCH_ENV, "main"),
+                "targetpath": os.environ.get(RUNBOOKS_TARGET_ENV, DEFAULT_RUNBOOKS_TARGET),
                 "urlpath": "lab",
             },
         )
@@ -258,7 +265,7 @@ def handlers(base_url: str) -> list:
 
 def service_prefix() -> str:
     """The service's pages as the browser reaches them (through the proxy)."""
-    return os.environ.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/services/opshub/"
+    return service_prefix_under(os.environ.get("JUPYTERHUB_BASE_URL", "/"))
 
 
 __all__ = ["handlers", "default_runbooks_dir", "service_prefix"]

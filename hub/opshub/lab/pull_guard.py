@@ -30,10 +30,8 @@ from urllib.parse import unquote
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from ..contract import ALLOWED_PULL_REPOS_ENV, RUNBOOKS_REPO_ENV  # space-separated URLs in the first
 from ..runbooks.headless import default_runbooks_dir
-
-RUNBOOKS_REPO_ENV = "OPSHUB_RUNBOOKS_REPO"
-ALLOWED_REPOS_ENV = "OPSHUB_ALLOWED_PULL_REPOS"  # space-separated URLs
 
 # Characters nbgitpuller's page may show unescaped: no < > " ' & and no URL syntax beyond paths.
 TARGET_PART = re.compile(r"[\w@+,=~-][\w .@+,=~-]*")  # a folder name, not starting with "."
@@ -67,7 +65,7 @@ class PullPolicy:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> PullPolicy:
         environ = os.environ if environ is None else environ
-        repos = [environ.get(RUNBOOKS_REPO_ENV, ""), *environ.get(ALLOWED_REPOS_ENV, "").split()]
+        repos = [environ.get(RUNBOOKS_REPO_ENV, ""), *environ.get(ALLOWED_PULL_REPOS_ENV, "").split()]
         return cls(tuple(dict.fromkeys(r for r in repos if r.strip())), default_runbooks_dir(environ))
 
     def allowed(self) -> str:

@@ -22,7 +22,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-SERVICE_URL_ENV = "OPSHUB_SERVICE_URL"
+from ..contract import SERVICE_URL_ENV
+
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 TIMEOUT = 30  # seconds per request
 

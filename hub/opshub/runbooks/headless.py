@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..contract import RUNBOOKS_TARGET_ENV
 from .client import ServiceClient, ServiceError
 from .execute import DEFAULT_HEARTBEAT_SECONDS, Heartbeat, Stopper, execute_notebook
 from .gitstate import git_state
@@ -45,7 +46,6 @@ EXIT_USAGE = 2
 EXIT_RECORDING = 3  # the run history could not record the start (nothing ran) or the end
 EXIT_SIGNAL_BASE = 128  # shell convention: 130 after SIGINT, 143 after SIGTERM
 
-RUNBOOKS_TARGET_ENV = "OPSHUB_RUNBOOKS_TARGET"
 HEARTBEAT_ENV = "OPSHUB_HEARTBEAT_SECONDS"
 RECORDER_ENV = "OPSHUB_RECORDER"
 

@@ -45,6 +45,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 from tornado.ioloop import PeriodicCallback
 
+from ..contract import PUBLISH_SCOPE
 from ..runbooks.metadata import RunbookMetadataError, runbook_metadata
 from .handlers.base import is_admin, notebook_html
 from .models import DASHBOARD_MODES, END_STATES, Dashboard, Run
@@ -52,7 +53,6 @@ from .voila import BackendDown, VoilaBackend
 
 log = logging.getLogger("opshub.service.dashboards")
 
-PUBLISH_SCOPE = "custom:opshub:dashboards:publish"
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")  # use valid_name(): it fullmatches
 GROUP = re.compile(r"^[^\x00-\x1f/]{1,255}$")
 GIT_OWNER = "git"  # the owner of dashboards published from the repository

@@ -25,14 +25,13 @@ from jupyterhub.utils import url_path_join
 from nbconvert import HTMLExporter
 from tornado import web
 
+from ...contract import DELETE_SCOPE
 from ..models import Run
 from ..store import MAX_OFFSET, NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
 
 log = logging.getLogger("opshub.service")
 
 FAILED_CELL_TAG = "opshub-failed-cell"
-RECORD_SCOPE = "custom:opshub:runs:record"
-DELETE_SCOPE = "custom:opshub:runs:delete"
 
 # The service's pages: its own files and the hub's stylesheet, inline styles (page.html), nothing from
 # elsewhere, framed only by pages of this origin (invariant 9 of THREAT-MODEL.md).

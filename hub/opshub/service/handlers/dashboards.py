@@ -18,7 +18,8 @@ from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from ..dashboards import PUBLISH_SCOPE, Dashboards, PublishError, valid_name
+from ...contract import PUBLISH_SCOPE
+from ..dashboards import Dashboards, PublishError, valid_name
 from ..models import Dashboard, Run
 from ..voila import UUID, KernelSocketProxy, VoilaBackend
 from .base import ApiHandler, BaseHandler, ServiceHandler, is_admin, live_page_csp

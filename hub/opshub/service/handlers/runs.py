@@ -13,8 +13,9 @@ import logging
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ...contract import DELETE_SCOPE, RECORD_SCOPE
 from ..models import REPORTED_TRIGGERS, TRIGGERS, Run
-from .base import DELETE_SCOPE, RECORD_SCOPE, ApiHandler, int_argument, parse_time
+from .base import ApiHandler, int_argument, parse_time
 
 log = logging.getLogger("opshub.service")
 
