@@ -11,10 +11,10 @@ from opshub.settings import PACKAGE_DIR
 # folder (or top-level module) -> what it may import from opshub. Modules at the top not listed
 # here (settings, contract, startup, cli...) are the shared base or the composition roots.
 ALLOWED = {
-    "runbooks": {"runbooks", "settings", "contract"},  # the execution side: never the service
-    "lab": {"lab", "runbooks", "settings", "contract"},  # a person's server
+    "runbooks": {"runbooks", "settings", "contract", "git"},  # the execution side: never the service
+    "lab": {"lab", "runbooks", "settings", "contract", "git"},  # a person's server
     "dashboards_backend": {"dashboards_backend"},  # the dashboards server: nothing of the hub's
-    "service": {"service", "runbooks", "contract", "dashboards_backend"},  # the control plane
+    "service": {"service", "runbooks", "contract", "git", "dashboards_backend"},  # the control plane
     "configure": {"configure", "settings", "contract", "dashboards_backend", "accounts"},  # pure functions
 }
 
@@ -63,6 +63,18 @@ def test_no_two_modules_import_each_other():
     graph = {name: {i for i in opshub_imports(path) if i in modules()} for name, path in modules().items()}
     cycles = sorted(f"{a} <-> {b}" for a, targets in graph.items() for b in targets if a < b and a in graph.get(b, ()))
     assert not cycles, cycles
+
+
+def test_git_is_called_in_one_place():
+    """Every git command goes through opshub/git.py (no prompts, C locale, a timeout)."""
+    calls = [
+        f"{name}: {line.strip()}"
+        for name, path in modules().items()
+        if name != "opshub.git"
+        for line in path.read_text().splitlines()
+        if '["git"' in line or "['git'" in line
+    ]
+    assert not calls, calls
 
 
 def test_the_rules_see_a_violation():

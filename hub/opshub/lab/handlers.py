@@ -33,6 +33,7 @@ from ..contract import (
     RUNBOOKS_TARGET_ENV,
 )
 from ..contract import service_prefix as service_prefix_under
+from ..git import run_git
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.gitstate import git_state
 from ..runbooks.headless import default_runbooks_dir
@@ -237,7 +238,7 @@ def upstream_moved(folder: Path) -> bool:
     """Whether the team's branch has moved on since the runbooks were last pulled (False when unknown)."""
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=15)
+        done = run_git(*args, cwd=folder, timeout=15, check=False)  # asked when a notebook opens: be quick
         return done.stdout.strip() if done.returncode == 0 else ""
 
     try:

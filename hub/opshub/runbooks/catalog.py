@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
+from ..git import run_git
 from .metadata import RunbookMetadataError, runbook_metadata
 
 log = logging.getLogger("opshub.runbooks.catalog")
@@ -79,14 +79,7 @@ class RunbookCatalog:
     def _contents(self, ref: str, names: list[str]) -> list[str]:
         """The text of each file `names` at `ref`, read with one `git cat-file --batch`."""
         request = "".join(f"{ref}:{name}\n" for name in names).encode()
-        result = subprocess.run(
-            ["git", "cat-file", "--batch"],
-            cwd=self.cache_dir,
-            input=request,
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
+        result = run_git("cat-file", "--batch", cwd=self.cache_dir, input=request, text=False)
         out, position, texts = result.stdout, 0, []
         for _ in names:
             header_end = out.index(b"\n", position)
@@ -96,9 +89,22 @@ class RunbookCatalog:
             position = header_end + 1 + size + (1 if len(header) == 3 else 0)
         return texts
 
-    def _git(self, *args: str) -> str:
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-        result = subprocess.run(
-            ["git", *args], cwd=self.cache_dir, capture_output=True, text=True, env=env, check=True, timeout=120
-        )
-        return result.stdout
+    def _git(self, *args: str, text: bool = True):
+        return run_git(*args, cwd=self.cache_dir, text=text).stdout
+
+    # -- reading the cache, for the service's other parts (the dashboards registry) ------------------
+
+    def commit(self) -> str | None:
+        """The branch's commit in the cache, None before the first fetch."""
+        try:
+            return self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{self.branch}").strip() or None
+        except (subprocess.CalledProcessError, OSError):
+            return None
+
+    def show(self, commit: str, path: str) -> str:
+        """The file `path` at `commit`."""
+        return self._git("show", f"{commit}:{path}")
+
+    def archive(self, commit: str) -> bytes:
+        """The repository's files at `commit`, as a tar."""
+        return self._git("archive", "--format=tar", commit, text=False)

@@ -8,10 +8,10 @@ Git failing, or no git checkout at all, is an answer too (no commit, drift), nev
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
+from ..git import run_git
 from .results import source_text
 
 
@@ -53,13 +53,8 @@ def git_state(folder: Path, relative: str) -> tuple[str | None, bool]:
 
 
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["git", "-C", str(folder), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"},
-    )
+    # a person's clone, read while they work in it: take no lock they could trip over
+    return run_git(*args, cwd=folder, timeout=60, check=False, env={"GIT_OPTIONAL_LOCKS": "0"})
 
 
 def committed_text(folder: Path, commit: str, relative: str) -> str | None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ..git import run_git
 
 log = logging.getLogger("opshub.runbooks.mirror")
 SOURCE_REF = "refs/opshub/source"
@@ -33,7 +34,10 @@ class MirrorError(Exception):
 
 
 def _git(*args: str, cwd: Path | str, check: bool = True) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_IDENTITY})
+    try:
+        result = run_git(*args, cwd=cwd, check=False, env=GIT_IDENTITY)
+    except subprocess.TimeoutExpired:
+        raise MirrorError(f"git {' '.join(args)} in {cwd} did not finish in time") from None
     if check and result.returncode != 0:
         raise MirrorError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
     return result.stdout.strip()

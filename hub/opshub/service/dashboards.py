@@ -133,35 +133,24 @@ def refuse_live_if_it_changes_systems(notebook: dict, what: str) -> None:
 
 
 class RunbooksRepository:
-    """Read-only access to the service's bare copy of the runbooks repository (see runbooks/catalog.py)."""
+    """What dashboards read of the runbooks repository, through the service's one copy of it (the
+    catalog owns that cache: runbooks/catalog.py)."""
 
     def __init__(self, catalog):
         self.catalog = catalog
 
-    @property
-    def ref(self) -> str:
-        return f"refs/heads/{self.catalog.branch}"
-
-    def _git(self, *args: str, text: bool = True):
-        return subprocess.run(
-            ["git", *args], cwd=self.catalog.cache_dir, capture_output=True, text=text, check=True, timeout=120
-        ).stdout
-
     def commit(self) -> str | None:
-        try:
-            return self._git("rev-parse", "--verify", "--quiet", self.ref).strip() or None
-        except (subprocess.CalledProcessError, OSError):
-            return None
+        return self.catalog.commit()
 
     def notebook(self, path: str, commit: str) -> dict:
         if path not in self.catalog.names():
             known = ", ".join(sorted(self.catalog.names())) or "none"
             raise PublishError(f"unknown runbook {path!r}: the repository has {known}", status=404)
-        return json.loads(self._git("show", f"{commit}:{path}"))
+        return json.loads(self.catalog.show(commit, path))
 
     def archive(self, commit: str) -> bytes:
         """The repository's files at `commit`, as a tar (data files for live dashboards' kernels)."""
-        return self._git("archive", "--format=tar", commit, text=False)
+        return self.catalog.archive(commit)
 
 
 class Dashboards:
