@@ -170,6 +170,17 @@ def _fill_defaults(data: Any, node: dict, root: dict) -> Any:
     return data
 
 
+def schema_default(key: str) -> Any:
+    """The schema's default of a dotted key (`history.output_cap_bytes`; a section gives all of its
+    defaults): other parts of opshub take their defaults from here, never a copy of their own."""
+    root = schema()
+    node, value = root, {}
+    for part in key.split("."):
+        node = _resolve_ref(_resolve_ref(node, root)["properties"][part], root)
+        value = value.get(part, {}) if isinstance(value, dict) else {}
+    return _fill_defaults(copy.deepcopy(node.get("default", value)), node, root)
+
+
 def role_groups(data: dict[str, Any]) -> set[str]:
     return {g for groups in data["roles"].values() for g in groups}
 

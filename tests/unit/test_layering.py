@@ -14,7 +14,8 @@ ALLOWED = {
     "runbooks": {"runbooks", "settings", "contract", "git"},  # the execution side: never the service
     "lab": {"lab", "runbooks", "settings", "contract", "git"},  # a person's server
     "dashboards_backend": {"dashboards_backend"},  # the dashboards server: nothing of the hub's
-    "service": {"service", "runbooks", "contract", "git", "dashboards_backend"},  # the control plane
+    # the control plane; settings for the schema's defaults (declared once)
+    "service": {"service", "runbooks", "contract", "git", "settings", "dashboards_backend"},
     "configure": {"configure", "settings", "contract", "dashboards_backend", "accounts"},  # pure functions
 }
 

@@ -180,3 +180,21 @@ def test_cli_validate_reports_problems_without_traceback(tmp_path):
     result = run_cli("config", "validate", str(bad))
     assert result.returncode == 1
     assert "hub.port" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_schema_is_the_one_place_defaults_are_declared(tmp_path):
+    """The service's own defaults (its command line, the dashboards registry, the store) are the schema's."""
+    from opshub.service.__main__ import parse_args
+    from opshub.service.dashboards import DEFAULTS
+    from opshub.service.store import DEFAULT_OUTPUT_CAP
+    from opshub.settings import schema_default
+
+    filled = load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
+    assert DEFAULTS == schema_default("dashboards") == filled["dashboards"]
+    assert DEFAULT_OUTPUT_CAP == filled["history"]["output_cap_bytes"]
+    args = parse_args(["--database-url", "sqlite://", "--runbooks-repository", "x", "--cache-dir", "y"])
+    assert (args.heartbeat_timeout, args.retention_days, args.output_cap) == (
+        filled["history"]["heartbeat_timeout"],
+        filled["history"]["retention_days"],
+        filled["history"]["output_cap_bytes"],
+    )

@@ -21,6 +21,7 @@ from tornado.ioloop import PeriodicCallback
 
 from ..contract import DASHBOARDS_ACCOUNT, server_prefix
 from ..runbooks.catalog import RunbookCatalog
+from ..settings import schema_default
 from .app import make_app
 from .dashboards import Dashboards
 from .stats import RunStats
@@ -33,11 +34,25 @@ log = logging.getLogger("opshub.service")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m opshub.service", description=__doc__.splitlines()[0])
     p.add_argument("--database-url", required=True, help="SQLAlchemy URL of the run history database")
-    p.add_argument("--heartbeat-timeout", type=int, default=120, help="seconds of silence before a run is interrupted")
-    p.add_argument("--retention-days", type=int, default=365, help="delete finished runs older than this (0: never)")
-    p.add_argument("--output-cap", type=int, default=5_000_000, help="largest executed notebook kept, in bytes")
+    # the defaults are the settings schema's, declared there once (the hub always passes all of them)
+    history, runbooks = schema_default("history"), schema_default("runbooks")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=history["heartbeat_timeout"],
+        help="seconds of silence before a run is interrupted",
+    )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=history["retention_days"],
+        help="delete finished runs older than this (0: never)",
+    )
+    p.add_argument(
+        "--output-cap", type=int, default=history["output_cap_bytes"], help="largest executed notebook kept, in bytes"
+    )
     p.add_argument("--runbooks-repository", required=True, help="git URL of the runbooks (metric labels)")
-    p.add_argument("--runbooks-branch", default="main")
+    p.add_argument("--runbooks-branch", default=runbooks["branch"])
     p.add_argument("--cache-dir", required=True, help="folder for the service's copy of the runbooks repository")
     p.add_argument("--metrics-token-env", default="OPSHUB_METRICS_TOKEN", help="variable holding the metrics token")
     p.add_argument("--dashboards-dir", help="folder for the published dashboards' copies (none: no dashboards)")

@@ -47,6 +47,7 @@ from tornado.ioloop import PeriodicCallback
 
 from ..contract import PUBLISH_SCOPE
 from ..runbooks.metadata import RunbookMetadataError, runbook_metadata
+from ..settings import schema_default
 from .handlers.base import is_admin, notebook_html
 from .models import DASHBOARD_MODES, END_STATES, Dashboard, Run
 from .voila import BackendDown, VoilaBackend
@@ -56,7 +57,7 @@ log = logging.getLogger("opshub.service.dashboards")
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")  # use valid_name(): it fullmatches
 GROUP = re.compile(r"^[^\x00-\x1f/]{1,255}$")
 GIT_OWNER = "git"  # the owner of dashboards published from the repository
-DEFAULTS = {"pool_size": 2, "cull_idle_seconds": 600, "default_groups": [], "git_sync_interval": 60}
+DEFAULTS = schema_default("dashboards")  # pool_size, cull_idle_seconds, default_groups, git_sync_interval
 
 
 class PublishError(ValueError):

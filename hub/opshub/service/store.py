@@ -32,8 +32,10 @@ from sqlalchemy.orm import Session, defer, sessionmaker
 
 from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run, new_run_id
 
+from ..settings import schema_default
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-DEFAULT_OUTPUT_CAP = 5_000_000  # bytes of notebook JSON kept per run
+DEFAULT_OUTPUT_CAP = schema_default("history.output_cap_bytes")  # bytes of notebook JSON kept per run
 MIN_OUTPUT_CAP = 10_000  # room for the truncation marker and a useful part of the notebook
 MAX_LIST_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # databases count rows in signed 64-bit integers
