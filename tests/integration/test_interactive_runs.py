@@ -13,7 +13,10 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -229,3 +232,48 @@ def test_cells_run_while_the_service_is_down_are_delivered_once(hub, bob):
     for expected, text in zip(["before", "during 1", "during 2", "after"], texts, strict=True):
         assert expected in text
     assert run["status"] == "succeeded"
+
+
+FRESH_KERNELS = 16  # with the race open, a few of these lose their first cell under load
+AT_ONCE = 4  # kernels started together, as when several notebooks are opened and run at once
+
+
+def test_the_first_cell_of_every_fresh_kernel_is_recorded_under_load(hub, bob):
+    """A freshly opened notebook's "Run All": the session is created and its first cell sent at once.
+
+    Many fresh kernels, a few at a time, while two processes burn the CPU: the first cell of every one
+    of them must be in its recorded run, with its output.
+    """
+    name = f"first-cell-{uuid.uuid4().hex[:8]}"
+    runbooks = [f"{name}-{i}" for i in range(FRESH_KERNELS)]
+    for runbook in runbooks:
+        own_runbook(hub, runbook, f"print('first of {runbook}')", "print('second')")
+
+    def first_cell_at_once(runbook: str) -> None:
+        with KernelSession(hub.url, "bob", bob["token"], f"runbooks/{runbook}.ipynb") as kernel:
+            assert kernel.execute(f"print('first of {runbook}')")["status"] == "ok"
+            assert kernel.execute("print('second')")["status"] == "ok"  # so a run exists even if the first is lost
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(AT_ONCE) as pool:
+            list(pool.map(first_cell_at_once, runbooks))
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+
+    lost = []
+    deadline = time.monotonic() + 120  # delivery is asynchronous; one deadline for all, so every loss is listed
+    for runbook in runbooks:
+        try:
+            run = ended_run(hub, bob["reader"], f"{runbook}.ipynb", timeout=max(deadline - time.monotonic(), 1))
+        except TimeoutError:
+            lost.append((runbook, "no run recorded at all"))
+            continue
+        cells = run["output_notebook"]["cells"]
+        if [c["source"] for c in cells] != [f"print('first of {runbook}')", "print('second')"]:
+            lost.append((runbook, [c["source"] for c in cells]))
+        elif f"first of {runbook}" not in outputs_text(cells[0]):
+            lost.append((runbook, "the first cell's output"))
+    assert not lost, f"{len(lost)} of {FRESH_KERNELS} fresh kernels lost their first cell: {lost}"

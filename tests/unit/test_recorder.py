@@ -249,3 +249,50 @@ def test_a_restart_while_asking_cancels_the_question_and_spools_the_run(server, 
     assert question.cancelled()
     (record,) = spooled(tmp_path)
     assert record["end"]["status"] == "succeeded" and len(record["notebook"]["cells"]) == 1
+
+
+def test_a_real_kernel_is_heard_from_the_first_cell_sent_at_once_after_its_start_and_restart(server, tmp_path):
+    """jupyter_server's own kernel manager with real ipykernel kernels: the first cell sent at once after
+    a start or a restart answers is recorded. Several kernels, as each start is its own chance to lose it."""
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+
+    async def first_cell(kernel_manager, kernel_id: str, code: str) -> None:
+        client = kernel_manager.get_kernel(kernel_id).client()
+        client.start_channels()
+        try:
+            request = client.execute(code)  # at once: no wait_for_ready, as a frontend that just got the kernel
+            while True:
+                reply = await client.get_shell_msg(timeout=60)
+                if reply["parent_header"].get("msg_id") == request:
+                    break
+            await asyncio.sleep(0.5)  # the recorder's IOPub callbacks run in this loop
+        finally:
+            client.stop_channels()
+
+    async def scenario() -> list[list[str]]:
+        kernel_manager = AsyncMappingKernelManager(root_dir=server.root_dir)
+        server.kernel_manager = kernel_manager
+        recorder = recorder_for(server, tmp_path)
+        recorder.attach(kernel_manager)
+        recorded = []
+        try:
+            for number in range(3):
+                kernel_id = await kernel_manager.start_kernel(kernel_name="python3")
+                open_notebook(server, "runbooks/check.ipynb", kernel=kernel_id)
+                await first_cell(kernel_manager, kernel_id, f"print('first {number}')")
+                recorded.append(
+                    [cell["source"] for cell in recorder.runs.get(kernel_id, SimpleNamespace(cells=[])).cells]
+                )
+                await kernel_manager.restart_kernel(kernel_id)
+                recorder.end(kernel_id, "restarted")  # what the restart's kernel_actions event does in a server
+                await first_cell(kernel_manager, kernel_id, f"print('after restart {number}')")
+                recorded.append(
+                    [cell["source"] for cell in recorder.runs.get(kernel_id, SimpleNamespace(cells=[])).cells]
+                )
+        finally:
+            await kernel_manager.shutdown_all()
+        return recorded
+
+    recorded = run_async(scenario())
+    expected = [[f"print('{when} {number}')"] for number in range(3) for when in ("first", "after restart")]
+    assert recorded == expected

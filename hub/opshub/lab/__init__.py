@@ -90,6 +90,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
         secret_names=[n for n in os.environ.get("OPSHUB_SECRET_NAMES", "").split(",") if n],
         on_change=deliverer.wake.set,
     )
+    recorder.attach(serverapp.kernel_manager)  # kernel starts answer once the recorder hears the kernel
     serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=recorder.on_kernel_action)
     PeriodicCallback(recorder.check, 5000).start()
     IOLoop.current().add_callback(lambda: asyncio.ensure_future(deliverer.run_forever()))

@@ -11,6 +11,18 @@ run is written to the spool only once it answered, masked with every secret valu
 secret a cell sets (`os.environ["DB_PASSWORD"] = ...`, `export API_TOKEN=...`) and prints is masked in that
 very cell, and in the earlier ones.
 
+No cell is missed, not even the first one sent at once to a fresh kernel ("Run All" on a notebook just
+opened). IOPub is ZMQ publish/subscribe, and a subscriber gets only what is published after its subscription
+has reached the kernel, which happens some time after it connects, with nothing to say when. The person's
+own connection is made sure of by jupyter_server (its "nudge"), ours is not. So `attach` wraps the kernel
+manager's `start_kernel` and `restart_kernel`: the kernel is started (or restarted) as before, then the
+recorder subscribes and sends kernel_info requests on a connection of its own until its subscription
+carries the busy status of one of them (`until_heard`). Only then does the start answer, so no frontend
+knows the kernel, or its new process, before the recorder hears everything it says. A kernel that does not
+answer in time is let go with a warning (the frontend could not use it either). Alternatives weighed:
+reading cells off the websocket sees only what a browser sends, and asking the kernel's history after the
+fact gives a missed cell's source but not its outputs, so a failing first cell would go unnoticed.
+
 A run starts with the first cell executed in a notebook inside the runbooks folder, and ends when the
 kernel shuts down or restarts, or after `idle_minutes` without an execution. Its state is written to a
 spool folder on local disk after every cell; a `Deliverer` sends it to the opshub service in order, and
@@ -34,11 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..runbooks.client import ServiceClient, ServiceError
-from ..runbooks.execute import DEFAULT_HEARTBEAT_SECONDS
 from ..runbooks.gitstate import committed_text, git_state, notebook_cells
 from ..runbooks.masking import kernel_environment, mask_notebook, mask_obj, secret_values
 from ..runbooks.results import error_summary, failed_cell_index, is_failure
+from .spool import Deliverer, Spool  # noqa: F401 (Spool: part of this module's interface too)
 
 log = logging.getLogger("opshub.recorder")
 
@@ -47,7 +58,10 @@ OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error", "update_dis
 FAILED_CELL_TAG = "opshub-failed-cell"  # the service's run page highlights the cell with this tag
 RECORD_OUTSIDE_ENV = "OPSHUB_RECORD_OUTSIDE_RUNBOOKS"
 IDLE_MINUTES_ENV = "OPSHUB_INTERACTIVE_IDLE_MINUTES"
-PROGRESS_SECONDS = 3
+# How long a started kernel may take to be heard (jupyter_server's own kernel_info_timeout), and how often
+# it is asked meanwhile (a request answered before our subscription was live is not seen: ask again).
+HEAR_SECONDS = 60
+HEAR_RETRY_SECONDS = 0.5
 # How long the kernel may take to tell its environment after a cell. It may be busy with cells queued
 # meanwhile (Run All), and the run is not spooled until it answers, so this is generous.
 KERNEL_ENVIRONMENT_SECONDS = 600
@@ -110,134 +124,6 @@ class InteractiveRun:
         }
 
 
-class Spool:
-    """Run records waiting for delivery: one JSON file per run, replaced atomically on every change."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-    def write(self, record: dict[str, Any]) -> None:
-        path = self.folder / f"{record['id']}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record))
-        os.replace(temporary, path)
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every spooled record, oldest first. Unreadable files are moved aside (and logged), not lost."""
-        found = []
-        for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
-            try:
-                found.append(json.loads(path.read_text()))
-            except (OSError, ValueError) as e:
-                log.error("opshub: cannot read spooled run %s (%s); moved to %s.bad", path, e, path.name)
-                path.rename(path.with_suffix(".bad"))
-        return found
-
-    def delivered(self, run_id: str) -> int | None:
-        """The version of the run the service has (None: not even its start)."""
-        try:
-            return int((self.folder / f"{run_id}.delivered").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def mark_delivered(self, run_id: str, version: int) -> None:
-        (self.folder / f"{run_id}.delivered").write_text(str(version))
-
-    def remove(self, run_id: str) -> None:
-        for suffix in (".json", ".delivered"):
-            (self.folder / f"{run_id}{suffix}").unlink(missing_ok=True)
-
-    def set_aside(self, run_id: str, reason: str) -> None:
-        """Keep a record the service refused for good, with the reason, out of the delivery loop."""
-        path = self.folder / f"{run_id}.json"
-        if path.exists():
-            path.rename(self.folder / f"{run_id}.refused")
-            (self.folder / f"{run_id}.refused.reason").write_text(reason + "\n")
-        (self.folder / f"{run_id}.delivered").unlink(missing_ok=True)
-
-
-class Deliverer:
-    """Sends spooled runs to the opshub service, one request at a time, in order, until each is finished."""
-
-    def __init__(
-        self,
-        spool: Spool,
-        client_factory: Callable[[], ServiceClient],
-        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,  # as `opshub run`: well inside the sweep's timeout
-    ):
-        self.spool = spool
-        self.client_factory = client_factory
-        self.heartbeat_seconds = heartbeat_seconds
-        self.last_heartbeat: dict[str, float] = {}
-        self.wake = asyncio.Event()
-
-    async def run_forever(self, interval: float = 2.0, max_backoff: float = 30.0) -> None:
-        delay = interval
-        while True:
-            try:
-                delivered_all = await asyncio.get_running_loop().run_in_executor(None, self.deliver_once)
-            except Exception:
-                log.exception("opshub: delivering interactive runs failed")
-                delivered_all = False
-            delay = interval if delivered_all else min(delay * 2, max_backoff)
-            self.wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=delay)
-
-    def deliver_once(self) -> bool:
-        """One pass over the spool. Returns False when the service could not be reached."""
-        records = self.spool.records()
-        if not records:
-            return True
-        try:
-            client = self.client_factory()
-        except ServiceError as e:
-            log.warning("opshub: interactive runs kept on disk, not recorded yet: %s", e)
-            return False
-        for record in records:
-            try:
-                self._deliver(client, record)
-            except ServiceError as e:
-                if e.status == 0 or e.status >= 500:
-                    log.warning("opshub: run %s kept on disk until the service answers: %s", record["id"], e)
-                    return False
-                log.error("opshub: the service refused run %s: %s", record["id"], e)
-                self.spool.set_aside(record["id"], str(e))
-        return True
-
-    def _deliver(self, client: ServiceClient, record: dict[str, Any]) -> None:
-        run_id, version = record["id"], record["version"]
-        delivered = self.spool.delivered(run_id)
-        if delivered is None:
-            client.request("POST", "api/runs", record["start"])
-            delivered = 0
-            self.spool.mark_delivered(run_id, delivered)
-        end = record.get("end")
-        if end is not None:
-            body = {**end, "drift": record["drift"], "output_notebook": record["notebook"]}
-            try:
-                client.request("POST", f"api/runs/{run_id}/finish", body)
-            except ServiceError as e:
-                if e.status != 409:  # 409: already ended, by an earlier attempt whose answer was lost
-                    raise
-            self.spool.remove(run_id)
-            self.last_heartbeat.pop(run_id, None)
-        elif delivered < version and time.monotonic() - self.last_heartbeat.get(run_id, 0) >= PROGRESS_SECONDS:
-            # progress: the cells so far, so the history shows them and nothing is lost if this server
-            # dies; at most every PROGRESS_SECONDS, as each sends the whole notebook so far
-            client.request(
-                "POST",
-                f"api/runs/{run_id}/heartbeat",
-                {"output_notebook": record["notebook"], "drift": record["drift"]},
-            )
-            self.spool.mark_delivered(run_id, version)
-            self.last_heartbeat[run_id] = time.monotonic()
-        elif time.monotonic() - self.last_heartbeat.get(run_id, 0) >= self.heartbeat_seconds:
-            client.request("POST", f"api/runs/{run_id}/heartbeat")
-            self.last_heartbeat[run_id] = time.monotonic()
-
-
 class Recorder:
     """Watches the kernels of one Jupyter server and records the runs of runbooks."""
 
@@ -266,13 +152,70 @@ class Recorder:
         self.asking: dict[str, asyncio.Future] = {}  # kernel id -> its environment being asked for
         self.ask_again: set[str] = set()  # kernels that finished a cell while being asked
         self.streams: dict[str, Any] = {}  # kernel id -> IOPub ZMQStream
+        # kernel id -> (our kernel_info requests, set when the IOPub status of one of them arrives)
+        self.probes: dict[str, tuple[set[str], asyncio.Event]] = {}
         self.runs: dict[str, InteractiveRun] = {}  # kernel id -> open run
         self.paths: dict[str, Path | None] = {}  # kernel id -> notebook path (None: not recorded)
 
     # Kernels
 
+    def attach(self, kernel_manager) -> None:
+        """Make the server's kernel manager answer a start or restart only once we hear the kernel."""
+        start_kernel, restart_kernel = kernel_manager.start_kernel, kernel_manager.restart_kernel
+
+        async def start_then_listen(*args, **kwargs):
+            kernel_id = await start_kernel(*args, **kwargs)
+            await self.listen(kernel_id)
+            return kernel_id
+
+        async def restart_then_listen(kernel_id, *args, **kwargs):
+            answer = await restart_kernel(kernel_id, *args, **kwargs)
+            # a new process, maybe on new ports: subscribe afresh, and leave the old one's last words behind
+            self.unwatch(kernel_id)
+            await self.listen(kernel_id)
+            return answer
+
+        kernel_manager.start_kernel = start_then_listen
+        kernel_manager.restart_kernel = restart_then_listen
+
+    async def listen(self, kernel_id: str) -> None:
+        """Subscribe to a kernel's IOPub and wait until the subscription is live. Never fails a start."""
+        try:
+            self.watch(kernel_id)
+            await self.until_heard(kernel_id)
+        except Exception:
+            log.exception("opshub: cannot make sure to hear kernel %s from its first cell", kernel_id)
+
+    async def until_heard(self, kernel_id: str, timeout: float = HEAR_SECONDS) -> None:
+        """Ask the kernel for its info until our IOPub subscription carries the busy status of a request.
+
+        The requests go on a shell connection of our own session (a shared one would have the same ZMQ
+        identity as the manager's other clients, and the kernel would send their replies to us).
+        """
+        kernel = self.serverapp.kernel_manager.get_kernel(kernel_id)
+        if getattr(kernel, "execution_state", None) == "busy":
+            return  # not a fresh kernel (a start that found it running), and kernel_info would wait behind its cell
+        session = kernel.session.clone()
+        session.session = str(uuid.uuid4())
+        client = kernel.client(session=session)
+        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        requests, heard = self.probes[kernel_id] = (set(), asyncio.Event())
+        deadline = time.monotonic() + timeout
+        try:
+            while kernel_id in self.streams and time.monotonic() < deadline:
+                requests.add(client.kernel_info())
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(heard.wait(), HEAR_RETRY_SECONDS)
+                    return
+            log.warning(
+                "opshub: kernel %s not heard within %gs; its first cells may not be recorded", kernel_id, timeout
+            )
+        finally:
+            self.probes.pop(kernel_id, None)
+            client.stop_channels()
+
     def watch(self, kernel_id: str) -> None:
-        """Subscribe to a kernel's IOPub channel (from its start, so no cell is missed)."""
+        """Subscribe to a kernel's IOPub channel."""
         if kernel_id in self.streams:
             return
         km = self.serverapp.kernel_manager
@@ -285,15 +228,19 @@ class Recorder:
         session = km.get_kernel(kernel_id).session
         stream.on_recv(lambda parts: self._on_iopub(kernel_id, session, parts))
 
-    def forget(self, kernel_id: str, how: str) -> None:
-        self.end(kernel_id, how)
+    def unwatch(self, kernel_id: str) -> None:
         stream = self.streams.pop(kernel_id, None)
         if stream is not None:
             stream.close()
+
+    def forget(self, kernel_id: str, how: str) -> None:
+        self.end(kernel_id, how)
+        self.unwatch(kernel_id)
         self.paths.pop(kernel_id, None)
 
     async def on_kernel_action(self, logger=None, schema_id=None, data=None) -> None:
-        """jupyter_server's kernel_actions events: start, restart, shutdown."""
+        """jupyter_server's kernel_actions events: restart (ours, or the server's after a kernel died) and
+        shutdown. Starts are followed by `attach`, which also hears the first cell."""
         try:
             self._on_kernel_action(data or {})
         except Exception:  # never let recording break a kernel action
@@ -303,9 +250,7 @@ class Recorder:
         kernel_id, action = data.get("kernel_id"), data.get("action")
         if not kernel_id or data.get("status") != "success":
             return
-        if action == "start":
-            self.watch(kernel_id)
-        elif action == "restart":
+        if action == "restart":
             self.end(kernel_id, "the kernel was restarted")
             self.paths.pop(kernel_id, None)  # the notebook may have been renamed meanwhile
         elif action == "shutdown":
@@ -340,6 +285,9 @@ class Recorder:
     def on_message(self, kernel_id: str, message: dict) -> None:
         kind = message["header"]["msg_type"]
         request = message.get("parent_header", {}).get("msg_id")
+        probe = self.probes.get(kernel_id)
+        if probe is not None and request in probe[0]:
+            probe[1].set()  # our subscription is live: everything the kernel says from now on reaches us
         if kind == "execute_input":
             self._cell_started(kernel_id, request, message["content"])
             return
