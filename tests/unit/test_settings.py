@@ -191,7 +191,7 @@ def test_the_schema_is_the_one_place_defaults_are_declared(tmp_path):
 
     filled = load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
     assert DEFAULTS == schema_default("dashboards") == filled["dashboards"]
-    assert DEFAULT_OUTPUT_CAP == filled["history"]["output_cap_bytes"]
+    assert filled["history"]["output_cap_bytes"] == DEFAULT_OUTPUT_CAP
     args = parse_args(["--database-url", "sqlite://", "--runbooks-repository", "x", "--cache-dir", "y"])
     assert (args.heartbeat_timeout, args.retention_days, args.output_cap) == (
         filled["history"]["heartbeat_timeout"],

@@ -1,0 +1,153 @@
+"""The spool of interactive runs on local disk, and its delivery to the opshub service.
+
+The recorder (recorder.py) writes each run's state here after every cell; a `Deliverer` sends the
+records to the service in order and retries while the service is unreachable. The run id is chosen
+by the recorder, so a retried start is recognised by the service instead of recorded twice, and a
+finish already recorded answers 409, which counts as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..runbooks.client import ServiceClient, ServiceError
+from ..runbooks.execute import DEFAULT_HEARTBEAT_SECONDS
+
+log = logging.getLogger("opshub.recorder")
+PROGRESS_SECONDS = 3  # at most this often a run's cells so far go to the service (each sends the notebook)
+
+
+class Spool:
+    """Run records waiting for delivery: one JSON file per run, replaced atomically on every change."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def write(self, record: dict[str, Any]) -> None:
+        path = self.folder / f"{record['id']}.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, path)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every spooled record, oldest first. Unreadable files are moved aside (and logged), not lost."""
+        found = []
+        for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                log.error("opshub: cannot read spooled run %s (%s); moved to %s.bad", path, e, path.name)
+                path.rename(path.with_suffix(".bad"))
+        return found
+
+    def delivered(self, run_id: str) -> int | None:
+        """The version of the run the service has (None: not even its start)."""
+        try:
+            return int((self.folder / f"{run_id}.delivered").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def mark_delivered(self, run_id: str, version: int) -> None:
+        (self.folder / f"{run_id}.delivered").write_text(str(version))
+
+    def remove(self, run_id: str) -> None:
+        for suffix in (".json", ".delivered"):
+            (self.folder / f"{run_id}{suffix}").unlink(missing_ok=True)
+
+    def set_aside(self, run_id: str, reason: str) -> None:
+        """Keep a record the service refused for good, with the reason, out of the delivery loop."""
+        path = self.folder / f"{run_id}.json"
+        if path.exists():
+            path.rename(self.folder / f"{run_id}.refused")
+            (self.folder / f"{run_id}.refused.reason").write_text(reason + "\n")
+        (self.folder / f"{run_id}.delivered").unlink(missing_ok=True)
+
+
+class Deliverer:
+    """Sends spooled runs to the opshub service, one request at a time, in order, until each is finished."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        client_factory: Callable[[], ServiceClient],
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,  # as `opshub run`: well inside the sweep's timeout
+    ):
+        self.spool = spool
+        self.client_factory = client_factory
+        self.heartbeat_seconds = heartbeat_seconds
+        self.last_heartbeat: dict[str, float] = {}
+        self.wake = asyncio.Event()
+
+    async def run_forever(self, interval: float = 2.0, max_backoff: float = 30.0) -> None:
+        delay = interval
+        while True:
+            try:
+                delivered_all = await asyncio.get_running_loop().run_in_executor(None, self.deliver_once)
+            except Exception:
+                log.exception("opshub: delivering interactive runs failed")
+                delivered_all = False
+            delay = interval if delivered_all else min(delay * 2, max_backoff)
+            self.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+
+    def deliver_once(self) -> bool:
+        """One pass over the spool. Returns False when the service could not be reached."""
+        records = self.spool.records()
+        if not records:
+            return True
+        try:
+            client = self.client_factory()
+        except ServiceError as e:
+            log.warning("opshub: interactive runs kept on disk, not recorded yet: %s", e)
+            return False
+        for record in records:
+            try:
+                self._deliver(client, record)
+            except ServiceError as e:
+                if e.status == 0 or e.status >= 500:
+                    log.warning("opshub: run %s kept on disk until the service answers: %s", record["id"], e)
+                    return False
+                log.error("opshub: the service refused run %s: %s", record["id"], e)
+                self.spool.set_aside(record["id"], str(e))
+        return True
+
+    def _deliver(self, client: ServiceClient, record: dict[str, Any]) -> None:
+        run_id, version = record["id"], record["version"]
+        delivered = self.spool.delivered(run_id)
+        if delivered is None:
+            client.request("POST", "api/runs", record["start"])
+            delivered = 0
+            self.spool.mark_delivered(run_id, delivered)
+        end = record.get("end")
+        if end is not None:
+            body = {**end, "drift": record["drift"], "output_notebook": record["notebook"]}
+            try:
+                client.request("POST", f"api/runs/{run_id}/finish", body)
+            except ServiceError as e:
+                if e.status != 409:  # 409: already ended, by an earlier attempt whose answer was lost
+                    raise
+            self.spool.remove(run_id)
+            self.last_heartbeat.pop(run_id, None)
+        elif delivered < version and time.monotonic() - self.last_heartbeat.get(run_id, 0) >= PROGRESS_SECONDS:
+            # progress: the cells so far, so the history shows them and nothing is lost if this server
+            # dies; at most every PROGRESS_SECONDS, as each sends the whole notebook so far
+            client.request(
+                "POST",
+                f"api/runs/{run_id}/heartbeat",
+                {"output_notebook": record["notebook"], "drift": record["drift"]},
+            )
+            self.spool.mark_delivered(run_id, version)
+            self.last_heartbeat[run_id] = time.monotonic()
+        elif time.monotonic() - self.last_heartbeat.get(run_id, 0) >= self.heartbeat_seconds:
+            client.request("POST", f"api/runs/{run_id}/heartbeat")
+            self.last_heartbeat[run_id] = time.monotonic()
