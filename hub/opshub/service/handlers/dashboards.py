@@ -68,6 +68,14 @@ class DashboardMixin:
             )
         return dashboard
 
+    def handed_out_kernel(self, kernel_id: str, status: int = 404) -> str:
+        """The dashboard whose page this kernel was handed to, if this person may see it."""
+        name = self.dashboards.kernels.get(kernel_id)
+        if name is None:
+            raise web.HTTPError(status, "unknown kernel: it was not handed to a dashboard page")
+        self.visible_or_error(name)
+        return name
+
     def visible_run(self, dashboard: Dashboard) -> Run | None:
         """The latest finished run a snapshot shows, if its runbook's runs are not restricted for this person."""
         run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
@@ -247,10 +255,7 @@ class KernelModelProxy(DashboardMixin, BaseHandler):
 
     @web.authenticated
     async def get(self, kernel_id):
-        name = self.dashboards.kernels.get(kernel_id)
-        if name is None:
-            raise web.HTTPError(404, "unknown kernel")
-        self.visible_or_error(name)
+        self.handed_out_kernel(kernel_id)
         backend = self.dashboards.backend
         response = await backend.fetch(backend.base_url + f"api/kernels/{kernel_id}", raise_error=False)
         self.set_status(response.code if response.code != 599 else 502)
@@ -278,10 +283,7 @@ class KernelShutdownProxy(DashboardMixin, BaseHandler):
 
     @web.authenticated
     async def post(self, kernel_id):
-        name = self.dashboards.kernels.get(kernel_id)
-        if name is None:
-            raise web.HTTPError(404, "unknown kernel")
-        self.visible_or_error(name)
+        self.handed_out_kernel(kernel_id)
         backend = self.dashboards.backend
         await backend.fetch(
             backend.base_url + f"voila/api/shutdown/{kernel_id}", method="POST", body=b"", raise_error=False
@@ -298,10 +300,7 @@ class KernelSocket(DashboardMixin, HubOAuthenticated, KernelSocketProxy):
     def authorize(self, kernel_id: str) -> None:
         if self.current_user is None:
             raise web.HTTPError(403, "log in to the hub first")
-        name = self.dashboards.kernels.get(kernel_id)
-        if name is None:
-            raise web.HTTPError(403, "this kernel was not handed to a dashboard page")
-        self.visible_or_error(name)
+        self.handed_out_kernel(kernel_id, status=403)
 
 
 class DataRunsHandler(ServiceHandler):
