@@ -98,10 +98,14 @@ def cmd_config_docs(args) -> int:
 
 def cmd_run(args) -> int:
     from .runbooks.headless import run_runbook
-    from .service.recorder import StoreRecorder
+
+    def open_store(url: str):
+        from .service.recorder import StoreRecorder  # the store's imports (SQLAlchemy, alembic) only when asked
+
+        return StoreRecorder(url)
 
     return run_runbook(
-        args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir, open_store=StoreRecorder
+        args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir, open_store=open_store
     )
 
 
