@@ -10,6 +10,7 @@ SERVICE_NAME = "opshub"  # the JupyterHub service: /services/opshub/
 RECORD_SCOPE = "custom:opshub:runs:record"
 DELETE_SCOPE = "custom:opshub:runs:delete"
 PUBLISH_SCOPE = "custom:opshub:dashboards:publish"
+REQUEST_SCOPE = "custom:opshub:runs:request"  # ask the runner for a run (page, `opshub request`, API)
 
 # What the hub hands a person's server (configure/spawner.py user_environment), read there.
 RUNBOOKS_REPO_ENV = "OPSHUB_RUNBOOKS_REPO"
@@ -28,8 +29,10 @@ def service_prefix(hub_base_url: str) -> str:
 # The JupyterHub user whose server renders live dashboards (opshub.dashboards_backend). Its OS
 # account, when the embedded default runs as root, is the same name; people's are `jupyter-<name>`.
 DASHBOARDS_ACCOUNT = "opshub-dashboards"
+# The JupyterHub user whose named servers run unattended runs, one per run (opshub.runner).
+RUNNER_ACCOUNT = "opshub-runner"
 # Accounts of the execution plane: never a person, so nobody may log in as one.
-SYSTEM_ACCOUNTS = (DASHBOARDS_ACCOUNT,)
+SYSTEM_ACCOUNTS = (DASHBOARDS_ACCOUNT, RUNNER_ACCOUNT)
 
 
 def server_prefix(hub_base_url: str, account: str) -> str:

@@ -23,6 +23,7 @@ from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, rep
 
 DEMO_PASSWORD_FILE = "demo-password"
 METRICS_TOKEN_FILE = "metrics-token"
+ALERTS_TOKEN_FILE = "alerts-token"
 MIN_PASSWORD_LENGTH = 8  # what JupyterHub's SharedPasswordAuthenticator requires
 DISCOVERY_TIMEOUT = 10  # seconds
 
@@ -54,6 +55,11 @@ def demo_password(settings: Settings) -> tuple[str, str]:
 def metrics_token(settings: Settings) -> tuple[str, str]:
     """The bearer token Prometheus must send for /services/opshub/metrics, and where it came from."""
     return secret_from_env_or_state(settings, settings["history"]["metrics_token_env"], METRICS_TOKEN_FILE, 32)
+
+
+def alerts_token(settings: Settings) -> tuple[str, str]:
+    """The bearer token Alertmanager must send to the receiver, and where it came from."""
+    return secret_from_env_or_state(settings, settings["runner"]["alerts_token_env"], ALERTS_TOKEN_FILE, 32)
 
 
 def client_secret(settings: Settings) -> str:
@@ -219,7 +225,7 @@ def prepare(settings: Settings) -> Runtime:
         )
         raise SettingsError(settings.source, [problem])
     provider = settings["auth"]["provider"]
-    found: dict = {"metrics_token": metrics_token(settings)[0]}
+    found: dict = {"metrics_token": metrics_token(settings)[0], "alerts_token": alerts_token(settings)[0]}
     password_env = settings["history"]["database_password_env"]
     if password_env:
         if not os.environ.get(password_env):

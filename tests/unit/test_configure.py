@@ -134,7 +134,7 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
 def test_system_accounts_servers_run_their_own_program_with_only_what_it_needs(settings):
     c = Config()
     apply_spawner(c, settings, RUNTIME)
-    dashboards = SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards"), cmd=None, environment=None)
+    dashboards = SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards"), name="", cmd=None, environment=None)
     c.Spawner.pre_spawn_hook(dashboards)
     assert dashboards.cmd == ["/opt/opshub/bin/python", "-m", "opshub.dashboards_backend"]
     assert set(dashboards.environment) == {
@@ -142,9 +142,25 @@ def test_system_accounts_servers_run_their_own_program_with_only_what_it_needs(s
         "OPSHUB_SERVICE_URL", "PATH",
     }  # fmt: skip
     assert dashboards.environment["OPSHUB_DASHBOARDS_BASE_URL"] == "/services/opshub/dashboards/-/"
-    person = SimpleNamespace(user=SimpleNamespace(name="bob"), cmd=None, environment=None)
+    person = SimpleNamespace(user=SimpleNamespace(name="bob"), name="", cmd=None, environment=None)
     c.Spawner.pre_spawn_hook(person)
     assert person.cmd is None and person.environment is None  # people's servers: the common config
+
+
+def test_the_runner_runs_named_servers_with_its_credentials_files_and_people_get_none(settings):
+    settings["runner"]["credentials"] = {"SSH_KEY": {"file": "/etc/opshub/runner/id_ed25519"}}
+    c = Config()
+    apply_spawner(c, settings, RUNTIME)
+    assert c.JupyterHub.allow_named_servers is True
+    run = SimpleNamespace(user=SimpleNamespace(name="opshub-runner"), name="0b0e", cmd=None, environment=None)
+    c.Spawner.pre_spawn_hook(run)
+    assert run.cmd == ["/opt/opshub/bin/python", "-m", "opshub.runner"]
+    assert run.environment["OPSHUB_RUNNER_CREDENTIAL_FILES"] == "SSH_KEY=/etc/opshub/runner/id_ed25519"
+    assert not any(value for value in run.environment.values() if "id_ed25519" in value and "=" not in value)
+    assert c.Spawner.server_token_scopes(run) == ["access:servers!server", "users:activity!user"]
+    bob_named = SimpleNamespace(user=SimpleNamespace(name="bob"), name="second", cmd=None, environment=None)
+    with pytest.raises(ValueError, match="one server"):
+        c.Spawner.pre_spawn_hook(bob_named)
 
 
 def test_nobody_logs_in_as_a_system_account(settings):
@@ -187,7 +203,9 @@ def test_services_run_history_always_and_mirror_when_mirroring(settings, tmp_pat
         "custom:opshub:runs:record",
         "custom:opshub:runs:delete",
         "custom:opshub:dashboards:publish",
+        "custom:opshub:runs:request",
     }
+    assert history["environment"]["OPSHUB_ALERTS_TOKEN"] == ""  # none in RUNTIME: the receiver refuses all
     assert history["environment"]["OPSHUB_METRICS_TOKEN"] == "" and "OPSHUB_DATABASE_PASSWORD" in history["environment"]
     assert mirror["name"] == "runbooks-mirror"
     assert mirror["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.runbooks.mirror"]

@@ -245,7 +245,7 @@ def test_roles_scopes_and_service_arguments():
     c = Config()
 
     class Runtime:
-        python, metrics_token, database_password = "/usr/bin/python3", "t", ""
+        python, metrics_token, database_password, alerts_token = "/usr/bin/python3", "t", "", "a"
 
     apply_services(c, settings, Runtime())
     service = c.JupyterHub.services[0]

@@ -43,6 +43,9 @@ def test_defaults_are_filled_in_and_dashboard_true_is_an_object():
         "description": "",
         "changes_systems": False,
         "dashboard": None,
+        "locks": [],
+        "schedules": [],
+        "alerts": [],
     }
     assert runbook_metadata(notebook(dashboard=True), "x.ipynb")["dashboard"] == {}
     assert runbook_metadata(notebook(dashboard=False), "x.ipynb")["dashboard"] is None
@@ -66,6 +69,45 @@ def test_defaults_are_filled_in_and_dashboard_true_is_an_object():
         ({"dashboard": {"groups": "managers"}}, "opshub.dashboard.groups must be a list, not 'managers'"),
         ({"dashboard": {"groups": ["a", 2]}}, "opshub.dashboard.groups[1] must be text, not 2"),
         ({"dashboard": {"grups": ["a"]}}, "opshub.dashboard.grups is not a known key (did you mean groups?)"),
+        ({"schedule": []}, "opshub.schedule is not a known key (did you mean schedules?)"),
+        ({"locks": "stack:{stack}"}, "opshub.locks must be a list, not 'stack:{stack}'"),
+        ({"locks": [""]}, "opshub.locks[0] must not be empty"),
+        ({"locks": ["stack:{stack:>3}"]}, "opshub.locks[0]: {stack:>3} in 'stack:{stack:>3}' is not a plain name"),
+        ({"schedules": {"cron": "0 3 * * 1"}}, 'opshub.schedules must be a list, not {"cron": "0 3 * * 1"}'),
+        ({"schedules": [{}]}, "patch.ipynb: opshub.schedules[0].cron is required"),
+        ({"schedules": [{"crn": "0 3 * * 1"}]}, "opshub.schedules[0].crn is not a known key (did you mean cron?)"),
+        ({"schedules": [{"cron": 3}]}, "opshub.schedules[0].cron must be text, not 3"),
+        ({"schedules": [{"cron": "61 * * * *"}]}, "opshub.schedules[0].cron: '61 * * * *' is not a cron expression"),
+        ({"schedules": [{"cron": "@daily"}]}, "opshub.schedules[0].cron: '@daily' is not a cron expression"),
+        (
+            {"schedules": [{"cron": "0 3 * * 1", "timezone": "Europe/Berln"}]},
+            "opshub.schedules[0].timezone: 'Europe/Berln' is not a known time zone (did you mean Europe/Berlin?)",
+        ),
+        (
+            {"schedules": [{"cron": "0 3 * * 1", "name": "Weekly Web"}]},
+            "opshub.schedules[0].name must be 1 to 64 lowercase letters, digits and dashes, starting with a letter",
+        ),
+        ({"schedules": [{"cron": "0 3 * * 1", "name": "w" * 65}]}, "opshub.schedules[0].name must be 1 to 64"),
+        (
+            {"schedules": [{"cron": "0 3 * * 1", "parameters": ["web"]}]},
+            'opshub.schedules[0].parameters must be an object, not ["web"]',
+        ),
+        (
+            {"schedules": [{"name": "weekly", "cron": "0 3 * * 1"}, {"name": "weekly", "cron": "0 4 * * 1"}]},
+            "opshub.schedules[1].name: 'weekly' is also the name of opshub.schedules[0]",
+        ),
+        ({"alerts": [{"matchers": []}]}, "opshub.alerts[0].alertname is required"),
+        ({"alerts": [{"alertname": ""}]}, "opshub.alerts[0].alertname must not be empty"),
+        ({"alerts": [{"alertname": "HostDown", "labels": {}}]}, "opshub.alerts[0].labels is not a known key"),
+        ({"alerts": [{"alertname": "HostDown", "matchers": "a=b"}]}, "opshub.alerts[0].matchers must be a list"),
+        (
+            {"alerts": [{"alertname": "HostDown", "matchers": ['team=~"(ops"']}]},
+            "opshub.alerts[0].matchers[0]: 'team=~\"(ops\"' has a bad regular expression",
+        ),
+        (
+            {"alerts": [{"alertname": "HostDown", "parameters": {"host": "{instance!r}"}}]},
+            "opshub.alerts[0].parameters.host: {instance!r} in '{instance!r}' is not a plain name",
+        ),
     ],
 )
 def test_wrong_metadata_is_refused_naming_the_notebook_and_the_key(opshub, message):
@@ -85,6 +127,47 @@ def test_opshub_metadata_that_is_no_object_and_every_problem_at_once():
     assert "changes_systems must be true or false" in str(refused.value) and "titel is not a known key" in str(
         refused.value
     )
+
+
+def test_triggers_come_back_as_declared_and_the_defaults_are_not_shared():
+    declared = {
+        "locks": ["stack:{stack}"],
+        "schedules": [
+            {
+                "name": "weekly-web",
+                "cron": "0 3 * * 1",
+                "timezone": "Europe/Berlin",
+                "parameters": {"stack": "web", "dry_run": False},
+            }
+        ],
+        "alerts": [
+            {
+                "alertname": "HostDown",
+                "matchers": ['severity="critical"', 'team=~"ops|infra"'],
+                "parameters": {"host": "{instance}", "dry_run": True},
+            }
+        ],
+    }
+    metadata = runbook_metadata(notebook(title="Patch", **declared), "x.ipynb")
+    assert {key: metadata[key] for key in declared} == declared
+    empty = runbook_metadata({"metadata": {}}, "x.ipynb")
+    empty["locks"].append("mine")
+    assert runbook_metadata({"metadata": {}}, "x.ipynb")["locks"] == []
+
+
+def test_shape_and_trigger_problems_are_reported_at_once():
+    with pytest.raises(RunbookMetadataError) as refused:
+        runbook_metadata(
+            notebook(
+                changes_systems="no", schedules=[{"cron": "0 25 * * *"}], alerts=[{"alertname": "A", "matchers": ["x"]}]
+            ),
+            "x.ipynb",
+        )
+    problems = str(refused.value).removeprefix("x.ipynb: ").split("; ")
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("opshub.alerts[0].matchers[0]: 'x' is not a matcher")
+    assert problems[1] == "opshub.changes_systems must be true or false, not 'no'"
+    assert problems[2] == "opshub.schedules[0].cron: '0 25 * * *' is not a cron expression (Bad hour)"
 
 
 # Where the metadata is read

@@ -33,6 +33,7 @@ class Runtime:
     client_secret: str | None = None  # the OAuth client secret, for github, gitlab and oidc
     oidc_endpoints: dict[str, str] = field(default_factory=dict)  # authorize_url, token_url, userinfo_url
     metrics_token: str | None = None  # the bearer token Prometheus sends to the opshub service
+    alerts_token: str | None = None  # the bearer token Alertmanager sends to the opshub service
     database_password: str | None = None  # the run history database's password, if it needs one
     as_root: bool = False  # the hub runs as root: it can give each person a system account
     path: str = os.defpath  # the hub's $PATH, which servers on this machine extend

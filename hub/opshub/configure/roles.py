@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, SERVICE_NAME, SYSTEM_ACCOUNTS
+from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, REQUEST_SCOPE, SERVICE_NAME, SYSTEM_ACCOUNTS
 from ..settings import Settings
 from .services import IDLE_CULLER_ROLE, idle_culler_enabled
 
@@ -15,6 +15,7 @@ SERVER_USER_SCOPES = ["self"]
 READ_HISTORY = f"access:services!service={SERVICE_NAME}"
 RECORD_RUNS = f"{RECORD_SCOPE}!user"
 PUBLISH_DASHBOARDS = f"{PUBLISH_SCOPE}!user"  # as oneself: the service records the token's owner
+REQUEST_RUNS = f"{REQUEST_SCOPE}!user"  # runs requested as oneself
 
 
 def admin_role_groups(settings: Settings) -> list[str]:
@@ -39,20 +40,20 @@ def load_roles(settings: Settings) -> list[dict]:
         {"name": "admin", "groups": admin_role_groups(settings)},
         {
             "name": "opshub-admin",
-            "description": "Platform owners: may also delete runs from the history.",
-            "scopes": [READ_HISTORY, RECORD_SCOPE, DELETE_SCOPE, PUBLISH_SCOPE],
+            "description": "Platform owners: may also delete runs from the history and cancel anyone's runs.",
+            "scopes": [READ_HISTORY, RECORD_SCOPE, DELETE_SCOPE, PUBLISH_SCOPE, REQUEST_SCOPE],
             "groups": groups["admin"],
         },
         {
             "name": "opshub-author",
-            "description": "Writes runbooks: own server, runs and publishes runbooks.",
-            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS, PUBLISH_DASHBOARDS],
+            "description": "Writes runbooks: own server, runs, requests and publishes runbooks.",
+            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS, REQUEST_RUNS, PUBLISH_DASHBOARDS],
             "groups": groups["author"],
         },
         {
             "name": "opshub-operator",
-            "description": "Runs runbooks: own server, runs runbooks, reads the history.",
-            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS],
+            "description": "Runs runbooks: own server, runs and requests runbooks, reads the history.",
+            "scopes": [*SERVER_USER_SCOPES, READ_HISTORY, RECORD_RUNS, REQUEST_RUNS],
             "groups": groups["operator"],
         },
         {

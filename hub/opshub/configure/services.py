@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
-from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, SERVICE_NAME, service_prefix
+from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, REQUEST_SCOPE, SERVICE_NAME, service_prefix
 from ..settings import Settings, repository_url
 
 METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
 DATABASE_PASSWORD_ENV = "OPSHUB_DATABASE_PASSWORD"  # ... and the database password
+ALERTS_TOKEN_ENV = "OPSHUB_ALERTS_TOKEN"  # ... and the token Alertmanager sends
 IDLE_CULLER = "idle-culler"
 # What jupyterhub-idle-culler needs, and nothing more (its README's role).
 IDLE_CULLER_ROLE = {
@@ -23,6 +24,7 @@ CUSTOM_SCOPES = {
     RECORD_SCOPE: {"description": "Record runbook runs as oneself in the opshub run history."},
     DELETE_SCOPE: {"description": "Delete runs from the opshub run history."},
     PUBLISH_SCOPE: {"description": "Publish and unpublish opshub dashboards."},
+    REQUEST_SCOPE: {"description": "Request unattended runs of runbooks on the opshub runner, and cancel them."},
 }
 
 
@@ -60,6 +62,11 @@ def service_arguments(settings: Settings, proxy: str | None = None) -> list[str]
         "--runbooks-branch", settings["runbooks"]["branch"],
         "--cache-dir", str(settings.state_dir / "service-runbooks.git"),
         "--metrics-token-env", METRICS_TOKEN_ENV,
+        # unattended runs: the runner's limits, schedules' catch-up, Alertmanager's token
+        "--max-concurrent", str(settings["runner"]["max_concurrent"]),
+        "--runner-start-timeout", str(settings["runner"]["start_timeout"]),
+        "--catch-up-minutes", str(settings["runner"]["catch_up_minutes"]),
+        "--alerts-token-env", ALERTS_TOKEN_ENV,
         # published dashboards: their copies, the Voila backend's home and log
         "--dashboards-dir", str(settings.state_dir / "dashboards"),
         "--dashboards-settings", json.dumps(settings["dashboards"]),
@@ -84,9 +91,10 @@ def apply_services(c, settings: Settings, runtime) -> None:
             "environment": {
                 METRICS_TOKEN_ENV: runtime.metrics_token or "",
                 DATABASE_PASSWORD_ENV: runtime.database_password or "",
+                ALERTS_TOKEN_ENV: runtime.alerts_token or "",
             },
             # pages use the hub's OAuth; these are the scopes their cookies may carry
-            "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE, PUBLISH_SCOPE],
+            "oauth_client_allowed_scopes": [RECORD_SCOPE, DELETE_SCOPE, PUBLISH_SCOPE, REQUEST_SCOPE],
             # part of the deployment, not a third party: no "authorize access?" page
             "oauth_no_confirm": True,
         }

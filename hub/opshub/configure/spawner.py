@@ -14,12 +14,14 @@ from ..contract import (
     RUNBOOKS_BRANCH_ENV,
     RUNBOOKS_REPO_ENV,
     RUNBOOKS_TARGET_ENV,
+    RUNNER_ACCOUNT,
     SERVICE_NAME,
     SERVICE_URL_ENV,
     SYSTEM_ACCOUNTS,
     service_prefix,
 )
 from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
+from ..runner import CREDENTIAL_FILES_ENV
 from ..settings import Settings, repository_url
 from .services import service_api_url
 
@@ -140,8 +142,11 @@ def apply_local(c, settings: Settings, runtime) -> None:
 
 def server_token_scopes(spawner) -> list[str]:
     """$JUPYTERHUB_API_TOKEN's scopes: a person's server records and publishes as its owner; a
-    system account's server gets none but the access to itself that every server has. (Its traffic
-    goes through the proxy, which is what keeps it from looking idle to a culler.)"""
+    system account's server gets none but the access to itself that every server has. (The
+    dashboards server's traffic goes through the proxy, which keeps it from looking idle to a
+    culler; a runner's server tells the hub it is active while its run goes on.)"""
+    if spawner.user.name == RUNNER_ACCOUNT:
+        return ["access:servers!server", "users:activity!user"]
     if spawner.user.name in SYSTEM_ACCOUNTS:
         return ["access:servers!server"]
     return SERVER_TOKEN_SCOPES
@@ -157,6 +162,9 @@ class SystemServers:
 
     def __call__(self, spawner) -> None:
         name = spawner.user.name
+        if spawner.name and name != RUNNER_ACCOUNT:
+            # named servers exist for the runner's runs; a person has one server
+            raise ValueError(f"{name} cannot have named servers: opshub gives each person one server")
         if name in self.commands:
             spawner.cmd = self.commands[name]
             spawner.environment = self.environments[name]
@@ -172,11 +180,19 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
         CULL_IDLE_ENV: str(dashboards["cull_idle_seconds"]),
         SERVICE_URL_ENV: environment[SERVICE_URL_ENV],
     }
+    runner = {
+        SERVICE_URL_ENV: environment[SERVICE_URL_ENV],
+        "OPSHUB_SECRET_NAMES": environment["OPSHUB_SECRET_NAMES"],
+        CREDENTIAL_FILES_ENV: ",".join(f"{name}={c['file']}" for name, c in settings["runner"]["credentials"].items()),
+    }
     if "PATH" in environment:
-        backend["PATH"] = environment["PATH"]
+        backend["PATH"] = runner["PATH"] = environment["PATH"]
     return SystemServers(
-        commands={DASHBOARDS_ACCOUNT: [*python, "-m", "opshub.dashboards_backend"]},
-        environments={DASHBOARDS_ACCOUNT: backend},
+        commands={
+            DASHBOARDS_ACCOUNT: [*python, "-m", "opshub.dashboards_backend"],
+            RUNNER_ACCOUNT: [*python, "-m", "opshub.runner"],
+        },
+        environments={DASHBOARDS_ACCOUNT: backend, RUNNER_ACCOUNT: runner},
     )
 
 
@@ -201,3 +217,7 @@ def apply_spawner(c, settings: Settings, runtime) -> None:
     c.Spawner.environment = environment
     c.Spawner.server_token_scopes = server_token_scopes
     c.Spawner.pre_spawn_hook = system_servers(settings, python, environment)
+    # The runner runs each unattended run in a named server of its account (SystemServers refuses
+    # named servers to people); 0: as many as runner.max_concurrent lets the service start.
+    c.JupyterHub.allow_named_servers = True
+    c.JupyterHub.named_server_limit_per_user = 0

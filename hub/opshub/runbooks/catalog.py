@@ -105,6 +105,30 @@ class RunbookCatalog:
         """The file `path` at `commit`."""
         return self._git("show", f"{commit}:{path}")
 
+    def show_runbook(self, commit: str, path: str) -> str:
+        """The runbook `path` at `commit`, fetching that commit from the repository if the cache lacks
+        it (it keeps only the branch's latest). LookupError naming what is missing."""
+        if not self._has(commit):
+            with self._lock:
+                try:
+                    self._git("fetch", "--quiet", "--depth", "1", "--no-tags", "--", self.repository, commit)
+                except subprocess.CalledProcessError:
+                    raise LookupError(f"the runbooks repository has no commit {commit}") from None
+        try:
+            return self.show(commit, path)
+        except subprocess.CalledProcessError:
+            raise LookupError(f"there is no runbook {path!r} at commit {commit[:12]}") from None
+
+    def full_commit(self, commit: str) -> str:
+        """The full hash of a commit the cache has."""
+        return self._git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}").strip()
+
+    def _has(self, commit: str) -> bool:
+        try:
+            return bool(self.full_commit(commit))
+        except subprocess.CalledProcessError:
+            return False
+
     def archive(self, commit: str) -> bytes:
         """The repository's files at `commit`, as a tar."""
         return self._git("archive", "--format=tar", commit, text=False)

@@ -38,6 +38,8 @@ class ServiceError(Exception):
 
 
 class ServiceClient:
+    auth_scheme = "token"  # JupyterHub's; the runner's run token is sent as "Bearer"
+
     def __init__(self, url: str | None = None, token: str | None = None):
         url = url or os.environ.get(SERVICE_URL_ENV, "")
         token = token or os.environ.get(TOKEN_ENV, "")
@@ -54,7 +56,7 @@ class ServiceClient:
             self.url + path,
             data=data,
             method=method,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"{self.auth_scheme} {self.token}", "Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:

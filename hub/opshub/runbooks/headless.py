@@ -190,11 +190,13 @@ def run_runbook(
     open_store: Callable[[str], Any] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    commit: str | None = None,
 ) -> int:
     """Run `runbook` headless, recorded; return the exit code (see the module docstring and EXIT_*).
 
     `parameters` are (NAME, VALUE) text pairs as given to `-p`. `recorder` defaults to
-    `make_recorder(open_store=open_store)`.
+    `make_recorder(open_store=open_store)`. `commit` says which commit `runbooks_dir` holds when it
+    is not a git checkout (the runner's copy of the repository at that commit: no drift).
     Secrets are taken from the process environment, which the kernel inherits, and from the kernel's own
     environment after each cell (a cell may set one).
     """
@@ -203,7 +205,7 @@ def run_runbook(
     pairs = [tuple(pair) for pair in parameters]
     terminal = Terminal(out, err, secrets_for(os.environ, {name: value for name, value in pairs}))
     try:
-        plan = _prepare(runbook, pairs, output, runbooks_dir)
+        plan = _prepare(runbook, pairs, output, runbooks_dir, commit)
         if recorder is None:
             recorder = make_recorder(open_store=open_store)
     except UsageError as e:
@@ -227,7 +229,7 @@ class _Plan:
     drift: bool = True
 
 
-def _prepare(runbook: str, pairs, output, runbooks_dir) -> _Plan:
+def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = None) -> _Plan:
     """Everything checked before the run is recorded. Raises UsageError."""
     folder = Path(runbooks_dir).expanduser() if runbooks_dir else default_runbooks_dir()
     path, name = resolve_runbook(folder, runbook)
@@ -249,7 +251,7 @@ def _prepare(runbook: str, pairs, output, runbooks_dir) -> _Plan:
         except OSError as e:
             raise UsageError(f"cannot write the output notebook to {output}: {e}") from None
     plan = _Plan(path, name, parameters, kernel_name, output, heartbeat_interval(os.environ))
-    plan.commit, plan.drift = git_state(path.parent, path.name)
+    plan.commit, plan.drift = (commit, False) if commit else git_state(path.parent, path.name)
     return plan
 
 

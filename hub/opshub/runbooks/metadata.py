@@ -9,13 +9,25 @@ RunbookMetadataError naming the notebook and every wrong key, e.g.
 
 Types are strict: `changes_systems` guards live dashboards, so "true", 1 or [true] are refused rather than
 read as "not true". Unknown keys are refused too, naming the closest known key: a typo such as
-`changes_system` would otherwise silently drop the guard. Keys of later features (schedules, alerts,
-locks) get added to SCHEMA when they exist; until then a runbook using them is refused, which says plainly
-that this opshub does not know them.
+`changes_system` would otherwise silently drop the guard.
+
+`locks`, `schedules` and `alerts` say what starts a runbook unattended (runbooks/triggers.py reads them):
+
+    "locks": ["stack:{stack}"],
+    "schedules": [{"name": "weekly-web", "cron": "0 3 * * 1", "timezone": "Europe/Berlin",
+                   "parameters": {"stack": "web", "dry_run": false}}],
+    "alerts": [{"alertname": "HostDown", "matchers": ["severity=\\"critical\\"", "team=~\\"ops|infra\\""],
+                "parameters": {"host": "{instance}", "dry_run": true}}]
+
+The schema checks their shapes; what it cannot see (a cron expression, a time zone, a matcher, a template)
+`triggers.check_triggers` checks, and its problems are reported in the same message, e.g.
+"patch.ipynb: opshub.schedules[0].cron: '61 * * * *' is not a cron expression (Bad minute)". A scheduler
+never meets a schedule it cannot evaluate: the runbook is refused when it is read.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 from collections.abc import Mapping
@@ -24,8 +36,16 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from .triggers import check_triggers
+
 # The dashboard names the service accepts (opshub.service.dashboards.SLUG, which checks again on publish).
 DASHBOARD_NAME = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+# A schedule's name: its identity for the scheduler (triggers.Schedule.key), so renaming it starts afresh.
+SCHEDULE_NAME = "^[a-z0-9][a-z0-9-]{0,63}$"
+PARAMETERS = {
+    "type": "object",
+    "description": "The run's parameters by name (any JSON values), as `opshub run -p NAME VALUE` would give them.",
+}
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -52,17 +72,77 @@ SCHEMA: dict[str, Any] = {
                 "description": {"type": "string"},
             },
         },
+        "locks": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "description": "Locks a run holds, so two runs holding one never overlap. `{name}` is the run's "
+            "parameter `name` (`stack:{stack}`); `{{` and `}}` are literal braces.",
+        },
+        "schedules": {
+            "type": "array",
+            "description": "When the runbook runs by itself.",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cron"],
+                "properties": {
+                    "name": {"type": "string", "pattern": SCHEDULE_NAME, "description": "Unique in the runbook."},
+                    "cron": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Cron's 5 fields: minute hour day-of-month month day-of-week.",
+                    },
+                    "timezone": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "The IANA time zone the cron is read in; UTC if left out.",
+                    },
+                    "parameters": PARAMETERS,
+                },
+            },
+        },
+        "alerts": {
+            "type": "array",
+            "description": "The Alertmanager alerts that start the runbook.",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["alertname"],
+                "properties": {
+                    "alertname": {"type": "string", "minLength": 1},
+                    "matchers": {
+                        "type": "array",
+                        "items": {"type": "string", "minLength": 1},
+                        "description": "Alertmanager matchers on the alert's labels, all of which must hold: "
+                        '`severity="critical"`, `team=~"ops|infra"` (regexes match the whole value).',
+                    },
+                    "parameters": {
+                        **PARAMETERS,
+                        "description": "The run's parameters: text is a template over the alert's labels "
+                        "(`{instance}`), other values are constants.",
+                    },
+                },
+            },
+        },
     },
 }
-DEFAULTS: dict[str, Any] = {"title": None, "description": "", "changes_systems": False, "dashboard": None}
+DEFAULTS: dict[str, Any] = {
+    "title": None,
+    "description": "",
+    "changes_systems": False,
+    "dashboard": None,
+    "locks": [],
+    "schedules": [],
+    "alerts": [],
+}
 
 _VALIDATOR = Draft202012Validator(SCHEMA)
 _TYPE_WORDS = {"boolean": "true or false", "string": "text", "array": "a list", "object": "an object"}
-_REQUIREMENTS = {
-    "pattern": "must be 1 to 64 lowercase letters, digits and dashes, starting and ending with a letter or digit",
-    "minLength": "must not be empty",
-    "maxLength": "must be at most 255 characters",
+_PATTERNS = {
+    DASHBOARD_NAME: "must be 1 to 64 lowercase letters, digits and dashes, starting and ending with a letter or digit",
+    SCHEDULE_NAME: "must be 1 to 64 lowercase letters, digits and dashes, starting with a letter or digit",
 }
+_REQUIREMENTS = {"minLength": "must not be empty", "maxLength": "must be at most 255 characters"}
 
 
 class RunbookMetadataError(ValueError):
@@ -81,9 +161,11 @@ def runbook_metadata(notebook: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise RunbookMetadataError(f"{where}: the notebook's metadata must be an object")
     declared = metadata.get("opshub", {})
     problems = [_describe(error) for error in _VALIDATOR.iter_errors(declared)]
+    if isinstance(declared, Mapping):
+        problems += check_triggers(declared)
     if problems:
         raise RunbookMetadataError(f"{where}: " + "; ".join(sorted(problems)))
-    result = {**DEFAULTS, **declared}
+    result = {**copy.deepcopy(DEFAULTS), **declared}
     dashboard = result["dashboard"]
     result["dashboard"] = ({} if dashboard is True else dict(dashboard)) if dashboard else None
     return result
@@ -119,6 +201,11 @@ def _describe(error) -> str:
         return f"{key} must be {' or '.join(_TYPE_WORDS.get(t, t) for t in expected)}, not {shown}"
     if error.validator == "enum":
         return f"{key} must be one of {', '.join(error.validator_value)}, not {shown}"
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in value]
+        return "; ".join(f"{key}.{name} is required" for name in missing)
+    if error.validator == "pattern" and error.validator_value in _PATTERNS:
+        return f"{key} {_PATTERNS[error.validator_value]}, not {shown}"
     if error.validator in _REQUIREMENTS:
         return f"{key} {_REQUIREMENTS[error.validator]}, not {shown}"
     return f"{key}: {error.message}"

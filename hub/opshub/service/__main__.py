@@ -17,15 +17,22 @@ import signal
 from urllib.parse import urlparse
 
 from jupyterhub.utils import url_path_join
+from prometheus_client import CollectorRegistry
 from tornado.ioloop import PeriodicCallback
 
 from ..contract import DASHBOARDS_ACCOUNT, server_prefix
 from ..runbooks.catalog import RunbookCatalog
 from ..settings import schema_default
-from .app import make_app
+from .app import UnattendedRuns, make_app
 from .dashboards import Dashboards
+from .events import RunEvents
+from .hub_api import HubApi
+from .queue import RunQueue
+from .runner import Runner
+from .scheduler import Scheduler
 from .stats import RunStats
 from .store import RunStore
+from .unattended import Unattended
 from .voila import VoilaBackend
 
 log = logging.getLogger("opshub.service")
@@ -60,6 +67,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--proxy-url", default="http://127.0.0.1:8000", help="the hub's proxy as this service reaches it (no base URL)"
     )
+    runner = schema_default("runner")
+    p.add_argument("--max-concurrent", type=int, default=runner["max_concurrent"], help="unattended runs at once")
+    p.add_argument(
+        "--runner-start-timeout", type=int, default=runner["start_timeout"], help="seconds a runner's server may take"
+    )
+    p.add_argument(
+        "--catch-up-minutes", type=int, default=runner["catch_up_minutes"], help="how late a missed fire may still run"
+    )
+    p.add_argument("--alerts-token-env", default="OPSHUB_ALERTS_TOKEN", help="variable holding the alerts token")
     return p.parse_args(argv)
 
 
@@ -85,10 +101,13 @@ async def serve(args) -> None:
         log.warning("marked %d silent run(s) as interrupted: %s", len(interrupted), ", ".join(interrupted))
 
     stats = RunStats.from_store(store)
+    queue = RunQueue(store)
+    registry = CollectorRegistry(auto_describe=False)
+    events = RunEvents(stats, registry, queue.queued_count)
 
     def sweep():
         for run_id in store.interrupt_stale_runs(timeout):
-            stats.ended(store.get_run(run_id))
+            events.ended(store.get_run(run_id))
             log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)
 
     def apply_retention():
@@ -111,6 +130,31 @@ async def serve(args) -> None:
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/opshub/")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+    hub_api = HubApi(os.environ.get("JUPYTERHUB_API_URL", ""), os.environ.get("JUPYTERHUB_API_TOKEN", ""))
+    runner = Runner(
+        queue,
+        hub_api,
+        proxy_url=args.proxy_url,
+        hub_base_url=os.environ.get("JUPYTERHUB_BASE_URL", "/"),
+        archive=catalog.archive,
+        max_concurrent=args.max_concurrent,
+        start_timeout=args.runner_start_timeout,
+        on_claimed=events.claimed,
+        on_lock_wait=events.lock_wait,
+    )
+    events.runner = runner
+    unattended = Unattended(queue, catalog, wake=runner.wake)
+    scheduler = Scheduler(unattended, queue, events, datetime.timedelta(minutes=args.catch_up_minutes))
+
+    async def fire_schedules():
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, scheduler.tick)
+        except Exception:  # a database or repository hiccup: the next second tries again
+            log.exception("firing schedules")
+
+    alerts_token = os.environ.get(args.alerts_token_env, "")
+    if not alerts_token:
+        log.warning("$%s is not set: the alerts receiver answers 401 to everyone", args.alerts_token_env)
     # A per-process secret for the service's own OAuth state cookies: after a restart people are
     # sent through the hub's OAuth again, without noticing.
     metrics_token = os.environ.get(args.metrics_token_env, "")
@@ -137,8 +181,12 @@ async def serve(args) -> None:
         metrics_token=metrics_token,
         cookie_secret=os.urandom(32),
         dashboards=dashboards,
+        unattended=UnattendedRuns(queue, unattended, runner, scheduler, events, alerts_token),
+        registry=registry,
     )
     app.listen(url.port, address=url.hostname)
+    runner.start()
+    PeriodicCallback(fire_schedules, 1000).start()
     if dashboards is not None:
         await dashboards.start()
     log.info("opshub service at %s%s, history in %s", url.geturl().rstrip("/"), prefix, store.engine.url)
@@ -149,6 +197,7 @@ async def serve(args) -> None:
     await stop.wait()
     if dashboards is not None:
         dashboards.stop()
+    runner.stop()
     store.close()
 
 

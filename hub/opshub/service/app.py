@@ -9,6 +9,10 @@ token; RBAC scopes decide what they may do:
 - `custom:opshub:runs:record`: record one's own runs (operators, authors, admins)
 - `custom:opshub:runs:delete`: delete runs (admins)
 - `custom:opshub:dashboards:publish`: publish dashboards (authors, admins)
+- `custom:opshub:runs:request`: request unattended runs, cancel one's own (operators, authors, admins)
+
+The runner's reports and Alertmanager's webhook authenticate with bearer secrets instead
+(handlers/runner.py): a token per run, and the alerts token.
 
 The handlers are in handlers/, one module per resource (like JupyterHub's); this module composes
 them. Every response carries a Content-Security-Policy and X-Frame-Options; errors name the problem,
@@ -17,6 +21,7 @@ as JSON for APIs and as a page for people, never with a traceback (handlers/base
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader
@@ -24,14 +29,34 @@ from prometheus_client import CollectorRegistry
 from tornado import web
 
 from .dashboards import Dashboards
+from .events import RunEvents
 from .handlers.base import NotFoundHandler, base_handlers
 from .handlers.dashboards import dashboard_handlers
 from .handlers.metrics import metrics_handlers
 from .handlers.pages import page_handlers
+from .handlers.requests import request_handlers
+from .handlers.runner import runner_handlers
 from .handlers.runs import run_handlers
 from .metrics import RunMetrics
+from .queue import RunQueue
+from .runner import Runner
+from .scheduler import Scheduler
 from .stats import RunStats
 from .store import RunStore
+from .unattended import Unattended
+
+
+@dataclass(frozen=True)
+class UnattendedRuns:
+    """The parts of unattended runs the handlers use (service/__main__.py makes them)."""
+
+    queue: RunQueue
+    unattended: Unattended
+    runner: Runner
+    scheduler: Scheduler
+    events: RunEvents
+    alerts_token: str  # the bearer token Alertmanager sends (empty: the receiver answers 401)
+
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -43,20 +68,34 @@ def make_app(
     known_runbooks=frozenset,
     metrics_token: str = "",
     dashboards: Dashboards | None = None,
+    unattended: UnattendedRuns | None = None,
+    registry: CollectorRegistry | None = None,
     **settings,
 ) -> web.Application:
     """The service's tornado application, serving under `prefix` (/services/opshub/).
 
     `known_runbooks()` returns the runbooks of the repository (metric labels); `metrics_token` is
     the bearer token Prometheus sends (empty: no metrics); `dashboards` is the registry of published
-    dashboards (none: no dashboards' routes, and no runs hidden by a dashboard's groups).
+    dashboards (none: no dashboards' routes, and no runs hidden by a dashboard's groups);
+    `unattended` the runner's parts (none: no requests, schedules or alerts); `registry` the
+    Prometheus registry other parts have registered their metrics in.
     """
     stats = stats if stats is not None else RunStats.from_store(store)
-    registry = CollectorRegistry(auto_describe=False)
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
     registry.register(RunMetrics(stats, known_runbooks))
     handlers = page_handlers(prefix) + metrics_handlers(prefix) + base_handlers(prefix) + run_handlers(prefix)
     if dashboards is not None:
         handlers += dashboard_handlers(prefix)
+    if unattended is not None:
+        handlers += request_handlers(prefix) + runner_handlers(prefix)
+        settings.update(
+            opshub_queue=unattended.queue,
+            opshub_unattended=unattended.unattended,
+            opshub_runner=unattended.runner,
+            opshub_scheduler=unattended.scheduler,
+            opshub_run_events=unattended.events,
+            opshub_alerts_token=unattended.alerts_token,
+        )
     return web.Application(
         handlers,
         opshub_store=store,

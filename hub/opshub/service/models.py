@@ -6,18 +6,25 @@ import datetime
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, MetaData, String, Text, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-TRIGGERS = ("headless", "interactive", "api", "schedule")
+TRIGGERS = ("headless", "interactive", "api", "schedule", "requested", "alert")
 # What a person's server may report with its owner's token. Runs with other triggers (scheduled,
 # requested, alert-driven) are what the trusted side did: the service records those itself.
 REPORTED_TRIGGERS = ("headless", "interactive")
+# Runs the service records and the runner executes (unattended runs).
+RUNNER_TRIGGERS = ("requested", "schedule", "alert")
+QUEUED = "queued"  # recorded by the service, waiting for the runner (capacity, a lock)
 RUNNING = "running"
-END_STATES = ("succeeded", "failed", "interrupted")
-STATUSES = (RUNNING, *END_STATES)
+ACTIVE_STATES = (QUEUED, RUNNING)
+# `cancelled`: stopped by its requester or an admin (or a resolved alert) before or while it ran;
+# `missed`: a schedule's fire that came due while opshub was down, beyond the catch-up window.
+END_STATES = ("succeeded", "failed", "interrupted", "cancelled", "missed")
+STATUSES = (QUEUED, RUNNING, *END_STATES)
+NOT_RUN = ("cancelled", "missed")  # end states of runs that may never have run: no duration is counted
 
 # Named constraints and indexes, so later alembic revisions can refer to them on every database.
 NAMING_CONVENTION = {
@@ -90,6 +97,22 @@ class Run(Base):
     # Who sent the record and how it reached the service (None: recorded before opshub kept this).
     reported_by: Mapped[str | None] = mapped_column(String(255))  # the token's (or cookie's) user name
     reported_from: Mapped[str | None] = mapped_column(String(255))  # e.g. "API token from 10.0.0.7"
+    # Unattended runs (RUNNER_TRIGGERS), all written by the service (None for runs people report):
+    # who asked for it ("bob", "schedule weekly-web", "alert HostDown 1a2b..."), when it was due (the
+    # schedule's time, the alert's or request's arrival), when it was queued and reached its first cell.
+    requested_by: Mapped[str | None] = mapped_column(String(255))
+    due_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    first_cell_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    # A schedule's fire ("<runbook>#<schedule>@<due time>"): unique, so a fire is recorded once even
+    # when two service processes (or a restarted one) look at the same due time.
+    fire_key: Mapped[str | None] = mapped_column(String(700), unique=True)
+    alert_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    locks: Mapped[list[str] | None] = mapped_column(JSON)  # lock keys held while it runs ("stack:web")
+    # The runner's credential for this run: a sha256 of the token the service handed its server.
+    runner_token_hash: Mapped[str | None] = mapped_column(String(64))
+    runner_server: Mapped[str | None] = mapped_column(String(255))  # the runner's named server
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         # History pages: newest first, optionally for one runbook or one user; retention by age.
@@ -100,12 +123,23 @@ class Run(Base):
         Index(None, "runbook", "status", "trigger", "started_at"),
         # The stale-run sweep looks at running runs only.
         Index(None, "status", "last_heartbeat_at"),
+        # The runner's queue: queued runs, oldest first.
+        Index(None, "status", "queued_at"),
+        # One queued or running run per (runbook, alert): an alert sent again is not a second run.
+        Index(
+            "uq_runs_active_alert",
+            "runbook",
+            "alert_fingerprint",
+            unique=True,
+            sqlite_where=text("status IN ('queued', 'running') AND alert_fingerprint IS NOT NULL"),
+            postgresql_where=text("status IN ('queued', 'running') AND alert_fingerprint IS NOT NULL"),
+        ),
     )
 
     @property
     def finished(self) -> bool:
         """Whether the run has reached an end state."""
-        return self.status != RUNNING
+        return self.status not in ACTIVE_STATES
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.runbook!r} by {self.user!r}: {self.status}>"
@@ -134,3 +168,13 @@ class Dashboard(Base):
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.name} ({self.mode}) by {self.owner!r}>"
+
+
+class ScheduleState(Base):
+    """When opshub first saw each schedule: fires before that are not "missed", they never were due."""
+
+    __tablename__ = "schedules"
+
+    key: Mapped[str] = mapped_column(String(600), primary_key=True)  # "<runbook>#<schedule key>"
+    runbook: Mapped[str] = mapped_column(String(512))
+    first_seen_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)

@@ -12,7 +12,7 @@ import datetime
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
-from .models import RUNNING, Run
+from .models import ACTIVE_STATES, NOT_RUN, RUNNING, Run
 from .store import RunStore
 
 # From seconds (a quick check) to hours (patching a large stack one host at a time).
@@ -45,10 +45,10 @@ class RunStats:
     def from_store(cls, store: RunStore) -> RunStats:
         stats = cls()
         for (runbook, status, trigger), n in store.count_runs().items():
-            if status != RUNNING:
+            if status not in ACTIVE_STATES:
                 stats.finished[(runbook, status, trigger)] = n
         for (runbook, status), when in store.last_run_times().items():
-            if status != RUNNING:
+            if status not in ACTIVE_STATES:
                 stats.last_started[(runbook, status)] = when
         for key, (buckets, total, count) in store.duration_histogram(DURATION_BUCKETS).items():
             stats.durations[key] = Durations(list(buckets), total, count)
@@ -76,9 +76,10 @@ class RunStats:
         self.finished[(run.runbook, run.status, run.trigger)] += 1
         key = (run.runbook, run.status)
         self.last_started[key] = max(self.last_started.get(key, run.started_at), run.started_at)
-        self.durations.setdefault((run.runbook, run.trigger), Durations()).add(
-            (run.ended_at - run.started_at).total_seconds()
-        )
+        if run.status not in NOT_RUN:
+            self.durations.setdefault((run.runbook, run.trigger), Durations()).add(
+                (run.ended_at - run.started_at).total_seconds()
+            )
         if run.status == "failed" and run.failed_cell is not None:
             self.cell_failures[run.runbook] += 1
 

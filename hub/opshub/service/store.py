@@ -30,7 +30,7 @@ from alembic.config import Config
 from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
-from opshub.service.models import END_STATES, RUNNING, STATUSES, TRIGGERS, Run, new_run_id
+from opshub.service.models import ACTIVE_STATES, END_STATES, NOT_RUN, RUNNING, STATUSES, TRIGGERS, Run, new_run_id
 
 from ..settings import schema_default
 
@@ -121,6 +121,15 @@ class RunStore:
         """Close every pooled database connection."""
         self.engine.dispose()
 
+    def transaction(self) -> Session:
+        """A session in a transaction (`with store.transaction() as session:`), for the run queue
+        (queue.py), which writes the same tables under its own rules."""
+        return self._sessions.begin()
+
+    def now(self) -> datetime.datetime:
+        """The store's clock (injectable for tests), timezone-aware UTC."""
+        return self._current_time()
+
     def upgrade(self) -> None:
         """Bring the database schema to the latest revision (creating it in an empty database)."""
         with self.engine.begin() as connection:
@@ -144,28 +153,46 @@ class RunStore:
 
         `run_id` lets a client that spools runs on disk choose the id, so that a start sent again (its
         first answer was lost) finds the run it already created instead of recording a second one.
-        `reported_by` and `reported_from` say who sent the record and how it reached the service.
         """
-        _check_text("runbook", runbook, 512)
-        _check_text("user", user, 255)
+        run = self.new_run(
+            runbook, user, trigger, parameters, runbook_commit, drift, run_id, reported_by, reported_from
+        )
+        existing = self.get_run(run.id) if run_id is not None else None
+        if existing is not None:
+            if (existing.user, existing.runbook, existing.trigger) != (user, runbook, trigger):
+                raise RunConflict(f"run {run.id} already exists and is another run")
+            return existing
+        with self._sessions.begin() as session:
+            session.add(run)
+        return run
+
+    def new_run(
+        self,
+        runbook: str,
+        user: str,
+        trigger: str,
+        parameters: Mapping[str, Any] | None = None,
+        runbook_commit: str | None = None,
+        drift: bool = False,
+        run_id: str | None = None,
+        reported_by: str | None = None,
+        reported_from: str | None = None,
+    ) -> Run:
+        """A checked, running Run that is not written yet (`start_run` writes it). `reported_by` and
+        `reported_from` say who sent the record and how it reached the service."""
+        check_text("runbook", runbook, 512)
+        check_text("user", user, 255)
         for name, value in (("reported_by", reported_by), ("reported_from", reported_from)):
             if value is not None:
-                _check_text(name, value, 255)
+                check_text(name, value, 255)
         if trigger not in TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, not {trigger!r}")
         if runbook_commit is not None:
-            _check_text("runbook_commit", runbook_commit, 64)
-        parameters = _json_roundtrip("parameters", dict(parameters or {}))
-        if run_id is not None:
-            run_id = _check_run_id(run_id)
-            existing = self.get_run(run_id)
-            if existing is not None:
-                if (existing.user, existing.runbook, existing.trigger) != (user, runbook, trigger):
-                    raise RunConflict(f"run {run_id} already exists and is another run")
-                return existing
+            check_text("runbook_commit", runbook_commit, 64)
+        parameters = json_roundtrip("parameters", dict(parameters or {}))
         now = self._current_time()
-        run = Run(
-            id=run_id or new_run_id(),
+        return Run(
+            id=_check_run_id(run_id) if run_id is not None else new_run_id(),
             runbook=runbook,
             user=user,
             trigger=trigger,
@@ -179,9 +206,6 @@ class RunStore:
             reported_by=reported_by,
             reported_from=reported_from,
         )
-        with self._sessions.begin() as session:
-            session.add(run)
-        return run
 
     def heartbeat(
         self,
@@ -230,7 +254,7 @@ class RunStore:
             not isinstance(failed_cell, int) or isinstance(failed_cell, bool) or not 0 <= failed_cell < 2**31
         ):
             raise ValueError(f"failed_cell must be a cell index (0 or more), not {failed_cell!r}")
-        if error_summary is not None and not _storable(error_summary):
+        if error_summary is not None and not storable(error_summary):
             raise ValueError(f"error_summary must be text without NUL characters, not {error_summary!r}")
         stored = None if output_notebook is None else cap_notebook(output_notebook, self.output_cap)
         now = self._current_time()
@@ -278,7 +302,7 @@ class RunStore:
 
     def delete_run(self, run_id: str) -> bool:
         """Delete one run, whatever its status. Returns whether there was one to delete."""
-        if not _storable(run_id):
+        if not storable(run_id):
             return False
         with self._sessions.begin() as session:
             result = session.execute(delete(Run).where(Run.id == run_id))
@@ -287,12 +311,12 @@ class RunStore:
     def apply_retention(self, max_age: datetime.timedelta | None = None, max_runs: int | None = None) -> int:
         """Delete finished runs started more than `max_age` ago, and all but the newest `max_runs` finished runs.
 
-        Running runs are never deleted (nor counted in `max_runs`). None means no limit. Returns how many
-        runs were deleted.
+        Queued and running runs are never deleted (nor counted in `max_runs`). None means no limit.
+        Returns how many runs were deleted.
         """
         if max_runs is not None and max_runs < 0:
             raise ValueError(f"max_runs must not be negative, not {max_runs}")
-        finished = Run.status != RUNNING
+        finished = Run.status.not_in(ACTIVE_STATES)
         deleted = 0
         with self._sessions.begin() as session:
             if max_age is not None:
@@ -307,7 +331,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, output notebook included, or None."""
-        if not _storable(run_id):
+        if not storable(run_id):
             return None
         with self._sessions() as session:
             return session.get(Run, run_id)
@@ -336,7 +360,7 @@ class RunStore:
         if not 0 <= offset <= MAX_OFFSET:
             raise ValueError(f"offset must be between 0 and {MAX_OFFSET}, not {offset}")
         for name, value in (("runbook", runbook), ("user", user)):
-            if value is not None and not _storable(value):
+            if value is not None and not storable(value):
                 raise ValueError(f"{name} must be text without NUL characters, not {value!r}")
         if status is not None and status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -387,7 +411,7 @@ class RunStore:
         columns = [func.sum(case((duration <= bound, 1), else_=0)) for bound in bounds]
         query = (
             select(Run.runbook, Run.trigger, *columns, func.sum(duration), func.count())
-            .where(Run.ended_at.is_not(None))
+            .where(Run.ended_at.is_not(None), Run.status.not_in(NOT_RUN))
             .group_by(Run.runbook, Run.trigger)
         )
         with self._sessions() as session:
@@ -450,21 +474,21 @@ def _check_run_id(value: Any) -> str:
         raise ValueError(f"id must be a UUID, not {value!r}") from None
 
 
-def _check_text(name: str, value: str, max_length: int) -> None:
+def check_text(name: str, value: str, max_length: int) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, not {value!r}")
     if len(value) > max_length:
         raise ValueError(f"{name} must be at most {max_length} characters, not {len(value)}")
-    if not _storable(value):
+    if not storable(value):
         raise ValueError(f"{name} must not contain NUL characters: {value!r}")
 
 
-def _storable(value: str) -> bool:
+def storable(value: str) -> bool:
     """Whether every database keeps this text (PostgreSQL refuses NUL characters in text)."""
     return isinstance(value, str) and "\x00" not in value
 
 
-def _json_roundtrip(name: str, value: Any) -> Any:
+def json_roundtrip(name: str, value: Any) -> Any:
     """`value` as it will come back from the database, or ValueError if it is not JSON."""
     try:
         return json.loads(json.dumps(value, allow_nan=False))

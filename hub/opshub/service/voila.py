@@ -28,6 +28,7 @@ from ..dashboards_backend import (
     SECRET_HEADER,
     SESSION_PATH,
 )
+from .hub_api import HubApi
 
 log = logging.getLogger("opshub.service.voila")
 
@@ -66,20 +67,14 @@ class VoilaBackend:
         self.start_timeout = start_timeout
         self.secret = ""
         self.client = httpclient.AsyncHTTPClient(force_instance=True, max_clients=100)
+        self.hub = HubApi(hub_api_url, api_token, self.client)
         self.ready = asyncio.Event()  # set once the server answers and has everything
         self._starting = asyncio.Lock()
 
     # -- the hub's side: start the server, see whether it runs -------------------------------------
 
     async def _hub(self, method: str, path: str, body: dict | None = None) -> httpclient.HTTPResponse:
-        return await self.client.fetch(
-            f"{self.hub_api_url}/{path}",
-            method=method,
-            body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
-            headers={"Authorization": f"token {self.api_token}", "Content-Type": "application/json"},
-            raise_error=False,
-            request_timeout=30,
-        )
+        return await self.hub.call(method, path, body)
 
     async def server_ready(self) -> bool:
         response = await self._hub("GET", f"users/{self.account}")

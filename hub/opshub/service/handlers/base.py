@@ -97,7 +97,7 @@ def notebook_html(notebook_json: str, failed_cell: int | None) -> str:
 def duration(run: Run) -> str:
     """How long a run took, as the pages show it."""
     if not run.ended_at:
-        return "running"
+        return run.status  # queued or running
     seconds = int((run.ended_at - run.started_at).total_seconds())
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
@@ -198,6 +198,7 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
             hub_prefix=self.hub_auth.hub_prefix,
             user_name=user["name"] if user else "",
             duration=duration,
+            xsrf_token=self.xsrf_token.decode() if user else "",  # forms that post (requests, cancel)
             **namespace,
         )
 

@@ -1,0 +1,198 @@
+"""`python -m opshub.runner`: the server of one unattended run (see `__init__.py`). The spawner
+starts it with JupyterHub's usual environment for a named server of the `opshub-runner` account."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..archive import extract_runbooks
+from ..contract import SERVICE_NAME, SERVICE_URL_ENV
+from . import CREDENTIAL_FILES_ENV, JOB_PATH
+
+log = logging.getLogger("opshub.runner")
+
+ACTIVITY_SECONDS = 30  # how often the hub hears the server is active while the run goes on
+STOP_GRACE_SECONDS = 25  # after SIGTERM, how long the run gets to record its end
+
+
+def read_credentials(spec: str) -> tuple[dict[str, str], list[str]]:
+    """The credentials named in $OPSHUB_RUNNER_CREDENTIAL_FILES (`NAME=path,...`): each file's
+    content (without a trailing newline) as a variable, and the problems with those that cannot be read."""
+    found, problems = {}, []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, path = item.partition("=")
+        try:
+            found[name] = Path(path).read_text().rstrip("\n")
+        except OSError as e:
+            problems.append(f"credential {name}: cannot read {path}: {e.strerror or e}")
+    return found, problems
+
+
+def job_environment(home: Path, credentials: dict[str, str]) -> dict[str, str]:
+    """The run's environment: no hub variable and no token, the credentials, and their names among
+    the secrets the recorder masks."""
+    names = [n for n in os.environ.get("OPSHUB_SECRET_NAMES", "").split(",") if n] + sorted(credentials)
+    return {
+        "PATH": os.environ.get("PATH", f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "OPSHUB_RUNNER": "1",
+        "OPSHUB_SECRET_NAMES": ",".join(dict.fromkeys(names)),
+        **credentials,
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+    import tornado.web
+    from jupyterhub.services.auth import HubAuth
+    from jupyterhub.utils import url_path_join
+    from tornado import httpclient
+
+    service_url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
+    user = os.environ["JUPYTERHUB_USER"]
+    server_name = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+    api_url = os.environ["JUPYTERHUB_API_URL"]
+    api_token = os.environ["JUPYTERHUB_API_TOKEN"]
+    opshub_url = os.environ.get(SERVICE_URL_ENV, "")
+    home = Path(os.environ.get("HOME") or os.getcwd())
+    hub_auth = HubAuth(api_token=api_token, api_url=api_url, cache_max_age=0)
+    access = {f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"}
+    state: dict = {"process": None, "run_id": None}
+    done = asyncio.Event()
+
+    class StatusHandler(tornado.web.RequestHandler):
+        """What the hub's readiness check (and anyone) sees: which run, whether it goes on. No secrets."""
+
+        def get(self):
+            process = state["process"]
+            self.finish({"run": state["run_id"], "running": bool(process and process.returncode is None)})
+
+    class JobHandler(tornado.web.RequestHandler):
+        """The run to execute, from the opshub service only, once."""
+
+        async def post(self):
+            kind, _, token = self.request.headers.get("Authorization", "").partition(" ")
+            model = await hub_auth.user_for_token(token, sync=False) if kind.lower() in ("token", "bearer") else None
+            # the opshub service's token, which holds access to this server; this server's own token
+            # (which the run's code could find) also holds that access, but is not the service's
+            if not model or model.get("kind") != "service" or model.get("name") != SERVICE_NAME:
+                raise tornado.web.HTTPError(403, "only the opshub service may hand this server a job")
+            if not hub_auth.check_scopes(access, model):
+                raise tornado.web.HTTPError(403, "the opshub service may not use this server")
+            if state["run_id"] is not None:
+                raise tornado.web.HTTPError(409, f"this server already runs {state['run_id']}")
+            try:
+                job = json.loads(self.request.body)
+                archive = base64.b64decode(job.pop("archive"), validate=True)
+                run_id = str(job["run_id"])
+                assert {"token", "runbook", "parameters"} <= set(job)
+            except (ValueError, KeyError, TypeError, AssertionError, binascii.Error):
+                raise tornado.web.HTTPError(
+                    400, "the job must be JSON with run_id, token, runbook, parameters, archive"
+                ) from None
+            state["run_id"] = run_id
+            folder = home / "runs" / run_id
+            try:
+                extract_runbooks(archive, folder / "runbooks")
+            except tarfile.TarError as e:
+                raise tornado.web.HTTPError(400, f"the runbooks archive is not a tar: {e}") from None
+            credentials, problems = read_credentials(os.environ.get(CREDENTIAL_FILES_ENV, ""))
+            for problem in problems:
+                log.error(problem)
+            job.update(
+                runbooks_dir=str(folder / "runbooks"), output=str(folder / "executed.ipynb"), service_url=opshub_url
+            )
+            state["process"] = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "opshub.runner.job",
+                stdin=asyncio.subprocess.PIPE,
+                cwd=folder,
+                env=job_environment(home, credentials),
+            )
+            state["process"].stdin.write(json.dumps(job).encode())
+            state["process"].stdin.close()
+            log.info("run %s of %s started (pid %s)", run_id, job["runbook"], state["process"].pid)
+            asyncio.ensure_future(watch(state["process"], folder))
+            self.set_status(202)
+            self.finish({"run": run_id})
+
+    async def watch(process, folder: Path) -> None:
+        code = await process.wait()
+        log.info("run %s ended (exit %s)", state["run_id"], code)
+        # the run's record holds its executed notebook: nothing of it stays in the runner's home
+        shutil.rmtree(folder, ignore_errors=True)
+        done.set()
+
+    async def report_activity() -> None:
+        """Tell the hub this server is active while its run goes on: an idle culler leaves it alone."""
+        client = httpclient.AsyncHTTPClient()
+        while not done.is_set():
+            if state["process"] is not None:
+                now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+                body = {"last_activity": now, "servers": {server_name: {"last_activity": now}}}
+                try:
+                    await client.fetch(
+                        f"{api_url}/users/{user}/activity",
+                        method="POST",
+                        body=json.dumps(body),
+                        headers={"Authorization": f"token {api_token}"},
+                        request_timeout=10,
+                    )
+                except Exception as e:  # the hub restarting: the next report will do
+                    log.warning("cannot report activity to the hub: %s", e)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), ACTIVITY_SECONDS)
+
+    def stop(signum: int) -> None:
+        """The hub stops this server (a cancel, the hub's shutdown): the run is interrupted and records it."""
+        process = state["process"]
+        log.info("%s: stopping run %s", signal.Signals(signum).name, state["run_id"])
+        if process is None or process.returncode is not None:
+            done.set()
+        elif signum == signal.SIGTERM or not state.get("signalled"):
+            state["signalled"] = True
+            process.send_signal(signal.SIGTERM)
+
+    async def serve() -> None:
+        app = tornado.web.Application(
+            [
+                (url_path_join(prefix, JOB_PATH), JobHandler),
+                (url_path_join(prefix, "(?:api)?/?"), StatusHandler),
+            ]
+        )
+        app.listen(service_url.port, address=service_url.hostname)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop, signum)
+        log.info("runner server %s/%s at %s", user, server_name, prefix)
+        activity = asyncio.ensure_future(report_activity())
+        await done.wait()
+        process = state["process"]
+        if process is not None and process.returncode is None:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                process.kill()
+        activity.cancel()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""`python -m opshub.runner.job`: one unattended run, executed with `opshub run`'s machinery and
+reported to the opshub service with the run's own token.
+
+The runner's server starts it with the job as JSON on stdin (the token never appears in an
+environment or a command line, where the runbook's code could read it from /proc):
+
+    {"run_id": ..., "token": ..., "service_url": ..., "runbook": "patch.ipynb", "commit": "abc...",
+     "parameters": {"stack": "web"}, "runbooks_dir": "/home/opshub-runner/runs/<id>/runbooks"}
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from typing import Any
+
+from ..runbooks.client import ServiceClient, ServiceError
+from ..runbooks.headless import EXIT_USAGE, run_runbook
+from . import RUN_TOKEN_SCHEME
+
+# A finish the service cannot take now (it restarts) is sent again for this long before giving up;
+# after that the service's sweep marks the run interrupted.
+FINISH_RETRY_SECONDS = 600
+
+
+class RunnerReporter(ServiceClient):
+    """The recorder `run_runbook` uses on the runner: the service recorded the run already, so
+    "start" says the runner reached it, and every call carries the run's token."""
+
+    auth_scheme = RUN_TOKEN_SCHEME
+
+    def __init__(self, url: str, token: str, run_id: str, retry_seconds: float = FINISH_RETRY_SECONDS):
+        super().__init__(url, token)
+        self.run_id = run_id
+        self.retry_seconds = retry_seconds
+
+        self.begun = False
+
+    def start_run(self, runbook, parameters=None, trigger="headless", runbook_commit=None, drift=False) -> dict:
+        record = self.request("POST", f"api/runner/runs/{self.run_id}/begin", {})
+        self.begun = True
+        return record
+
+    def heartbeat(self, run_id: str) -> dict:
+        return self.request("POST", f"api/runner/runs/{run_id}/heartbeat", {})
+
+    def finish_run(self, run_id, status, failed_cell=None, error_summary=None, output_notebook=None) -> dict:
+        body = {
+            "status": status,
+            "failed_cell": failed_cell,
+            "error_summary": error_summary,
+            "output_notebook": output_notebook,
+        }
+        deadline = time.monotonic() + self.retry_seconds
+        while True:
+            try:
+                return self.request("POST", f"api/runner/runs/{run_id}/finish", body)
+            except ServiceError as e:
+                # unreachable or failing (a restart): try again; a refusal (4xx) will not change
+                if 400 <= e.status < 500 or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+
+
+def parameter_pairs(parameters: dict[str, Any]) -> list[tuple[str, str]]:
+    """JSON values as `-p NAME VALUE` text that `opshub run` parses back to the same values: strings
+    as JSON strings (so "007" stays text), everything else as JSON or Python's True/False/None."""
+    pairs = []
+    for name, value in parameters.items():
+        text = repr(value) if value is True or value is False or value is None else json.dumps(value)
+        pairs.append((name, text))
+    return pairs
+
+
+class Tee(io.StringIO):
+    """stderr, also kept: a run refused before it starts is recorded with what was said."""
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(text)
+        return super().write(text)
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    try:
+        reporter = RunnerReporter(job["service_url"], job["token"], job["run_id"])
+    except ServiceError as e:
+        print(f"opshub runner: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    err = Tee()
+    code = run_runbook(
+        job["runbook"],
+        parameter_pairs(job.get("parameters") or {}),
+        runbooks_dir=job["runbooks_dir"],
+        output=job.get("output"),
+        recorder=reporter,
+        err=err,
+        commit=job.get("commit"),
+    )
+    if not reporter.begun:  # refused before it ran (a parameter, a missing kernel): on record as failed
+        summary = err.getvalue().strip()[:2000] or f"the runner could not start the run (exit {code})"
+        reporter.start_run(job["runbook"])
+        reporter.finish_run(job["run_id"], "failed", error_summary=summary)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

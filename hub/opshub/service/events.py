@@ -1,0 +1,74 @@
+"""What happens to runs, told once to everyone who keeps count: the metrics' aggregates (stats.py),
+the runner (which removes a finished run's server) and the unattended runs' own metrics.
+
+Those metrics are kept by this process (Prometheus reads a restart as a counter reset), except the
+queue's length, which is read from the database at each scrape:
+
+- `opshub_runner_queue_length`: runs queued now (waiting for capacity or a lock)
+- `opshub_runner_lock_waits_total`: times a queued run found one of its locks held
+- `opshub_schedule_fires_total{result="fired"|"missed"}`: schedules' fires, run or recorded as missed
+- `opshub_unattended_start_delay_seconds{trigger}`: from due time (the schedule's time, the alert's or
+  the request's arrival) to the run's first cell on the runner
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .models import Run
+from .stats import RunStats
+
+DELAY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
+
+
+class QueueLength(Collector):
+    def __init__(self, count: Callable[[], int]):
+        self.count = count
+
+    def collect(self):
+        yield GaugeMetricFamily("opshub_runner_queue_length", "Unattended runs queued now.", value=self.count())
+
+
+class RunEvents:
+    def __init__(self, stats: RunStats, registry: CollectorRegistry, queue_length: Callable[[], int]):
+        self.stats = stats
+        self.runner = None  # set once the runner exists (it needs the loop)
+        registry.register(QueueLength(queue_length))
+        self.lock_waits = Counter(
+            "opshub_runner_lock_waits", "Times a queued run found one of its locks held.", registry=registry
+        )
+        self.fires = Counter("opshub_schedule_fires", "Schedules' fires, by result.", ["result"], registry=registry)
+        for result in ("fired", "missed"):
+            self.fires.labels(result)
+        self.delay = Histogram(
+            "opshub_unattended_start_delay_seconds",
+            "From due time (schedule, alert or request) to the run's first cell on the runner.",
+            ["trigger"],
+            buckets=DELAY_BUCKETS,
+            registry=registry,
+        )
+
+    def claimed(self, run: Run) -> None:
+        self.stats.started(run)
+
+    def began(self, run: Run) -> None:
+        if run.first_cell_at and run.due_at:
+            self.delay.labels(run.trigger).observe(max((run.first_cell_at - run.due_at).total_seconds(), 0))
+
+    def ended(self, run: Run) -> None:
+        self.stats.ended(run)
+        if self.runner is not None:
+            self.runner.ended(run)
+
+    def lock_wait(self, run_id: str, lock: str) -> None:
+        self.lock_waits.inc()
+
+    def fired(self, run: Run | None, missed: bool = False) -> None:
+        if run is not None:
+            self.fires.labels("missed" if missed else "fired").inc()
+            if missed:
+                self.stats.ended(run)

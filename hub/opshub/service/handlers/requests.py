@@ -1,0 +1,175 @@
+"""Requested runs and schedules, for people: a runbook's page with its parameter form (the runner
+runs it), cancelling, and the Schedules page; the same as an API.
+
+- `POST api/requests` {runbook, parameters?, commit?}: queue a run (the `custom:opshub:runs:request`
+  scope: operators, authors, admins; never viewers) -> 201 the run, status `queued`
+- `POST api/runs/<id>/cancel`: its requester or an admin -> 200 the run (`cancelled`, or still running
+  with `cancel_requested_by` until its runner has stopped)
+- `GET api/schedules`: every schedule, its next fire and its latest fire's result
+- pages: `runbooks/<path>` (the form), `runs/<id>/cancel` (the run page's button), `schedules`
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jupyterhub.services.auth import check_scopes
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from ...contract import REQUEST_SCOPE
+from ...runbooks.params import UsageError, parse_value
+from ..queue import NotCancellable
+from ..store import NotRunOwner, RunNotFound
+from ..unattended import RequestRefused
+from .base import ApiHandler, BaseHandler, is_admin
+from .runs import run_json
+
+log = logging.getLogger("opshub.service")
+
+
+class RequestMixin:
+    """What the API and the pages share: who may request and cancel, and doing it."""
+
+    def may_request(self) -> bool:
+        user = self.current_user
+        return (
+            bool(user)
+            and user.get("kind") == "user"
+            and bool(check_scopes({f"{REQUEST_SCOPE}!user={user['name']}"}, user.get("scopes", [])))
+        )
+
+    def request_run(self, runbook, parameters, commit=None):
+        name = self.require(REQUEST_SCOPE)
+        try:
+            run = self.settings["opshub_unattended"].request(runbook, parameters, name, commit)
+        except RequestRefused as e:
+            raise web.HTTPError(e.status, str(e)) from None
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        log.info("run %s of %s requested by %s", run.id, run.runbook, name)
+        return run
+
+    def cancel_run(self, run_id):
+        self.run_or_404(run_id)
+        name = self.user_name()
+        queue = self.settings["opshub_queue"]
+        try:
+            run = queue.request_cancel(run_id, name, is_admin(self.current_user))
+        except RunNotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+        except NotRunOwner as e:
+            raise web.HTTPError(403, str(e)) from None
+        except NotCancellable as e:
+            raise web.HTTPError(409, str(e)) from None
+        if run.finished:
+            self.settings["opshub_run_events"].ended(run)
+        else:
+            self.settings["opshub_runner"].wake()  # it stops the run's server
+        log.info("run %s cancelled by %s (%s)", run_id, name, run.status)
+        return run
+
+
+class RequestsApi(RequestMixin, ApiHandler):
+    @web.authenticated
+    def post(self):
+        body = self.body()
+        unknown = set(body) - {"runbook", "parameters", "commit"}
+        if unknown:
+            raise web.HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))}: send runbook, parameters, commit")
+        run = self.request_run(body.get("runbook"), body.get("parameters", {}), body.get("commit"))
+        self.set_status(201)
+        self.write(run_json(run, self.prefix))
+
+
+class CancelApi(RequestMixin, ApiHandler):
+    @web.authenticated
+    def post(self, run_id):
+        self.write(run_json(self.cancel_run(run_id), self.prefix))
+
+
+class SchedulesApi(ApiHandler):
+    @web.authenticated
+    def get(self):
+        self.write({"schedules": self.settings["opshub_scheduler"].overview()})
+
+
+class RunbookPage(RequestMixin, BaseHandler):
+    """A runbook: what it declares (parameters, schedules, alerts, locks) and the form to request a run."""
+
+    @web.authenticated
+    def get(self, runbook):
+        self.render_form(runbook)
+
+    @web.authenticated
+    def post(self, runbook):
+        declared = self.runbook_at(runbook).declared
+        parameters, problems = {}, []
+        for name in declared:
+            text = self.get_body_argument(f"p-{name}", None)
+            if text is None or text == self.get_body_argument(f"d-{name}", None):
+                continue  # left at its default: the runbook's own default applies
+            try:
+                parameters[name] = parse_value(text)
+            except UsageError as e:
+                problems.append(f"{name}: {e}")
+        if problems:
+            self.set_status(400)
+            return self.render_form(runbook, error="; ".join(problems))
+        try:
+            run = self.request_run(runbook, parameters)
+        except web.HTTPError as e:
+            self.set_status(e.status_code)
+            return self.render_form(runbook, error=e.log_message)
+        self.redirect(url_path_join(self.prefix, "runs", run.id))
+
+    def runbook_at(self, runbook):
+        try:
+            return self.settings["opshub_unattended"].runbook(runbook)
+        except RequestRefused as e:
+            raise web.HTTPError(e.status, str(e)) from None
+
+    def render_form(self, runbook, error=None):
+        found = self.runbook_at(runbook)
+        scheduler = self.settings["opshub_scheduler"]
+        self.render_page(
+            "runbook.html",
+            runbook=found,
+            error=error,
+            may_request=self.may_request(),
+            schedules=[row for row in scheduler.overview() if row["runbook"] == found.name],
+            alerts=found.metadata.get("alerts") or [],
+            tojson=json.dumps,
+        )
+
+
+class CancelPage(RequestMixin, BaseHandler):
+    @web.authenticated
+    def post(self, run_id):
+        try:
+            self.cancel_run(run_id)
+        except web.HTTPError as e:
+            if e.status_code not in (403, 409):
+                raise
+            run = self.run_or_404(run_id)
+            self.set_status(e.status_code)
+            return self.render_page("run.html", run=run, has_output=bool(run.output_notebook), error=e.log_message)
+        self.redirect(url_path_join(self.prefix, "runs", run_id))
+
+
+class SchedulesPage(BaseHandler):
+    @web.authenticated
+    def get(self):
+        self.render_page("schedules.html", schedules=self.settings["opshub_scheduler"].overview(), nav="schedules")
+
+
+def request_handlers(prefix: str) -> list[tuple]:
+    return [
+        (url_path_join(prefix, "api/requests"), RequestsApi),
+        (url_path_join(prefix, r"api/runs/([^/]+)/cancel"), CancelApi),
+        (url_path_join(prefix, "api/schedules"), SchedulesApi),
+        (url_path_join(prefix, r"runbooks/(.+\.ipynb)"), RunbookPage),
+        (url_path_join(prefix, r"runs/([^/]+)/cancel"), CancelPage),
+        (url_path_join(prefix, "schedules"), SchedulesPage),
+    ]

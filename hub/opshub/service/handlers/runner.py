@@ -1,0 +1,151 @@
+"""What reaches the service from machines rather than people: the runner's reports on its run, and
+Alertmanager's webhook.
+
+- `api/runner/runs/<id>/{begin,heartbeat,finish}`: `Authorization: Bearer <run token>`, the token the
+  service minted for that one run when it handed it to the runner (queue.py stores only its sha256).
+  Any other run, or any other token, gets 403.
+- `api/alerts`: Alertmanager's webhook (version 4) with `Authorization: Bearer <alerts token>`. Each
+  firing alert starts the runbooks whose `opshub.alerts` match it, once per alert fingerprint while a
+  run of it is queued or running; a resolved alert cancels its runs still queued.
+
+Neither uses the hub's authentication (they are not people), nor cookies: no XSRF check applies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from ...runbooks.triggers import TriggerError, alert_rules_of
+from ..queue import BadRunToken
+from ..store import RunAlreadyFinished, RunNotFound
+from ..unattended import RequestRefused
+from .base import ServiceHandler
+from .runs import run_json
+
+log = logging.getLogger("opshub.service")
+
+MAX_ALERTS = 1000  # alerts in one notification (Alertmanager's max_alerts is 0, unlimited, by default)
+
+
+class MachineHandler(ServiceHandler):
+    """A JSON API for a caller holding a bearer secret: no cookies, so no XSRF check."""
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    @property
+    def hooks(self):
+        return self.settings["opshub_run_events"]
+
+
+class RunnerReportHandler(MachineHandler):
+    def post(self, run_id: str, action: str):
+        queue = self.settings["opshub_queue"]
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise web.HTTPError(401, "send the run's token: Authorization: Bearer <token>")
+        body = self.body()
+        try:
+            if action == "begin":
+                run = queue.runner_begin(run_id, token)
+                self.hooks.began(run)
+            elif action == "heartbeat":
+                run = queue.runner_heartbeat(run_id, token, body.get("output_notebook"))
+            else:
+                run = queue.runner_finish(
+                    run_id,
+                    token,
+                    body.get("status"),
+                    body.get("failed_cell"),
+                    body.get("error_summary"),
+                    body.get("output_notebook"),
+                )
+                self.hooks.ended(run)
+                log.info("run %s of %s %s on the runner", run.id, run.runbook, run.status)
+        except RunNotFound as e:
+            raise web.HTTPError(404, str(e)) from None
+        except BadRunToken as e:
+            raise web.HTTPError(403, str(e)) from None
+        except RunAlreadyFinished as e:
+            raise web.HTTPError(409, str(e)) from None
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
+        self.write(run_json(run, self.settings["opshub_prefix"]))
+
+
+class AlertsHandler(MachineHandler):
+    """Alertmanager's webhook receiver."""
+
+    def post(self):
+        self.check_bearer(self.settings["opshub_alerts_token"], "send the alerts bearer token")
+        body = self.body()
+        alerts = body.get("alerts")
+        if not isinstance(alerts, list) or len(alerts) > MAX_ALERTS:
+            raise web.HTTPError(400, f"alerts must be a list of at most {MAX_ALERTS} alerts (Alertmanager's webhook)")
+        unattended = self.settings["opshub_unattended"]
+        queue = self.settings["opshub_queue"]
+        received = queue.store.now()
+        started, skipped, cancelled, problems = [], 0, [], []
+        for alert in alerts:
+            labels, fingerprint, status = _alert_fields(alert)
+            if labels is None:
+                problems.append("an alert without labels or fingerprint was ignored")
+                continue
+            if status == "resolved":
+                by = f"alert {labels.get('alertname', '')} resolved"
+                for run in queue.cancel_queued_alert_runs(fingerprint, by):
+                    cancelled.append(run.id)
+                    self.hooks.ended(run)
+                continue
+            for rule in self.rules():
+                if not rule.matches(labels):
+                    continue
+                try:
+                    parameters = rule.parameters_for(labels)
+                    run = unattended.alert(rule.runbook, rule.alertname, fingerprint, parameters, received)
+                except (TriggerError, RequestRefused) as e:
+                    problems.append(str(e))
+                    log.error("alert %s (%s) cannot start %s: %s", rule.alertname, fingerprint, rule.runbook, e)
+                    continue
+                if run is None:
+                    skipped += 1
+                else:
+                    started.append(run_json(run, self.settings["opshub_prefix"]))
+                    log.info("alert %s (%s) queued run %s of %s", rule.alertname, fingerprint, run.id, run.runbook)
+        self.write({"started": started, "already_running": skipped, "cancelled": cancelled, "problems": problems})
+
+    def rules(self):
+        catalog = self.settings["opshub_unattended"].catalog
+        return [
+            rule for name, metadata in sorted(catalog.metadata().items()) for rule in alert_rules_of(name, metadata)
+        ]
+
+
+def _alert_fields(alert) -> tuple[dict | None, str, str]:
+    """An alert's labels (strings), fingerprint and status, or None labels if it has not the shape."""
+    if not isinstance(alert, dict):
+        return None, "", ""
+    labels, fingerprint = alert.get("labels"), alert.get("fingerprint")
+    if not isinstance(labels, dict) or not isinstance(fingerprint, str) or not 0 < len(fingerprint) <= 64:
+        return None, "", ""
+    return {str(k): str(v) for k, v in labels.items()}, fingerprint, str(alert.get("status", "firing"))
+
+
+def runner_handlers(prefix: str) -> list[tuple]:
+    return [
+        (url_path_join(prefix, r"api/runner/runs/([^/]+)/(begin|heartbeat|finish)"), RunnerReportHandler),
+        (url_path_join(prefix, "api/alerts"), AlertsHandler),
+    ]
