@@ -109,6 +109,18 @@ def cmd_run(args) -> int:
     )
 
 
+def cmd_request(args) -> int:
+    from .runbooks.request import request_run
+
+    return request_run(args.runbook, args.parameter, commit=args.commit, wait=args.wait)
+
+
+def cmd_cancel(args) -> int:
+    from .runbooks.request import cancel_run
+
+    return cancel_run(args.run_id)
+
+
 def cmd_publish(args) -> int:
     import json
     from pathlib import Path
@@ -204,6 +216,31 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="where to save the executed notebook (default ~/.opshub/runs/RUN_ID.ipynb)")
     run.add_argument("--runbooks-dir", help="runbooks folder (default $HOME/$OPSHUB_RUNBOOKS_TARGET, else ~/runbooks)")
     run.set_defaults(func=cmd_run)
+
+    request = sub.add_parser(
+        "request",
+        help="ask the runner for an unattended run of a runbook (operators, authors, admins)",
+        description="Queue a run of a runbook of the repository on opshub's runner, recorded as requested by you."
+        " It runs at the repository's latest commit (or --commit), not in this server, and goes on if this server"
+        " stops. Exit codes: 0 requested (with --wait: succeeded), 1 refused (with --wait: did not succeed),"
+        " 2 usage error, 3 the service could not be reached.",
+    )
+    request.add_argument("runbook", help="runbook path in the repository, .ipynb optional (net/check)")
+    request.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a declared parameter, as for opshub run",
+    )
+    request.add_argument("--commit", help="run the runbook as it is at this commit of the repository")
+    request.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    request.set_defaults(func=cmd_request)
+    cancel = sub.add_parser("cancel", help="cancel a requested run (its requester and admins)")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(func=cmd_cancel)
 
     publish = sub.add_parser(
         "publish",

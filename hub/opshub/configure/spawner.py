@@ -11,6 +11,7 @@ from ..contract import (
     DASHBOARDS_ACCOUNT,
     PUBLISH_SCOPE,
     RECORD_SCOPE,
+    REQUEST_SCOPE,
     RUNBOOKS_BRANCH_ENV,
     RUNBOOKS_REPO_ENV,
     RUNBOOKS_TARGET_ENV,
@@ -34,6 +35,7 @@ SERVER_TOKEN_SCOPES = [
     f"access:services!service={SERVICE_NAME}",
     f"{RECORD_SCOPE}!user",
     f"{PUBLISH_SCOPE}!user",  # `opshub publish` and JupyterLab's "Publish as dashboard" (authors only)
+    f"{REQUEST_SCOPE}!user",  # `opshub request` (not viewers: they have no server anyway)
 ]
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from ..contract import SERVICE_URL_ENV
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
+LOCK_HELD = "lock held"  # how a 409 refusing a start for a lock begins: the run waits, then starts
 TIMEOUT = 30  # seconds per request
 
 
@@ -35,6 +36,11 @@ class ServiceError(Exception):
         self.status = status
         self.message = message
         super().__init__(f"opshub service: {message}" + (f" (HTTP {status})" if status else ""))
+
+    @property
+    def lock_held(self) -> bool:
+        """The start was refused because another run holds one of the runbook's locks."""
+        return self.status == 409 and self.message.startswith(LOCK_HELD)
 
 
 class ServiceClient:

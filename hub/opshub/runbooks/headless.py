@@ -47,6 +47,7 @@ EXIT_RECORDING = 3  # the run history could not record the start (nothing ran) o
 EXIT_SIGNAL_BASE = 128  # shell convention: 130 after SIGINT, 143 after SIGTERM
 
 HEARTBEAT_ENV = "OPSHUB_HEARTBEAT_SECONDS"
+LOCK_POLL_SECONDS = 2.0  # how often a run waiting for a lock asks again
 RECORDER_ENV = "OPSHUB_RECORDER"
 
 
@@ -282,12 +283,16 @@ def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
     stopper = Stopper()
     stopper.install()
     try:
-        record = recorder.start_run(plan.name, masked_parameters, "headless", plan.commit, plan.drift)
+        record = _start_when_free(recorder, plan, masked_parameters, terminal, stopper)
         run_id = str(record["id"])
     except ServiceError as e:
         stopper.uninstall()
         terminal.warn(f"cannot record the run, so it was not started: {e}")
         return EXIT_RECORDING
+    except _StoppedWaiting as e:
+        stopper.uninstall()
+        terminal.warn(f"stopped by {signal.Signals(e.signum).name} while waiting for the lock: nothing ran")
+        return EXIT_SIGNAL_BASE + e.signum
     url = record.get("url")
     say(f"run {run_id}" + (f"  {url}" if url else ""))
 
@@ -306,6 +311,31 @@ def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
         return _finish(plan, recorder, terminal, record, nb, error, stopper.signum, duration)
     finally:
         stopper.uninstall()
+
+
+class _StoppedWaiting(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+def _start_when_free(recorder, plan: _Plan, parameters: dict, terminal: Terminal, stopper) -> dict:
+    """Record the start; while another run holds one of the runbook's locks (`opshub.locks`), say so
+    once and try again every LOCK_POLL_SECONDS, until it is free or a signal stops the wait."""
+    said = False
+    while True:
+        try:
+            return recorder.start_run(plan.name, parameters, "headless", plan.commit, plan.drift)
+        except ServiceError as e:
+            if not e.lock_held:
+                raise
+            if not said:
+                terminal.say(f"waiting: {e.message}")
+                said = True
+        deadline = time.monotonic() + LOCK_POLL_SECONDS
+        while time.monotonic() < deadline:
+            if stopper.signum is not None:
+                raise _StoppedWaiting(stopper.signum)
+            time.sleep(0.1)
 
 
 def _finish(plan: _Plan, recorder, terminal: Terminal, record: dict, nb, error, signum, seconds: float) -> int:

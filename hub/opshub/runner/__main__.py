@@ -20,7 +20,10 @@ from urllib.parse import urlparse
 
 from ..archive import extract_runbooks
 from ..contract import SERVICE_NAME, SERVICE_URL_ENV
+from ..runbooks.client import ServiceError
+from ..runbooks.headless import EXIT_SIGNAL_BASE
 from . import CREDENTIAL_FILES_ENV, JOB_PATH
+from .job import RunnerReporter
 
 log = logging.getLogger("opshub.runner")
 
@@ -106,6 +109,7 @@ def main() -> None:
                     400, "the job must be JSON with run_id, token, runbook, parameters, archive"
                 ) from None
             state["run_id"] = run_id
+            state["reporter"] = RunnerReporter(opshub_url, job["token"], run_id, retry_seconds=60)
             folder = home / "runs" / run_id
             try:
                 extract_runbooks(archive, folder / "runbooks")
@@ -135,6 +139,7 @@ def main() -> None:
     async def watch(process, folder: Path) -> None:
         code = await process.wait()
         log.info("run %s ended (exit %s)", state["run_id"], code)
+        await asyncio.get_running_loop().run_in_executor(None, record_end_if_missing, code)
         # the run's record holds its executed notebook: nothing of it stays in the runner's home
         shutil.rmtree(folder, ignore_errors=True)
         done.set()
@@ -158,6 +163,18 @@ def main() -> None:
                     log.warning("cannot report activity to the hub: %s", e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), ACTIVITY_SECONDS)
+
+    def record_end_if_missing(code: int) -> None:
+        """The run's process ended without recording the end (killed before it could, crashed): say so.
+        The service refuses this (409) when the process did record it, which is fine."""
+        status = "interrupted" if code < 0 or code >= EXIT_SIGNAL_BASE else "failed"
+        summary = f"The runner's process for this run ended (exit {code}) before it recorded the run's end."
+        try:
+            state["reporter"].finish_run(state["run_id"], status, error_summary=summary)
+            log.warning("run %s: %s", state["run_id"], summary)
+        except ServiceError as e:
+            if e.status != 409:
+                log.error("run %s: cannot record its end: %s", state["run_id"], e)
 
     def stop(signum: int) -> None:
         """The hub stops this server (a cancel, the hub's shutdown): the run is interrupted and records it."""

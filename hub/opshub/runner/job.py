@@ -101,7 +101,6 @@ def main() -> int:
     )
     if not reporter.begun:  # refused before it ran (a parameter, a missing kernel): on record as failed
         summary = err.getvalue().strip()[:2000] or f"the runner could not start the run (exit {code})"
-        reporter.start_run(job["runbook"])
         reporter.finish_run(job["run_id"], "failed", error_summary=summary)
     return code
 

@@ -124,7 +124,9 @@ async def serve(args) -> None:
         await asyncio.get_running_loop().run_in_executor(None, catalog.refresh)
 
     PeriodicCallback(sweep, max(timeout.total_seconds() / 4, 5) * 1000).start()
-    PeriodicCallback(refresh_catalog, 60 * 1000).start()
+    # schedules and alerts are read from the catalog: as often as the repository is looked at for dashboards
+    sync_seconds = json.loads(args.dashboards_settings).get("git_sync_interval") or 60
+    PeriodicCallback(refresh_catalog, sync_seconds * 1000).start()
     PeriodicCallback(apply_retention, 3600 * 1000).start()
     apply_retention()
 

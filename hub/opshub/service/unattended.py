@@ -14,6 +14,7 @@ import datetime
 import json
 import re
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .models import Run
 from .queue import RunQueue
 
 COMMIT = re.compile(r"[0-9a-f]{7,64}")
+REFRESH_SECONDS = 5
 RUNNER_USER = "opshub-runner"  # the `user` of runs nobody asked for in person (schedules, alerts)
 
 
@@ -62,6 +64,7 @@ class Unattended:
         self.catalog = catalog
         self.wake = wake  # tells the runner there is something in the queue
         self._runbooks: dict[tuple[str, str], RunbookAt] = {}
+        self._refreshed = 0.0
 
     def runbook(self, name: str, commit: str | None = None) -> RunbookAt:
         """`name` at `commit` (default: the branch's latest the service has), checked."""
@@ -71,6 +74,8 @@ class Unattended:
             commit = self.catalog.commit()
             if commit is None:
                 raise RequestRefused(503, "the service has not read the runbooks repository yet: try again shortly")
+            if name not in self.catalog.names() and self._refresh_now():
+                commit = self.catalog.commit() or commit
             if name not in self.catalog.names():
                 known = ", ".join(sorted(self.catalog.names())) or "none"
                 raise RequestRefused(404, f"there is no runbook {name!r} in the repository (runbooks: {known})")
@@ -100,6 +105,14 @@ class Unattended:
             self._runbooks.clear()
         self._runbooks[(name, commit)] = found
         return found
+
+    def _refresh_now(self) -> bool:
+        """Look at the repository again, for a runbook just pushed (at most every few seconds)."""
+        if time.monotonic() - self._refreshed < REFRESH_SECONDS:
+            return False
+        self._refreshed = time.monotonic()
+        self.catalog.refresh()
+        return True
 
     def locks(self, runbook: RunbookAt, parameters: Mapping[str, Any]) -> list[str]:
         try:

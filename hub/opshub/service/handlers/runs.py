@@ -14,7 +14,10 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from ...contract import DELETE_SCOPE, RECORD_SCOPE
+from ...runbooks.client import LOCK_HELD
 from ..models import REPORTED_TRIGGERS, TRIGGERS, Run
+from ..queue import LockHeld
+from ..unattended import RequestRefused
 from .base import ApiHandler, int_argument, parse_time
 
 log = logging.getLogger("opshub.service")
@@ -38,11 +41,22 @@ def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
         "output_truncated": run.output_truncated,
         "reported_by": run.reported_by,
         "reported_from": run.reported_from,
+        # unattended runs (the service's own records): who asked, when due, queued, at the first cell
+        "requested_by": run.requested_by,
+        "due_at": _time(run.due_at),
+        "queued_at": _time(run.queued_at),
+        "first_cell_at": _time(run.first_cell_at),
+        "locks": run.locks or [],
+        "cancel_requested_by": run.cancel_requested_by,
         "url": url_path_join(prefix, "runs", run.id),
     }
     if with_output:
         data["output_notebook"] = json.loads(run.output_notebook) if run.output_notebook else None
     return data
+
+
+def _time(value) -> str | None:
+    return value.isoformat() if value else None
 
 
 class RunsHandler(ApiHandler):
@@ -78,7 +92,8 @@ class RunsHandler(ApiHandler):
                 f" {trigger} runs are recorded by the opshub service itself",
             )
         run = self.store_call(
-            self.store.start_run,
+            self.start_run,
+            self.person_run_locks(body),
             runbook=body.get("runbook"),
             user=user,
             trigger=trigger,
@@ -97,6 +112,28 @@ class RunsHandler(ApiHandler):
         log.info("run %s of %s started by %s (%s)", run.id, run.runbook, user, run.trigger)
         self.set_status(201)
         self.write(run_json(run, self.prefix))
+
+    def person_run_locks(self, body: dict) -> list[str]:
+        """The locks a person's run of a repository runbook holds (its metadata's, with its parameters
+        and the declared defaults at its commit); none for a notebook the repository does not have."""
+        unattended = self.settings.get("opshub_unattended")
+        runbook, commit = body.get("runbook"), body.get("runbook_commit")
+        if unattended is None or not isinstance(runbook, str) or runbook not in unattended.catalog.names():
+            return []
+        try:
+            found = unattended.runbook(runbook, commit if isinstance(commit, str) and commit else None)
+        except RequestRefused:  # a commit the repository does not have (a local one): today's metadata
+            found = unattended.runbook(runbook)
+        return unattended.locks(found, body.get("parameters") or {})
+
+    def start_run(self, locks: list[str], **start):
+        queue = self.settings.get("opshub_queue")
+        if queue is None:
+            return self.store.start_run(**start)
+        try:
+            return queue.start_person_run(locks, **start)
+        except LockHeld as e:
+            raise web.HTTPError(409, f"{LOCK_HELD}: {e}; opshub run waits until it is free") from None
 
 
 class RunHandler(ApiHandler):

@@ -1,0 +1,319 @@
+"""Unattended runs on a live hub: requested over the API and from a JupyterLab terminal (`opshub request`),
+run by the runner (a named server of the `opshub-runner` account, started by the hub's spawner), with its
+credentials, locks, cancelling, and the attacks on its records: forged reports, a viewer's request, a
+run's own code going after the runner's tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import nbformat
+import pytest
+import requests
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from tests.helpers import git, open_folder
+from tests.livehub import Hub, wait_for
+from tests.terminals import Terminal
+
+CREDENTIAL = "probe-credential-9f3a61"
+
+PROBE_CODE = """
+import getpass, os, pathlib, time
+print("account:", getpass.getuser())
+print("hub variables:", sorted(k for k in os.environ if k.startswith("JUPYTERHUB")))
+print("credential:", os.environ.get("PROBE_TOKEN"))
+print("message:", message)
+time.sleep(seconds)
+"""
+
+
+def probe_notebook(code: str = PROBE_CODE, parameters: str = 'message = "hello"\nseconds = 0', **opshub) -> dict:
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Unattended probe"),
+            new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+            new_code_cell(code),
+        ],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "opshub": opshub,
+        },
+    )
+    return nb
+
+
+def commit_runbook(hub: Hub, name: str, notebook) -> str:
+    """Commit a runbook to the team's repository (the hub mirrors it every second); its commit."""
+    nbformat.write(notebook, hub.upstream / name)
+    git("add", name, cwd=hub.upstream)
+    git("commit", "-q", "-m", f"add {name}", cwd=hub.upstream)
+    return git("rev-parse", "HEAD", cwd=hub.upstream).strip()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unattended-hub")
+    credential = open_folder("opshub-credential-") / "probe-token"  # a file the runner's account can read
+    credential.write_text(CREDENTIAL + "\n")
+    credential.chmod(0o644)
+
+    def configure(settings):
+        settings.setdefault("dashboards", {})["git_sync_interval"] = 1
+        settings["runner"] = {"max_concurrent": 2, "credentials": {"PROBE_TOKEN": {"file": str(credential)}}}
+
+    the_hub = Hub(root, configure=configure)
+    commit_runbook(the_hub, "unattended-probe.ipynb", probe_notebook(locks=["probe:{message}"]))
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()
+    shutil.rmtree(credential.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tokens(hub):
+    return hub.tokens(users=["alice", "bob", "carol"])
+
+
+@pytest.fixture(scope="module")
+def bob_lab(hub):
+    """bob's JupyterLab is running (for his terminals)."""
+    session, _ = hub.login("bob")
+    hub.open_lab(session, "bob")
+
+
+def request(hub, token, runbook="unattended-probe.ipynb", **parameters) -> requests.Response:
+    return hub.service_api(token, "POST", "requests", json={"runbook": runbook, "parameters": parameters})
+
+
+def wait_for_status(hub, token, run_id, statuses=("succeeded", "failed", "interrupted", "cancelled"), timeout=120):
+    def ended():
+        run = hub.service_api(token, "GET", f"runs/{run_id}").json()
+        return run if run["status"] in statuses else None
+
+    return wait_for(ended, timeout=timeout, interval=0.5, what=f"run {run_id} to be {'/'.join(statuses)}")
+
+
+def wait_for_first_cell(hub, token, run_id, timeout=90) -> dict:
+    def begun():
+        run = hub.service_api(token, "GET", f"runs/{run_id}").json()
+        return run if run["first_cell_at"] else None
+
+    return wait_for(begun, timeout=timeout, interval=0.5, what=f"run {run_id} to reach its first cell")
+
+
+def runner_servers(hub, token) -> dict:
+    response = requests.get(
+        f"{hub.url}/hub/api/users/opshub-runner", headers={"Authorization": f"token {token}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["servers"]
+
+
+def output_text(run: dict) -> str:
+    return json.dumps(run["output_notebook"])
+
+
+def printed(run: dict) -> str:
+    """What the run's cells printed (their stream outputs), not their source."""
+    cells = (run["output_notebook"] or {}).get("cells", [])
+    return "".join(
+        "".join(o.get("text", "")) for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream"
+    )
+
+
+def test_an_operator_requests_a_run_and_the_runner_runs_it_in_its_own_account(hub, tokens):
+    response = request(hub, tokens["bob"], message="from the API")
+    assert response.status_code == 201, response.text
+    queued = response.json()
+    assert queued["status"] == "queued" and queued["trigger"] == "requested"
+    assert queued["user"] == "bob" and queued["requested_by"] == "bob"
+    assert queued["runbook_commit"] == git("rev-parse", "main", cwd=hub.repository).strip()  # the mirror's
+    assert queued["locks"] == ["probe:from the API"]
+
+    run = wait_for_status(hub, tokens["carol"], queued["id"])  # a viewer follows it
+    assert run["status"] == "succeeded", run["error_summary"]
+    text = output_text(run)
+    assert "message: from the API" in text
+    assert "hub variables: []" in text  # no hub token, no hub URL in the run's environment
+    if hub.per_person_accounts:
+        assert "account: opshub-runner" in text
+    assert CREDENTIAL not in text and "credential: " in text  # the credential reached it, masked
+    assert run["reported_by"] == "opshub service" and not run["drift"]
+    assert run["first_cell_at"] >= run["queued_at"] and run["ended_at"] >= run["first_cell_at"]
+    wait_for(lambda: runner_servers(hub, tokens["alice"]) == {}, timeout=30, what="the run's server to go")
+
+
+def test_viewers_cannot_request_and_wrong_requests_name_the_problem(hub, tokens):
+    refused = request(hub, tokens["carol"])
+    assert refused.status_code == 403 and "custom:opshub:runs:request" in refused.json()["message"]
+    unknown = request(hub, tokens["bob"], runbook="no-such-runbook.ipynb")
+    assert unknown.status_code == 404 and "unattended-probe.ipynb" in unknown.json()["message"]
+    tricks = request(hub, tokens["bob"], runbook="../state/opshub.sqlite")
+    assert tricks.status_code == 404, tricks.text
+    undeclared = request(hub, tokens["bob"], hostname="web1")
+    assert undeclared.status_code == 400 and "hostname" in undeclared.json()["message"]
+    assert "message" in undeclared.json()["message"]  # it lists what the runbook declares
+    not_an_object = hub.service_api(tokens["bob"], "POST", "requests", json={"runbook": "x", "parameters": [1]})
+    assert not_an_object.status_code in (400, 404)
+    assert hub.service_api(tokens["bob"], "GET", "runs", params={"status": "queued"}).status_code == 200
+    runs = hub.service_api(tokens["bob"], "GET", "runs", params={"user": "carol"}).json()
+    assert runs["total"] == 0  # nothing was queued for the viewer
+
+
+def test_opshub_request_typed_in_a_terminal_runs_on_the_runner(hub, tokens, bob_lab):
+    with Terminal(hub.url, "bob", tokens["bob"]) as terminal:
+        out, code = terminal.run("opshub request unattended-probe -p message 'from a terminal' --wait", timeout=180)
+        assert code == 0, out
+        assert "requested run" in out and "succeeded" in out
+        out, code = terminal.run("opshub request unattended-probe -p nonsense 1", timeout=60)
+        assert code == 1 and "nonsense" in out
+
+
+def test_a_lock_makes_a_second_run_wait_also_one_typed_in_a_terminal(hub, tokens, bob_lab):
+    first = request(hub, tokens["bob"], message="locked", seconds=15).json()
+    wait_for_status(hub, tokens["bob"], first["id"], statuses=("running",), timeout=60)
+    second = request(hub, tokens["bob"], message="locked").json()
+    other = request(hub, tokens["bob"], message="unlocked").json()  # another lock: not held up
+    assert wait_for_status(hub, tokens["bob"], other["id"], timeout=90)["status"] == "succeeded"
+    assert hub.service_api(tokens["bob"], "GET", f"runs/{second['id']}").json()["status"] == "queued"
+    with Terminal(hub.url, "bob", tokens["bob"]) as terminal:
+        out, code = terminal.run("opshub run unattended-probe -p message locked", timeout=180)
+    assert code == 0, out
+    assert "waiting: lock held" in out and "probe:locked" in out
+    done_first = wait_for_status(hub, tokens["bob"], first["id"])
+    done_second = wait_for_status(hub, tokens["bob"], second["id"])
+    assert done_first["status"] == done_second["status"] == "succeeded"
+    assert done_second["first_cell_at"] > done_first["ended_at"]
+
+
+def test_cancel_a_queued_and_a_running_run(hub, tokens, bob_lab):
+    slow = [request(hub, tokens["bob"], message=f"slow {i}", seconds=60).json() for i in range(3)]
+    running = [wait_for_first_cell(hub, tokens["bob"], run["id"]) for run in slow[:2]]
+    queued = hub.service_api(tokens["bob"], "GET", f"runs/{slow[2]['id']}").json()
+    assert queued["status"] == "queued"  # runner.max_concurrent is 2
+
+    viewer = hub.service_api(tokens["carol"], "POST", f"runs/{queued['id']}/cancel")
+    assert viewer.status_code == 403
+    cancelled = hub.service_api(tokens["bob"], "POST", f"runs/{queued['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert "bob" in cancelled.json()["error_summary"]
+
+    by_admin = hub.service_api(tokens["alice"], "POST", f"runs/{running[0]['id']}/cancel")
+    assert by_admin.status_code == 200 and by_admin.json()["cancel_requested_by"] == "alice"
+    with Terminal(hub.url, "bob", tokens["bob"]) as terminal:
+        out, code = terminal.run(f"opshub cancel {running[1]['id']}", timeout=60)
+    assert code == 0, out
+    for run in running:
+        ended = wait_for_status(hub, tokens["bob"], run["id"], timeout=60)
+        assert ended["status"] == "cancelled", ended
+        assert "Unattended probe" in output_text(ended)  # the cells it ran, as far as it got
+    wait_for(lambda: runner_servers(hub, tokens["alice"]) == {}, timeout=45, what="the cancelled runs' servers to go")
+    again = hub.service_api(tokens["bob"], "POST", f"runs/{queued['id']}/cancel")
+    assert again.status_code == 409
+
+
+def test_reports_for_a_run_need_its_own_token(hub, tokens):
+    run = request(hub, tokens["bob"], message="forgery target", seconds=5).json()
+    for headers in (
+        {},
+        {"Authorization": f"token {tokens['bob']}"},
+        {"Authorization": f"Bearer {tokens['alice']}"},
+        {"Authorization": "Bearer not-the-run-token"},
+    ):
+        response = requests.post(
+            f"{hub.url}/services/opshub/api/runner/runs/{run['id']}/finish",
+            json={"status": "failed", "error_summary": "forged"},
+            headers=headers,
+            timeout=10,
+        )
+        assert response.status_code in (401, 403), (headers, response.status_code, response.text)
+    done = wait_for_status(hub, tokens["bob"], run["id"])
+    assert done["status"] == "succeeded" and done["error_summary"] is None
+
+
+ATTACK_CODE = r"""
+import json, os, pathlib, re, urllib.request
+run_id = re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", str(pathlib.Path.cwd())).group(0)
+found = {}
+for proc in pathlib.Path("/proc").iterdir():
+    try:
+        env = (proc / "environ").read_bytes().decode(errors="replace")
+    except OSError:
+        continue
+    for name in ("JUPYTERHUB_API_TOKEN", "OPSHUB_RUN_TOKEN", "JPY_API_TOKEN"):
+        match = re.search(name + r"=([^\x00]+)", env)
+        if match:
+            found[name] = match.group(1)
+print("found:", sorted(found))
+service = os.environ.get("OPSHUB_SERVICE_URL") or "__SERVICE__"
+results = []
+for name, token in found.items():
+    for scheme in ("token", "Bearer"):
+        request = urllib.request.Request(
+            service + f"api/runner/runs/{run_id}/finish",
+            data=json.dumps({"status": "failed", "error_summary": "forged by the run"}).encode(),
+            headers={"Authorization": f"{scheme} {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            results.append(f"{name}/{scheme}: ACCEPTED")
+        except urllib.error.HTTPError as e:
+            results.append(f"{name}/{scheme}: {e.code}")
+print("attempts:", results)
+"""
+
+
+def test_a_runs_own_code_cannot_forge_its_record(hub, tokens):
+    service_url = f"http://127.0.0.1:{hub.port + 3}/services/opshub/"
+    code = ATTACK_CODE.replace("__SERVICE__", service_url)
+    commit_runbook(hub, "forger.ipynb", probe_notebook(code=code, parameters="unused = 0"))
+    response = wait_for(
+        lambda: (r := request(hub, tokens["bob"], runbook="forger.ipynb")).status_code == 201 and r,
+        timeout=30,
+        what="the new runbook to be requestable",
+    )
+    run = wait_for_status(hub, tokens["bob"], response.json()["id"])
+    assert run["status"] == "succeeded", run
+    said = printed(run)
+    assert "attempts:" in said and "ACCEPTED" not in said, said
+    if hub.per_person_accounts:  # it did find a real token to try: its runner server's own, which opens nothing
+        assert "JUPYTERHUB_API_TOKEN" in said.split("attempts:")[0], said
+    assert "forged" not in (run["error_summary"] or "")
+
+
+def test_the_runbook_page_offers_the_request_form_to_operators_not_viewers(hub):
+    bob, _ = hub.login("bob")
+    page = bob.get(f"{hub.url}/services/opshub/runbooks/unattended-probe.ipynb", timeout=30)
+    assert page.status_code == 200 and 'id="request-form"' in page.text and 'name="p-message"' in page.text
+    xsrf = bob.cookies.get("_xsrf", path="/services/opshub/")
+    posted = bob.post(
+        f"{hub.url}/services/opshub/runbooks/unattended-probe.ipynb",
+        data={"_xsrf": xsrf, "p-message": "from the page", "d-message": '"hello"', "p-seconds": "0", "d-seconds": "0"},
+        timeout=30,
+    )
+    assert posted.status_code == 200 and "/services/opshub/runs/" in posted.url, posted.text[:500]
+    run_id = posted.url.rstrip("/").rsplit("/", 1)[1]
+    token = hub.tokens(users=["carol"])["carol"]
+    assert wait_for_status(hub, token, run_id)["parameters"] == {"message": "from the page"}
+
+    carol, _ = hub.login("carol")
+    page = carol.get(f"{hub.url}/services/opshub/runbooks/unattended-probe.ipynb", timeout=30)
+    assert page.status_code == 200 and 'id="request-form"' not in page.text and 'id="no-request"' in page.text
+    xsrf = carol.cookies.get("_xsrf", path="/services/opshub/")
+    refused = carol.post(f"{hub.url}/services/opshub/runbooks/unattended-probe.ipynb", data={"_xsrf": xsrf}, timeout=30)
+    assert refused.status_code == 403 and "Traceback" not in refused.text
+
+
+def test_no_runner_server_is_left_behind(hub, tokens):
+    wait_for(lambda: runner_servers(hub, tokens["alice"]) == {}, timeout=60, what="no runner servers")
+    running = hub.service_api(tokens["alice"], "GET", "runs", params={"status": "running"}).json()
+    queued = hub.service_api(tokens["alice"], "GET", "runs", params={"status": "queued"}).json()
+    assert running["total"] == 0 and queued["total"] == 0
+    # the runner's home keeps nothing of the runs (their records hold the output)
+    if hub.per_person_accounts:
+        runs_folder = hub.system_home("opshub-runner") / "runs"
+        assert not runs_folder.exists() or not os.listdir(runs_folder)
