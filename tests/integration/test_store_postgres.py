@@ -1,4 +1,5 @@
-"""The run history store against a real PostgreSQL server: every test of tests/unit/test_store.py again.
+"""The run history store against a real PostgreSQL server: every test of tests/unit/test_store.py and
+tests/unit/test_queue.py (the runner's queue) again.
 
 Importing the tests makes pytest collect them here too; this module's `database_url` fixture replaces
 the SQLite one, so each test runs on its own fresh PostgreSQL database. The server asks for a password,
@@ -13,6 +14,7 @@ from opshub.service.__main__ import database_url as with_password_from_environme
 from opshub.service.store import RunStore
 from sqlalchemy import inspect
 
+from tests.unit.test_queue import *  # noqa: F403 (the shared tests, collected again here)
 from tests.unit.test_store import *  # noqa: F403 (the shared tests, collected again here)
 
 

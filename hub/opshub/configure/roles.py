@@ -72,7 +72,8 @@ def execution_plane_roles() -> list[dict]:
         {
             "name": "opshub-system-accounts",
             "description": "opshub's system accounts: their servers serve the opshub service only.",
-            "scopes": [],
+            # a runner's server tells the hub it is active while its run goes on (no idle culling)
+            "scopes": ["users:activity!user"],
             "users": list(SYSTEM_ACCOUNTS),
         },
         {

@@ -110,10 +110,16 @@ class RunbookCatalog:
         it (it keeps only the branch's latest). LookupError naming what is missing."""
         if not self._has(commit):
             with self._lock:
+                # git fetches a full hash by itself; an abbreviated one only with the branch's history
+                ref = f"refs/heads/{self.branch}"
+                wanted = commit if len(commit) in (40, 64) else f"+{ref}:{ref}"
+                depth = "1" if wanted == commit else "2147483647"
                 try:
-                    self._git("fetch", "--quiet", "--depth", "1", "--no-tags", "--", self.repository, commit)
+                    self._git("fetch", "--quiet", "--depth", depth, "--no-tags", "--", self.repository, wanted)
                 except subprocess.CalledProcessError:
                     raise LookupError(f"the runbooks repository has no commit {commit}") from None
+            if not self._has(commit):
+                raise LookupError(f"the runbooks repository's branch {self.branch} has no commit {commit}")
         try:
             return self.show(commit, path)
         except subprocess.CalledProcessError:

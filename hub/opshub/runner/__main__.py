@@ -28,7 +28,7 @@ from .job import RunnerReporter
 log = logging.getLogger("opshub.runner")
 
 ACTIVITY_SECONDS = 30  # how often the hub hears the server is active while the run goes on
-STOP_GRACE_SECONDS = 25  # after SIGTERM, how long the run gets to record its end
+STOP_GRACE_SECONDS = 5  # after the hub's signal, how long the server waits for the run's process
 
 
 def read_credentials(spec: str) -> tuple[dict[str, str], list[str]]:
@@ -177,14 +177,20 @@ def main() -> None:
                 log.error("run %s: cannot record its end: %s", state["run_id"], e)
 
     def stop(signum: int) -> None:
-        """The hub stops this server (a cancel, the hub's shutdown): the run is interrupted and records it."""
+        """The hub stops this server (a cancel, the hub's shutdown): the run is interrupted and records it.
+
+        The server leaves after STOP_GRACE_SECONDS even if the run's process has not ended: on the hub's
+        shutdown the service is gone already, and that process goes on sending the run's end (for up
+        to FINISH_RETRY_SECONDS) until the service is back; the server must not hold the hub up."""
         process = state["process"]
         log.info("%s: stopping run %s", signal.Signals(signum).name, state["run_id"])
         if process is None or process.returncode is not None:
             done.set()
-        elif signum == signal.SIGTERM or not state.get("signalled"):
+            return
+        if not state.get("signalled"):
             state["signalled"] = True
             process.send_signal(signal.SIGTERM)
+            asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, done.set)
 
     async def serve() -> None:
         app = tornado.web.Application(
@@ -200,12 +206,6 @@ def main() -> None:
         log.info("runner server %s/%s at %s", user, server_name, prefix)
         activity = asyncio.ensure_future(report_activity())
         await done.wait()
-        process = state["process"]
-        if process is not None and process.returncode is None:
-            try:
-                await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
-            except TimeoutError:
-                process.kill()
         activity.cancel()
 
     asyncio.run(serve())

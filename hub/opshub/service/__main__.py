@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import time
 from urllib.parse import urlparse
 
 from jupyterhub.utils import url_path_join
@@ -95,17 +96,19 @@ async def serve(args) -> None:
     store.upgrade()
     timeout = datetime.timedelta(seconds=args.heartbeat_timeout)
     retention = datetime.timedelta(days=args.retention_days) if args.retention_days else None
-    # Runs left `running` by a crash or restart get no heartbeat any more: the sweep ends them.
-    interrupted = store.interrupt_stale_runs(timeout)
-    if interrupted:
-        log.warning("marked %d silent run(s) as interrupted: %s", len(interrupted), ", ".join(interrupted))
-
     stats = RunStats.from_store(store)
     queue = RunQueue(store)
     registry = CollectorRegistry(auto_describe=False)
     events = RunEvents(stats, registry, queue.queued_count)
 
+    # Runs left `running` by a crash or restart get no heartbeat any more: the sweep ends them. Not
+    # before this service has listened for a whole window: while it was down nobody could reach it,
+    # and a run's client (a runner whose hub restarted) may be about to send its end.
+    listening_since = time.monotonic()
+
     def sweep():
+        if time.monotonic() - listening_since < timeout.total_seconds():
+            return
         for run_id in store.interrupt_stale_runs(timeout):
             events.ended(store.get_run(run_id))
             log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)

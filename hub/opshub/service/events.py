@@ -6,7 +6,8 @@ queue's length, which is read from the database at each scrape:
 
 - `opshub_runner_queue_length`: runs queued now (waiting for capacity or a lock)
 - `opshub_runner_lock_waits_total`: times a queued run found one of its locks held
-- `opshub_schedule_fires_total{result="fired"|"missed"}`: schedules' fires, run or recorded as missed
+- `opshub_schedule_fires_total{result="fired"|"missed"|"refused"}`: schedules' fires: queued to run,
+  recorded as missed (due while opshub was down), or refused (the runbook cannot run as scheduled)
 - `opshub_unattended_start_delay_seconds{trigger}`: from due time (the schedule's time, the alert's or
   the request's arrival) to the run's first cell on the runner
 """
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 from .models import Run
 from .stats import RunStats
 
+FIRE_RESULTS = ("fired", "missed", "refused")
 DELAY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 
@@ -42,7 +44,7 @@ class RunEvents:
             "opshub_runner_lock_waits", "Times a queued run found one of its locks held.", registry=registry
         )
         self.fires = Counter("opshub_schedule_fires", "Schedules' fires, by result.", ["result"], registry=registry)
-        for result in ("fired", "missed"):
+        for result in FIRE_RESULTS:
             self.fires.labels(result)
         self.delay = Histogram(
             "opshub_unattended_start_delay_seconds",
@@ -67,8 +69,9 @@ class RunEvents:
     def lock_wait(self, run_id: str, lock: str) -> None:
         self.lock_waits.inc()
 
-    def fired(self, run: Run | None, missed: bool = False) -> None:
+    def fired(self, run: Run | None, result: str = "fired") -> None:
+        """A schedule's fire on record (None: another process or an earlier life recorded it)."""
         if run is not None:
-            self.fires.labels("missed" if missed else "fired").inc()
-            if missed:
+            self.fires.labels(result).inc()
+            if run.finished:
                 self.stats.ended(run)

@@ -178,3 +178,6 @@ class ScheduleState(Base):
     key: Mapped[str] = mapped_column(String(600), primary_key=True)  # "<runbook>#<schedule key>"
     runbook: Mapped[str] = mapped_column(String(512))
     first_seen_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    # The latest due time looked at (fired or recorded missed): the runs of old fires may be deleted
+    # by retention, and must not come back as "missed" after a restart.
+    last_due_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)

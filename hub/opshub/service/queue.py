@@ -41,9 +41,9 @@ from .store import (
     RunStore,
     RunStoreError,
     cap_notebook,
+    check_end,
     check_text,
     json_roundtrip,
-    storable,
 )
 
 ADVISORY_LOCK_KEY = 0x6F707368  # "opsh": one key for the whole admission of runs
@@ -177,16 +177,15 @@ class RunQueue:
         LockHeld if a queued-for-execution or running run holds one of them."""
         if not locks:
             return self.store.start_run(**start_run)
+        run = self.store.new_run(**start_run)
+        if start_run.get("run_id") is not None and self.store.get_run(run.id) is not None:
+            return self.store.start_run(**start_run)  # the same start sent again: the store checks it is
         with self._admission() as session:
             held = _held_locks(session)
             for lock in sorted(set(locks)):
                 if lock in held:
                     raise LockHeld(lock, held[lock])
-            run = self.store.new_run(**start_run)
             run.locks = sorted(set(locks))
-            existing = session.get(Run, run.id)
-            if existing is not None:  # the same start sent again (the store checks it is the same run)
-                return self.store.start_run(**start_run)
             session.add(run)
         return run
 
@@ -224,15 +223,19 @@ class RunQueue:
 
     def release(self, run_id: str) -> bool:
         """Put a claimed run back in the queue (its runner could not be asked to start: the hub was
-        away). Only before its first cell. Returns whether it went back."""
+        away), or end it `cancelled` if its cancel was asked meanwhile. Only before its first cell.
+        Returns whether it went back to the queue."""
         with self._admission() as session:
-            result = session.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status == RUNNING, Run.first_cell_at.is_(None))
-                .where(Run.trigger.in_(RUNNER_TRIGGERS))
-                .values(status=QUEUED, runner_token_hash=None, runner_server=None)
-            )
-            return result.rowcount == 1
+            claimed = (Run.id == run_id, Run.status == RUNNING, Run.first_cell_at.is_(None))
+            run = session.scalars(select(Run).where(*claimed, Run.trigger.in_(RUNNER_TRIGGERS))).first()
+            if run is None:
+                return False
+            if run.cancel_requested_by:
+                run.status, run.ended_at = "cancelled", self.store.now()
+                run.error_summary = f"Cancelled by {run.cancel_requested_by} before it started."
+                return False
+            run.status, run.runner_token_hash, run.runner_server = QUEUED, None, None
+            return True
 
     def touch(self, run_id: str) -> None:
         """A heartbeat on the runner's behalf while its server starts."""
@@ -278,8 +281,7 @@ class RunQueue:
         """The runner's end of the run. A run whose cancel was asked for ends `cancelled`."""
         if status not in RUNNER_END_STATES:
             raise ValueError(f"status must be one of {', '.join(RUNNER_END_STATES)}, not {status!r}")
-        if error_summary is not None and not storable(error_summary):
-            raise ValueError("error_summary must be text without NUL characters")
+        check_end(failed_cell, error_summary)
         run = self.runner_run(run_id, token)
         if run.cancel_requested_by:
             status = "cancelled"
@@ -303,15 +305,14 @@ class RunQueue:
         values.setdefault("last_heartbeat_at", self.store.now())
         with self.store.transaction() as session:
             query = update(Run).where(Run.id == run_id, Run.status == RUNNING)
-            if "first_cell_at" in values:
-                query = query.where(Run.first_cell_at.is_(None))
-                if session.execute(query.values(**values)).rowcount == 1:
-                    return self.store.get_run(run_id)
-                values.pop("first_cell_at")
-                query = update(Run).where(Run.id == run_id, Run.status == RUNNING)
-            if session.execute(query.values(**values)).rowcount != 1:
-                raise RunAlreadyFinished(f"run {run_id} has already ended and cannot be changed")
-        return self.store.get_run(run_id)
+            first = "first_cell_at" in values
+            if first and session.execute(query.where(Run.first_cell_at.is_(None)).values(**values)).rowcount == 1:
+                pass  # the first cell's time, set once
+            else:
+                values.pop("first_cell_at", None)
+                if session.execute(query.values(**values)).rowcount != 1:
+                    raise RunAlreadyFinished(f"run {run_id} has already ended and cannot be changed")
+        return self.store.get_run(run_id)  # read after the commit: another connection reads it
 
     # -- cancelling ---------------------------------------------------------------------------------
 
@@ -352,8 +353,10 @@ class RunQueue:
         return [run for run_id in ids if (run := self._end(run_id, "cancelled", summary, (QUEUED,))) is not None]
 
     def _end(self, run_id: str, status: str, summary: str, from_states: Sequence[str]) -> Run | None:
+        """End a queued or claimed run; under the admission lock, so a claim never hands out a run
+        that was cancelled between its look at the queue and its write."""
         now = self.store.now()
-        with self.store.transaction() as session:
+        with self._admission() as session:
             result = session.execute(
                 update(Run)
                 .where(Run.id == run_id, Run.status.in_(from_states))
@@ -384,20 +387,30 @@ class RunQueue:
 
     # -- schedules -----------------------------------------------------------------------------------
 
-    def schedule_first_seen(self, key: str, runbook: str) -> datetime.datetime:
-        """When opshub first saw the schedule `key` (now, the first time it is asked)."""
+    def schedule_since(self, key: str, runbook: str) -> datetime.datetime:
+        """Since when the schedule `key` has been looked at: the latest due time dealt with, else when
+        opshub first saw it (now, the first time it is asked)."""
         with self.store.transaction() as session:
             state = session.get(ScheduleState, key)
             if state is not None:
-                return state.first_seen_at
+                return max(state.first_seen_at, state.last_due_at or state.first_seen_at)
         now = self.store.now()
         try:
             with self.store.transaction() as session:
                 session.add(ScheduleState(key=key, runbook=runbook, first_seen_at=now))
         except IntegrityError:  # another service process saw it first
-            with self.store.transaction() as session:
-                return session.get(ScheduleState, key).first_seen_at
+            return self.schedule_since(key, runbook)
         return now
+
+    def schedule_dealt_with(self, key: str, due: datetime.datetime) -> None:
+        """Every due time of the schedule `key` up to `due` is on record (fired, missed or refused)."""
+        with self.store.transaction() as session:
+            session.execute(
+                update(ScheduleState)
+                .where(ScheduleState.key == key)
+                .where((ScheduleState.last_due_at.is_(None)) | (ScheduleState.last_due_at < due))
+                .values(last_due_at=due)
+            )
 
     def last_fires(self, key_prefixes: Collection[str]) -> dict[str, tuple[datetime.datetime, str, str]]:
         """The latest recorded fire of each schedule (by fire-key prefix): its due time, status and run id."""
@@ -406,7 +419,8 @@ class RunQueue:
             for prefix in key_prefixes:
                 row = session.execute(
                     select(Run.due_at, Run.status, Run.id)
-                    .where(Run.fire_key.startswith(prefix, autoescape=True))
+                    # not LIKE: SQLite's ignores case, and a runbook name may hold % or _
+                    .where(func.substr(Run.fire_key, 1, len(prefix)) == prefix)
                     .order_by(Run.due_at.desc())
                     .limit(1)
                 ).first()

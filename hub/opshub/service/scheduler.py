@@ -56,7 +56,7 @@ class Scheduler:
         sid = schedule_id(schedule)
         since = self._since.get(sid)
         if since is None:
-            since = self.queue.schedule_first_seen(sid, schedule.runbook)
+            since = self.queue.schedule_since(sid, schedule.runbook)
             last = self.queue.last_fires([sid + "@"]).get(sid + "@")
             if last is not None:
                 since = max(since, last[0])
@@ -77,9 +77,10 @@ class Scheduler:
                     + f" runner.catch_up_minutes is {int(self.catch_up.total_seconds() // 60)}."
                 )
                 run = self.queue.record_missed(schedule.runbook, f"schedule {schedule.key}", fire_key, time, reason)
-                self.events.fired(run, missed=True)
+                self.events.fired(run, "missed")
                 if run is not None:
                     log.warning("schedule %s: the fire due at %s is missed", sid, time.isoformat())
+        self.queue.schedule_dealt_with(sid, due[-1])
         self._since[sid] = due[-1]
 
     def _fire(self, schedule: Schedule, time: datetime.datetime, fire_key: str) -> None:
@@ -92,7 +93,7 @@ class Scheduler:
             )
             if run is not None:
                 log.error("schedule %s: the fire due at %s cannot run: %s", schedule_id(schedule), time, e)
-                self.events.ended(run)
+            self.events.fired(run, "refused")
             return
         self.events.fired(run)
         if run is not None:

@@ -250,12 +250,7 @@ class RunStore:
         """
         if status not in END_STATES:
             raise ValueError(f"status must be one of {', '.join(END_STATES)}, not {status!r}")
-        if failed_cell is not None and (
-            not isinstance(failed_cell, int) or isinstance(failed_cell, bool) or not 0 <= failed_cell < 2**31
-        ):
-            raise ValueError(f"failed_cell must be a cell index (0 or more), not {failed_cell!r}")
-        if error_summary is not None and not storable(error_summary):
-            raise ValueError(f"error_summary must be text without NUL characters, not {error_summary!r}")
+        check_end(failed_cell, error_summary)
         stored = None if output_notebook is None else cap_notebook(output_notebook, self.output_cap)
         now = self._current_time()
         with self._sessions.begin() as session:
@@ -465,6 +460,16 @@ def _explain_refusal(session: Session, run_id: str, user: str) -> None:
     if run.user != user:
         raise NotRunOwner(f"run {run_id} was started by another user; only they may change it")
     raise RunAlreadyFinished(f"run {run_id} has already ended ({run.status}) and cannot be changed")
+
+
+def check_end(failed_cell: Any, error_summary: Any) -> None:
+    """What a run's end says about itself: a cell index and a summary every database keeps."""
+    if failed_cell is not None and (
+        not isinstance(failed_cell, int) or isinstance(failed_cell, bool) or not 0 <= failed_cell < 2**31
+    ):
+        raise ValueError(f"failed_cell must be a cell index (0 or more), not {failed_cell!r}")
+    if error_summary is not None and not storable(error_summary):
+        raise ValueError(f"error_summary must be text without NUL characters, not {error_summary!r}")
 
 
 def _check_run_id(value: Any) -> str:

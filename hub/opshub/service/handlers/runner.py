@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from ...runbooks.triggers import TriggerError, alert_rules_of
+from ...runbooks.triggers import alert_rules_of
 from ..queue import BadRunToken
 from ..store import RunAlreadyFinished, RunNotFound
-from ..unattended import RequestRefused
 from .base import ServiceHandler
 from .runs import run_json
 
 log = logging.getLogger("opshub.service")
 
+FINGERPRINT = re.compile(r"[0-9A-Za-z]{1,64}")  # Alertmanager's: 16 hex digits
 MAX_ALERTS = 1000  # alerts in one notification (Alertmanager's max_alerts is 0, unlimited, by default)
 
 
@@ -116,7 +117,7 @@ class AlertsHandler(MachineHandler):
                 try:
                     parameters = rule.parameters_for(labels)
                     run = unattended.alert(rule.runbook, rule.alertname, fingerprint, parameters, received)
-                except (TriggerError, RequestRefused) as e:
+                except ValueError as e:  # TriggerError, RequestRefused, a value the history cannot store
                     problems.append(str(e))
                     log.error("alert %s (%s) cannot start %s: %s", rule.alertname, fingerprint, rule.runbook, e)
                     continue
@@ -139,7 +140,7 @@ def _alert_fields(alert) -> tuple[dict | None, str, str]:
     if not isinstance(alert, dict):
         return None, "", ""
     labels, fingerprint = alert.get("labels"), alert.get("fingerprint")
-    if not isinstance(labels, dict) or not isinstance(fingerprint, str) or not 0 < len(fingerprint) <= 64:
+    if not isinstance(labels, dict) or not isinstance(fingerprint, str) or not FINGERPRINT.fullmatch(fingerprint):
         return None, "", ""
     return {str(k): str(v) for k, v in labels.items()}, fingerprint, str(alert.get("status", "firing"))
 

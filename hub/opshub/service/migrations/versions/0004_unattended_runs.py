@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=600), nullable=False),
         sa.Column("runbook", sa.String(length=512), nullable=False),
         sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_due_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_schedules")),
     )
 

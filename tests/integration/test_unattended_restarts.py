@@ -1,0 +1,146 @@
+"""Schedules on a live hub, and unattended runs across restarts: the opshub service killed (SIGKILL) and the
+hub restarted with runs queued, running and due. Nothing lost, nothing doubled, nothing left running."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from tests.integration.test_metrics import service_pid
+from tests.integration.test_unattended_runs import (
+    commit_runbook,
+    printed,
+    probe_notebook,
+    request,
+    wait_for_first_cell,
+    wait_for_status,
+)
+from tests.livehub import Hub, wait_for
+
+ENDED = ("succeeded", "failed", "interrupted", "cancelled", "missed")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    def configure(settings):
+        settings.setdefault("dashboards", {})["git_sync_interval"] = 1
+        settings.setdefault("history", {})["heartbeat_timeout"] = 30
+        settings["runner"] = {"max_concurrent": 1}
+
+    the_hub = Hub(tmp_path_factory.mktemp("restarts-hub"), configure=configure)
+    commit_runbook(the_hub, "unattended-probe.ipynb", probe_notebook())
+    schedule = {"name": "each-minute", "cron": "* * * * *", "parameters": {"message": "scheduled"}}
+    commit_runbook(the_hub, "every-minute.ipynb", probe_notebook(schedules=[schedule]))
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()
+
+
+@pytest.fixture(scope="module")
+def tokens(hub):
+    return hub.tokens(users=["alice", "bob", "carol"])
+
+
+def schedule_runs(hub, token) -> list[dict]:
+    return hub.service_api(token, "GET", "runs", params={"trigger": "schedule", "limit": 1000}).json()["runs"]
+
+
+def next_minute(after: float) -> datetime.datetime:
+    moment = datetime.datetime.fromtimestamp(after, datetime.timezone.utc)
+    return moment.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+
+
+def sleep_until(moment: datetime.datetime, before: float) -> None:
+    time.sleep(max(0.0, moment.timestamp() - before - time.time()))
+
+
+def assert_each_fire_once(runs: list[dict]) -> None:
+    fires = Counter(run["due_at"] for run in runs)
+    assert all(n == 1 for n in fires.values()), fires
+
+
+def test_a_schedule_fires_on_time_and_the_schedules_page_shows_it(hub, tokens):
+    def fired():
+        runs = [run for run in schedule_runs(hub, tokens["carol"]) if run["status"] == "succeeded"]
+        return runs[0] if runs else None
+
+    run = wait_for(fired, timeout=150, interval=1, what="a scheduled run to succeed")
+    assert run["user"] == "opshub-runner" and run["requested_by"] == "schedule each-minute"
+    assert run["parameters"] == {"message": "scheduled"}
+    due = datetime.datetime.fromisoformat(run["due_at"])
+    assert due.second == 0 and due.microsecond == 0
+    assert datetime.datetime.fromisoformat(run["queued_at"]) - due < datetime.timedelta(seconds=5)
+    full = hub.service_api(tokens["carol"], "GET", f"runs/{run['id']}").json()
+    assert "message: scheduled" in printed(full)
+
+    schedules = hub.service_api(tokens["carol"], "GET", "schedules").json()["schedules"]
+    (mine,) = [s for s in schedules if s["runbook"] == "every-minute.ipynb"]
+    assert mine["cron"] == "* * * * *" and mine["last_status"] in ENDED + ("queued", "running")
+    assert datetime.datetime.fromisoformat(mine["next_fire"]) > datetime.datetime.now(datetime.timezone.utc)
+    carol, _ = hub.login("carol")
+    page = carol.get(f"{hub.url}/services/opshub/schedules", timeout=30)
+    assert page.status_code == 200 and "every-minute.ipynb" in page.text and "each-minute" in page.text
+
+
+def test_killing_the_service_loses_and_doubles_nothing(hub, tokens):
+    bob = tokens["bob"]
+    running = request(hub, bob, message="running across the kill", seconds=25).json()
+    wait_for_first_cell(hub, bob, running["id"])
+    queued = request(hub, bob, message="queued across the kill").json()
+    assert hub.service_api(bob, "GET", f"runs/{queued['id']}").json()["status"] == "queued"
+
+    due = next_minute(time.time() + 8)  # a fire comes due while the service is down or restarting
+    sleep_until(due, before=2)
+    os.kill(service_pid(hub), signal.SIGKILL)
+    wait_for(lambda: hub.service_api(bob, "GET", "runs").status_code == 200, timeout=60, what="the service's restart")
+
+    assert wait_for_status(hub, bob, running["id"], timeout=120)["status"] == "succeeded"
+    assert wait_for_status(hub, bob, queued["id"], timeout=120)["status"] == "succeeded"
+
+    def fired_at_due():
+        runs = [run for run in schedule_runs(hub, bob) if run["due_at"] == due.isoformat()]
+        return runs if runs else None
+
+    (fire,) = wait_for(fired_at_due, timeout=90, what=f"the fire due at {due}")
+    assert wait_for_status(hub, bob, fire["id"], timeout=120)["status"] == "succeeded"
+    assert_each_fire_once(schedule_runs(hub, bob))
+
+
+def test_restarting_the_hub_loses_and_doubles_nothing(hub, tokens):
+    bob = tokens["bob"]
+    running = request(hub, bob, message="running across the restart", seconds=90).json()
+    wait_for_first_cell(hub, bob, running["id"])
+    time.sleep(5)  # into its long last cell, past what it prints first
+    queued = request(hub, bob, message="queued across the restart").json()
+
+    hub.stop()
+    hub.start()
+    bob = hub.tokens(users=["bob"])["bob"]
+
+    # the hub stopped the runner's server with itself: the run ends interrupted, with what it printed so far
+    interrupted = wait_for_status(hub, bob, running["id"], timeout=150)
+    assert interrupted["status"] == "interrupted", interrupted
+    assert "message: running across the restart" in printed(interrupted)
+    assert wait_for_status(hub, bob, queued["id"], timeout=150)["status"] == "succeeded"
+    assert_each_fire_once(schedule_runs(hub, bob))
+
+
+def test_nothing_stays_queued_or_running(hub, tokens):
+    bob = hub.tokens(users=["bob"])["bob"]
+    commit_runbook(hub, "every-minute.ipynb", probe_notebook())  # the schedule removed in git
+
+    def settled():
+        active = [
+            run
+            for status in ("queued", "running")
+            for run in hub.service_api(bob, "GET", "runs", params={"status": status}).json()["runs"]
+        ]
+        return not active
+
+    wait_for(settled, timeout=180, interval=2, what="no queued or running runs")
+    assert_each_fire_once(schedule_runs(hub, bob))
