@@ -31,6 +31,7 @@ log = logging.getLogger("opshub.service.runner")
 
 TICK_SECONDS = 1.0
 RECONCILE_SECONDS = 30.0
+HUB_RETRY_SECONDS = 5.0  # after the hub could not be reached, queued runs wait this long
 
 
 class RunnerStartFailed(RuntimeError):
@@ -62,6 +63,7 @@ class Runner:
         self.launching: dict[str, asyncio.Task] = {}  # run id -> its start
         self.stopping: set[str] = set()  # servers asked to stop
         self.waiting: dict[str, str] = {}  # run id -> the lock it waits for
+        self.paused_until = 0.0  # the hub was away: no claims before this (time.monotonic())
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -100,6 +102,8 @@ class Runner:
             await asyncio.sleep(RECONCILE_SECONDS)
 
     async def dispatch(self) -> None:
+        if time.monotonic() < self.paused_until:
+            return
         loop = asyncio.get_running_loop()
         claims, waiting = await loop.run_in_executor(None, self.queue.claim, self.max_concurrent)
         for run_id, lock in waiting.items():
@@ -137,7 +141,9 @@ class Runner:
             await self._hand_job(run, claim.token, archive)
             log.info("run %s of %s handed to the runner's server %s", run.id, run.runbook, run.runner_server)
         except OSError as e:  # the hub is away (a restart): the run waits in the queue again
-            log.warning("run %s goes back to the queue: the hub cannot be reached (%s)", run.id, e)
+            if time.monotonic() >= self.paused_until:
+                log.warning("the hub cannot be reached (%s): queued runs wait %.0fs", e, HUB_RETRY_SECONDS)
+            self.paused_until = time.monotonic() + HUB_RETRY_SECONDS
             await loop.run_in_executor(None, self.queue.release, run.id)
         except RunnerStartFailed as e:
             log.error("run %s failed to start: %s", run.id, e)

@@ -40,6 +40,7 @@ MIN_OUTPUT_CAP = 10_000  # room for the truncation marker and a useful part of t
 MAX_LIST_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # databases count rows in signed 64-bit integers
 TRUNCATION_MARKER_ID = "opshub-output-truncated"
+MIGRATION_LOCK_KEY = 0x6F706D67  # "opmg": PostgreSQL advisory lock of the store's migrations
 
 
 class RunStoreError(Exception):
@@ -131,8 +132,13 @@ class RunStore:
         return self._current_time()
 
     def upgrade(self) -> None:
-        """Bring the database schema to the latest revision (creating it in an empty database)."""
+        """Bring the database schema to the latest revision (creating it in an empty database).
+
+        On PostgreSQL one service process migrates at a time (two replicas starting together on a new
+        database would both create the tables); the other finds the work done."""
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
             command.upgrade(alembic_config(connection), "head")
 
     # Writing runs
