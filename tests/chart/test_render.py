@@ -58,11 +58,14 @@ def test_the_defaults_alone_are_refused_naming_what_is_missing(chart):
 def test_default_values_render_valid_kubernetes_objects(chart):
     objects = render(chart, MINIMAL)
     assert sorted(validate_all(objects)) == [
-        "ConfigMap", "Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Secret", "Service",
+        "ConfigMap", "Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Secret", "Secret", "Service",
     ]  # fmt: skip
     by_kind = kinds(objects)
+    secrets = {doc["metadata"]["name"]: doc for docs in objects.values() for doc in docs if doc["kind"] == "Secret"}
     # z2jh's default (fullnameOverride "") names resources without a prefix: hub, proxy-public, opshub
-    assert {doc["metadata"]["name"] for doc in by_kind.values()} == {"opshub", "opshub-metrics"}
+    assert {doc["metadata"]["name"] for doc in by_kind.values()} | set(secrets) == {
+        "opshub", "opshub-metrics", "opshub-alerts",
+    }  # fmt: skip
     deployment = by_kind["Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "opshub/hub:0.1.0"
@@ -74,10 +77,11 @@ def test_default_values_render_valid_kubernetes_objects(chart):
         "key": "hub.services.opshub.apiToken",
     }
     assert env["OPSHUB_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "opshub-metrics", "key": "token"}
+    assert env["OPSHUB_ALERTS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "opshub-alerts", "key": "token"}
     assert "OPSHUB_DATABASE_PASSWORD" not in env
-    # the chart generated a metrics token (a cluster keeps it across upgrades through `lookup`)
-    token = by_kind["Secret"]["data"]["token"]
-    assert len(token) >= 48
+    # the chart generated the metrics and alerts tokens (a cluster keeps them across upgrades: `lookup`)
+    tokens = [secrets[name]["data"]["token"] for name in ("opshub-metrics", "opshub-alerts")]
+    assert all(len(token) >= 48 for token in tokens) and tokens[0] != tokens[1]
     # the Service's port is the one the hub's config points to
     assert by_kind["Service"]["spec"]["ports"][0]["port"] == SERVICE_PORT
     assert by_kind["PersistentVolumeClaim"]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
@@ -96,6 +100,10 @@ def test_all_options_render_valid_kubernetes_objects(chart):
     assert pod["containers"][0]["image"] == "registry.example.com/opshub/hub:0.1.0-rc1"
     assert pod["volumes"][1] == {"name": "data", "emptyDir": {}}
     env = env_of(deployment)
+    assert env["OPSHUB_ALERTS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "opshub-alerts-token",
+        "key": "alertmanager",
+    }
     assert env["JUPYTERHUB_API_URL"]["value"] == "http://ops-hub:8081/ops/hub/api"
     assert env["JUPYTERHUB_SERVICE_PREFIX"]["value"] == "/ops/services/opshub/"
     assert env["OPSHUB_DATABASE_PASSWORD"]["valueFrom"]["secretKeyRef"] == {

@@ -30,6 +30,10 @@
 {{- .Values.service.metricsToken.existingSecret | default (printf "%s-metrics" (include "opshub.fullname" .)) }}
 {{- end }}
 
+{{- define "opshub.alertsSecret" -}}
+{{- .Values.service.alertsToken.existingSecret | default (printf "%s-alerts" (include "opshub.fullname" .)) }}
+{{- end }}
+
 {{- /* opshub's settings, from the one values key */}}
 {{- define "opshub.settings" -}}
 {{- (.Values.jupyterhub.custom | default dict).opshub | default dict | toYaml }}

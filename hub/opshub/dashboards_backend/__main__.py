@@ -25,6 +25,7 @@ from traitlets import Type
 from traitlets.config import Config
 
 from ..archive import extract_runbooks
+from ..hardening import keep_memory_private
 from . import (
     API_PATH,
     BASE_URL_ENV,
@@ -96,6 +97,7 @@ def kernel_base_environment(home: Path, service_url: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_memory_private()  # its token and session secret: closed to the dashboards' kernels (same account)
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     import tornado.web
     from jupyter_server.utils import url_path_join

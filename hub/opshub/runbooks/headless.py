@@ -298,6 +298,8 @@ def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
 
     heartbeat = Heartbeat(recorder, run_id, plan.heartbeat, terminal.warn)
     terminal.check_interrupt = stopper.check
+    if hasattr(recorder, "first_cell"):  # the runner's: the run's delay is measured to its first cell
+        terminal.on_first_cell = lambda: _tell(recorder.first_cell, run_id, terminal)
     started = time.monotonic()
     heartbeat.start()
     try:
@@ -311,6 +313,13 @@ def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
         return _finish(plan, recorder, terminal, record, nb, error, stopper.signum, duration)
     finally:
         stopper.uninstall()
+
+
+def _tell(call, run_id: str, terminal: Terminal) -> None:
+    try:
+        call(run_id)
+    except ServiceError as e:  # only a measurement: the run goes on
+        terminal.warn(f"could not tell the service the first cell started: {e}")
 
 
 class _StoppedWaiting(Exception):

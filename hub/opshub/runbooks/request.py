@@ -6,7 +6,7 @@ The run is recorded and run by the opshub service's runner (not in this server):
 this server stops. Parameters are given and checked as for `opshub run`, by the service against
 the runbook at the repository's commit. `--wait` follows it until it ends (Ctrl-C stops following,
 not the run). Exit codes: 0 requested (with --wait: succeeded), 1 refused (with --wait: it did not
-succeed), 2 usage error, 3 the service could not be reached.
+succeed), 2 usage error, 3 the service could not be reached, 130 stopped following (--wait, Ctrl-C).
 """
 
 from __future__ import annotations

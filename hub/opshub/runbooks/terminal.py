@@ -74,6 +74,7 @@ class Terminal:
         self.stdout = _StreamWriter(self, "stdout")
         self.stderr = _StreamWriter(self, "stderr")
         self.check_interrupt: Callable[[], None] = lambda: None
+        self.on_first_cell: Callable[[], None] = lambda: None  # when the kernel starts its first cell
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         """Mask these values too from now on (secrets the kernel set while running)."""
@@ -110,6 +111,8 @@ class Terminal:
     def on_cell_start(self, cell, cell_index, **_):
         self.check_interrupt()  # an interrupt between cells stops before the next one runs
         self._flush_streams()
+        if self.current_cell is None:
+            self.on_first_cell()
         self.current_cell = cell_index
         self.cell_started = time.monotonic()
         line = progress_line(cell_index, self.total or cell_index + 1, cell)

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from ..archive import extract_runbooks
 from ..contract import SERVICE_NAME, SERVICE_URL_ENV
+from ..hardening import keep_memory_private
 from ..runbooks.client import ServiceError
 from ..runbooks.headless import EXIT_SIGNAL_BASE
 from . import CREDENTIAL_FILES_ENV, JOB_PATH
@@ -27,7 +28,9 @@ from .job import RunnerReporter
 
 log = logging.getLogger("opshub.runner")
 
-ACTIVITY_SECONDS = 30  # how often the hub hears the server is active while the run goes on
+ACTIVITY_SECONDS = (
+    10  # how often the hub hears the server is active while the run goes on (culler timeouts are minutes)
+)
 STOP_GRACE_SECONDS = 5  # after the hub's signal, how long the server waits for the run's process
 
 
@@ -59,6 +62,7 @@ def job_environment(home: Path, credentials: dict[str, str]) -> dict[str, str]:
 
 
 def main() -> None:
+    keep_memory_private()  # before anything secret is in it: this server's token, then the run's
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     import tornado.web
     from jupyterhub.services.auth import HubAuth

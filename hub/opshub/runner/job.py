@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from ..hardening import keep_memory_private
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.headless import EXIT_USAGE, run_runbook
 from . import RUN_TOKEN_SCHEME
@@ -36,12 +37,16 @@ class RunnerReporter(ServiceClient):
         self.run_id = run_id
         self.retry_seconds = retry_seconds
 
-        self.begun = False
+        self.started = False
 
     def start_run(self, runbook, parameters=None, trigger="headless", runbook_commit=None, drift=False) -> dict:
-        record = self.request("POST", f"api/runner/runs/{self.run_id}/begin", {})
-        self.begun = True
+        """The service recorded the run when it queued it: this only says the runner has it."""
+        record = self.request("POST", f"api/runner/runs/{self.run_id}/heartbeat", {})
+        self.started = True
         return record
+
+    def first_cell(self, run_id: str) -> dict:
+        return self.request("POST", f"api/runner/runs/{run_id}/begin", {})
 
     def heartbeat(self, run_id: str) -> dict:
         return self.request("POST", f"api/runner/runs/{run_id}/heartbeat", {})
@@ -83,6 +88,7 @@ class Tee(io.StringIO):
 
 
 def main() -> int:
+    keep_memory_private()  # the run's token arrives next; the kernel this process starts must not read it
     job = json.loads(sys.stdin.read())
     try:
         reporter = RunnerReporter(job["service_url"], job["token"], job["run_id"])
@@ -99,7 +105,7 @@ def main() -> int:
         err=err,
         commit=job.get("commit"),
     )
-    if not reporter.begun:  # refused before it ran (a parameter, a missing kernel): on record as failed
+    if not reporter.started:  # refused before it ran (a parameter, a missing kernel): on record as failed
         summary = err.getvalue().strip()[:2000] or f"the runner could not start the run (exit {code})"
         reporter.finish_run(job["run_id"], "failed", error_summary=summary)
     return code

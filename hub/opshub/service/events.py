@@ -58,8 +58,9 @@ class RunEvents:
         self.stats.started(run)
 
     def began(self, run: Run) -> None:
-        if run.first_cell_at and run.due_at:
-            self.delay.labels(run.trigger).observe(max((run.first_cell_at - run.due_at).total_seconds(), 0))
+        due = run.due_at or run.queued_at  # a request is due when it is made
+        if run.first_cell_at and due:
+            self.delay.labels(run.trigger).observe(max((run.first_cell_at - due).total_seconds(), 0))
 
     def ended(self, run: Run) -> None:
         self.stats.ended(run)

@@ -118,7 +118,7 @@ class RunQueue:
             raise ValueError(f"trigger must be one of {', '.join(RUNNER_TRIGGERS)}, not {trigger!r}")
         now = self.store.now()
         run = self._new(runbook, trigger, user, requested_by, parameters, commit, locks, now)
-        run.status, run.queued_at, run.due_at = QUEUED, now, due_at or now
+        run.status, run.queued_at, run.due_at = QUEUED, now, due_at
         run.fire_key, run.alert_fingerprint = fire_key, alert_fingerprint
         return self._insert(run)
 

@@ -121,14 +121,30 @@ class Runner:
                 await self.remove(run.runner_server)
 
     async def reconcile(self) -> None:
-        """Remove the runner's servers whose run is not running any more."""
+        """Remove the runner's servers whose run is not running any more, and put back in the queue the
+        runs claimed without a server that came up (a service killed while it started one)."""
         servers = await self.hub.servers(RUNNER_ACCOUNT)
         loop = asyncio.get_running_loop()
-        active = {run.runner_server for run in await loop.run_in_executor(None, self.queue.runner_runs)}
+        runs = await loop.run_in_executor(None, self.queue.runner_runs)
+        active = {run.runner_server for run in runs}
         for name in servers:
             if name and name not in active and name not in self.launching:
                 log.info("removing the runner's server %s: its run has ended", name)
                 await self.remove(name)
+        now = self.queue.store.now()
+        # another service process may be starting one: only once that would have timed out
+        patience = self.start_timeout + RECONCILE_SECONDS
+        abandoned = [
+            run.id
+            for run in runs
+            if run.runner_server not in servers
+            and run.first_cell_at is None
+            and run.id not in self.launching
+            and (now - run.started_at).total_seconds() > patience
+        ]
+        for run_id in abandoned:
+            if await loop.run_in_executor(None, self.queue.release, run_id):
+                log.warning("run %s goes back to the queue: its runner's server never came up", run_id)
 
     # -- one run ------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from nbconvert import HTMLExporter
 from tornado import web
 
 from ...contract import DELETE_SCOPE
-from ..models import Run
+from ..models import QUEUED, RUNNER_TRIGGERS, Run
 from ..store import MAX_OFFSET, NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
 
 log = logging.getLogger("opshub.service")
@@ -102,6 +102,16 @@ def duration(run: Run) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def started(run: Run) -> str:
+    """When a run started, as the run page shows it: a queued run has not, and an unattended run the
+    runner never had (cancelled while queued, a missed or refused fire) never did."""
+    if run.status == QUEUED:
+        return "not yet"
+    if run.trigger in RUNNER_TRIGGERS and run.runner_server is None:
+        return "never"
+    return run.started_at.isoformat(timespec="seconds")
 
 
 def parse_time(name: str, value: str) -> datetime.datetime:
@@ -198,6 +208,7 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
             hub_prefix=self.hub_auth.hub_prefix,
             user_name=user["name"] if user else "",
             duration=duration,
+            started=started,
             xsrf_token=self.xsrf_token.decode() if user else "",  # forms that post (requests, cancel)
             **namespace,
         )

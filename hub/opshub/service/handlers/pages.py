@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from ..models import STATUSES, TRIGGERS
+from ..models import RUNNER_TRIGGERS, STATUSES, TRIGGERS
 from .base import BaseHandler, int_argument, notebook_html, parse_time
 
 
@@ -62,7 +62,19 @@ class RunPage(BaseHandler):
     @web.authenticated
     def get(self, run_id):
         run = self.run_or_404(run_id)
-        self.render_page("run.html", run=run, has_output=bool(run.output_notebook))
+        self.render_page("run.html", run=run, has_output=bool(run.output_notebook), defaults=self.defaults(run))
+
+    def defaults(self, run) -> dict[str, str]:
+        """The declared defaults that applied to an unattended run (its parameters are what was given):
+        read from the runbook at the run's commit. None for people's runs (their copy may differ)."""
+        unattended = self.settings.get("opshub_unattended")
+        if unattended is None or run.trigger not in RUNNER_TRIGGERS or not run.runbook_commit:
+            return {}
+        try:
+            declared = unattended.runbook(run.runbook, run.runbook_commit).declared
+        except ValueError:  # the commit or runbook is gone from the repository
+            return {}
+        return {name: p.default for name, p in declared.items() if name not in run.parameters}
 
 
 class RunNotebookPage(BaseHandler):

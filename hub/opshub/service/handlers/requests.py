@@ -6,7 +6,7 @@ runs it), cancelling, and the Schedules page; the same as an API.
 - `POST api/runs/<id>/cancel`: its requester or an admin -> 200 the run (`cancelled`, or still running
   with `cancel_requested_by` until its runner has stopped)
 - `GET api/schedules`: every schedule, its next fire and its latest fire's result
-- pages: `runbooks/<path>` (the form), `runs/<id>/cancel` (the run page's button), `schedules`
+- pages: `runbooks/` (the list), `runbooks/<path>` (the form), `runs/<id>/cancel` (the run page's button), `schedules`
 """
 
 from __future__ import annotations
@@ -89,10 +89,17 @@ class CancelApi(RequestMixin, ApiHandler):
         self.write(run_json(self.cancel_run(run_id), self.prefix))
 
 
+def visible_schedules(handler: BaseHandler) -> list[dict]:
+    """The schedules of runbooks whose runs this person may see (dashboards restricted to groups hide
+    their runbook's runs, hub/docs/dashboards.md)."""
+    hidden = handler.hidden_runbooks()
+    return [row for row in handler.settings["opshub_scheduler"].overview() if row["runbook"] not in hidden]
+
+
 class SchedulesApi(ApiHandler):
     @web.authenticated
     def get(self):
-        self.write({"schedules": self.settings["opshub_scheduler"].overview()})
+        self.write({"schedules": visible_schedules(self)})
 
 
 class RunbookPage(RequestMixin, BaseHandler):
@@ -125,6 +132,10 @@ class RunbookPage(RequestMixin, BaseHandler):
         self.redirect(url_path_join(self.prefix, "runs", run.id))
 
     def runbook_at(self, runbook):
+        if runbook in self.hidden_runbooks():
+            raise web.HTTPError(
+                403, f"{runbook}'s dashboard is restricted to groups {self.current_user['name']} is not in"
+            )
         try:
             return self.settings["opshub_unattended"].runbook(runbook)
         except RequestRefused as e:
@@ -132,13 +143,12 @@ class RunbookPage(RequestMixin, BaseHandler):
 
     def render_form(self, runbook, error=None):
         found = self.runbook_at(runbook)
-        scheduler = self.settings["opshub_scheduler"]
         self.render_page(
             "runbook.html",
             runbook=found,
             error=error,
             may_request=self.may_request(),
-            schedules=[row for row in scheduler.overview() if row["runbook"] == found.name],
+            schedules=[row for row in visible_schedules(self) if row["runbook"] == found.name],
             alerts=found.metadata.get("alerts") or [],
             tojson=json.dumps,
         )
@@ -158,10 +168,27 @@ class CancelPage(RequestMixin, BaseHandler):
         self.redirect(url_path_join(self.prefix, "runs", run_id))
 
 
+class RunbooksPage(RequestMixin, BaseHandler):
+    """Every runbook of the repository, each linking to its page (and its request form)."""
+
+    @web.authenticated
+    def get(self):
+        catalog = self.settings["opshub_unattended"].catalog
+        hidden = self.hidden_runbooks()
+        self.render_page(
+            "runbooks.html",
+            runbooks=sorted((name, meta) for name, meta in catalog.metadata().items() if name not in hidden),
+            invalid=sorted(catalog.invalid().items()),
+            commit=catalog.commit(),
+            may_request=self.may_request(),
+            nav="runbooks",
+        )
+
+
 class SchedulesPage(BaseHandler):
     @web.authenticated
     def get(self):
-        self.render_page("schedules.html", schedules=self.settings["opshub_scheduler"].overview(), nav="schedules")
+        self.render_page("schedules.html", schedules=visible_schedules(self), nav="schedules")
 
 
 def request_handlers(prefix: str) -> list[tuple]:
@@ -169,6 +196,7 @@ def request_handlers(prefix: str) -> list[tuple]:
         (url_path_join(prefix, "api/requests"), RequestsApi),
         (url_path_join(prefix, r"api/runs/([^/]+)/cancel"), CancelApi),
         (url_path_join(prefix, "api/schedules"), SchedulesApi),
+        (url_path_join(prefix, "runbooks/"), RunbooksPage),
         (url_path_join(prefix, r"runbooks/(.+\.ipynb)"), RunbookPage),
         (url_path_join(prefix, r"runs/([^/]+)/cancel"), CancelPage),
         (url_path_join(prefix, "schedules"), SchedulesPage),

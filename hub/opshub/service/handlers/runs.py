@@ -114,10 +114,14 @@ class RunsHandler(ApiHandler):
         self.write(run_json(run, self.prefix))
 
     def person_run_locks(self, body: dict) -> list[str]:
-        """The locks a person's run of a repository runbook holds (its metadata's, with its parameters
-        and the declared defaults at its commit); none for a notebook the repository does not have."""
+        """The locks a person's `opshub run` of a repository runbook holds (its metadata's, with its
+        parameters and the declared defaults at its commit); none for a notebook the repository does not
+        have, nor for an interactive run (a person working cell by cell: its parameters are whatever the
+        cells set, and a lock would keep its record out of the history)."""
         unattended = self.settings.get("opshub_unattended")
         runbook, commit = body.get("runbook"), body.get("runbook_commit")
+        if body.get("trigger", "headless") != "headless":
+            return []
         if unattended is None or not isinstance(runbook, str) or runbook not in unattended.catalog.names():
             return []
         try:
