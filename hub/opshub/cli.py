@@ -173,6 +173,18 @@ def cmd_unpublish(args) -> int:
     return 0
 
 
+def add_parameter_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a declared parameter; VALUE as papermill's -p (True, None, 3, 1.5, text) or JSON ('[\"a\"]')",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="opshub", description="opshub: JupyterHub for infrastructure teams.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,15 +216,7 @@ def parser() -> argparse.ArgumentParser:
         " 130/143 interrupted by SIGINT/SIGTERM.",
     )
     run.add_argument("runbook", help="runbook path inside the runbooks folder, .ipynb optional (net/check)")
-    run.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="set a declared parameter; VALUE as papermill's -p (True, None, 3, 1.5, text) or JSON ('[\"a\"]')",
-    )
+    add_parameter_option(run)
     run.add_argument("--output", help="where to save the executed notebook (default ~/.opshub/runs/RUN_ID.ipynb)")
     run.add_argument("--runbooks-dir", help="runbooks folder (default $HOME/$OPSHUB_RUNBOOKS_TARGET, else ~/runbooks)")
     run.set_defaults(func=cmd_run)
@@ -226,15 +230,7 @@ def parser() -> argparse.ArgumentParser:
         " 2 usage error, 3 the service could not be reached.",
     )
     request.add_argument("runbook", help="runbook path in the repository, .ipynb optional (net/check)")
-    request.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="set a declared parameter, as for opshub run",
-    )
+    add_parameter_option(request)
     request.add_argument("--commit", help="run the runbook as it is at this commit of the repository")
     request.add_argument("--wait", action="store_true", help="follow the run until it ends")
     request.set_defaults(func=cmd_request)

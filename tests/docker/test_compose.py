@@ -186,6 +186,36 @@ def test_live_dashboards_render_in_a_container_of_their_own(deployment):
         assert probe.stdout.count("No such file or directory") == 2, (name, probe.stdout)
 
 
+def test_a_requested_run_runs_in_a_runner_container_of_its_own(deployment):
+    """An unattended run: the service asks the hub for a named server of opshub-runner, and DockerSpawner
+    starts a container of the ops image for it (no socket, no state, not root), removed once it ended."""
+    tokens = deployment.tokens(users=["bob", "carol"])
+    body = {"runbook": "patch-server-stack.ipynb", "parameters": {"stack": "lab", "dry_run": True}}
+    requested = deployment.service_api(tokens["bob"], "POST", "requests", json=body)
+    assert requested.status_code == 201, requested.text
+    run_id = requested.json()["id"]
+
+    def runner_container():
+        return next((n for n in names_of_this_deployment() if "runner" in n), None)
+
+    container = wait_for(runner_container, timeout=300, interval=0.3, what="the run's container")
+    info = json.loads(docker("inspect", container, check=False).stdout or "[{}]")[0]
+    if info:  # it may have ended and gone already; then the run's record is what is left to check
+        assert info["Config"]["Image"] == OPS_IMAGE and info["Config"]["User"] == "1000"
+        assert list(info["NetworkSettings"]["Networks"]) == [NAME]
+        assert not [m for m in info["Mounts"] if "docker.sock" in (m.get("Source") or "")]
+
+    def ended():
+        run = deployment.service_api(tokens["carol"], "GET", f"runs/{run_id}").json()
+        return run if run["status"] not in ("queued", "running") else None
+
+    run = wait_for(ended, timeout=300, interval=2, what="the requested run to end")
+    assert run["status"] == "succeeded", run["error_summary"]
+    assert run["trigger"] == "requested" and run["requested_by"] == "bob"
+    assert "[dry run] ssh" in json.dumps(run["output_notebook"])
+    wait_for(lambda: runner_container() is None, timeout=120, what="the run's container to be removed")
+
+
 def test_home_survives_stop_and_start_and_the_container_is_removed(deployment):
     session = login(deployment, "bob")
     deployment.open_lab(session, "bob", timeout=240)

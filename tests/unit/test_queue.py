@@ -124,10 +124,10 @@ def test_enqueue_records_a_queued_run_with_every_field(queue, store, clock):
     assert [r.id for r in queue.queued()] == [run.id]
 
 
-def test_a_request_is_due_when_it_is_queued(queue, clock):
+def test_a_request_has_no_due_time_of_its_own_it_is_due_when_queued(queue, clock):
     clock.advance(minutes=5)
     run = enqueue(queue)
-    assert run.due_at == run.queued_at == run.started_at == clock.current
+    assert run.due_at is None and run.queued_at == run.started_at == clock.current
 
 
 @pytest.mark.parametrize("trigger", ["headless", "interactive", "api", "", "cron"])

@@ -463,7 +463,7 @@ def test_a_request_is_queued_at_the_branch_s_commit_with_its_locks(unattended, p
     assert stored.parameters == {"stack": "web", "dry_run": False}
     assert stored.runbook_commit == patch_repository.head()
     assert stored.locks == ["stack:web"]
-    assert stored.due_at == stored.queued_at == clock.current
+    assert stored.due_at is None and stored.queued_at == clock.current  # a request is due when queued
     assert woken == [True]
 
 

@@ -131,52 +131,31 @@ class Unattended:
 
     def request(self, name: str, parameters: Any, requester: str, commit: str | None = None) -> Run:
         """A person's request (page, `opshub request`, API): queued, or RequestRefused."""
-        runbook = self.runbook(name, commit)
-        parameters = self.check(runbook, parameters)
-        run = self.queue.enqueue(
-            runbook.name,
-            "requested",
-            user=requester,
-            requested_by=requester,
-            parameters=parameters,
-            commit=runbook.commit,
-            locks=self.locks(runbook, parameters),
-        )
-        self.wake()
-        return run
+        return self._queue(name, parameters, commit, "requested", user=requester, requested_by=requester)
 
     def fire(self, name: str, schedule_key: str, parameters: dict, due: datetime.datetime, fire_key: str) -> Run | None:
         """A schedule's fire, at the branch's latest commit. None: this fire is on record already."""
-        runbook = self.runbook(name)
-        parameters = self.check(runbook, parameters)
-        run = self.queue.enqueue(
-            runbook.name,
-            "schedule",
-            user=RUNNER_USER,
-            requested_by=f"schedule {schedule_key}",
-            parameters=parameters,
-            commit=runbook.commit,
-            locks=self.locks(runbook, parameters),
-            due_at=due,
-            fire_key=fire_key,
-        )
-        self.wake()
-        return run
+        requested_by = f"schedule {schedule_key}"
+        return self._queue(name, parameters, None, "schedule", requested_by=requested_by, due_at=due, fire_key=fire_key)
 
     def alert(self, name: str, alertname: str, fingerprint: str, parameters: dict, received: datetime.datetime):
         """An alert's run. None: this alert already has a queued or running run of this runbook."""
-        runbook = self.runbook(name)
+        requested_by = f"alert {alertname} {fingerprint}"[:255]
+        return self._queue(
+            name, parameters, None, "alert", requested_by=requested_by, due_at=received, alert_fingerprint=fingerprint
+        )
+
+    def _queue(self, name: str, parameters: Any, commit: str | None, trigger: str, **fields) -> Run | None:
+        runbook = self.runbook(name, commit)
         parameters = self.check(runbook, parameters)
+        fields.setdefault("user", RUNNER_USER)
         run = self.queue.enqueue(
             runbook.name,
-            "alert",
-            user=RUNNER_USER,
-            requested_by=f"alert {alertname} {fingerprint}"[:255],
+            trigger,
             parameters=parameters,
             commit=runbook.commit,
             locks=self.locks(runbook, parameters),
-            due_at=received,
-            alert_fingerprint=fingerprint,
+            **fields,
         )
         self.wake()
         return run

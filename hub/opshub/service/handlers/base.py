@@ -57,6 +57,17 @@ def live_page_csp(host: str) -> str:
     )
 
 
+def json_object(body: bytes | None) -> dict:
+    """A request's JSON object body ({} when empty); 400 naming the problem otherwise."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise web.HTTPError(400, "the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise web.HTTPError(400, "the request body must be a JSON object")
+    return data
+
+
 def is_admin(user: dict | None) -> bool:
     """Whether the token's or cookie's user is an admin: JupyterHub's admin flag, JupyterHub's admin role
     (`admin:users`), or opshub's admin role (its scopes hold for every user, not only oneself)."""
@@ -284,13 +295,7 @@ class ApiHandler(BaseHandler):
             raise web.HTTPError(403, "authentication required: send a JupyterHub token (Authorization: token ...)")
 
     def body(self) -> dict:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        return data
+        return json_object(self.request.body)
 
     def reported_from(self) -> str:
         """How the record reached the service, as far as the service can tell: the kind of credential,

@@ -13,7 +13,6 @@ Neither uses the hub's authentication (they are not people), nor cookies: no XSR
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 
@@ -23,7 +22,7 @@ from tornado import web
 from ...runbooks.triggers import alert_rules_of
 from ..queue import BadRunToken
 from ..store import RunAlreadyFinished, RunNotFound
-from .base import ServiceHandler
+from .base import ServiceHandler, json_object
 from .runs import run_json
 
 log = logging.getLogger("opshub.service")
@@ -39,13 +38,7 @@ class MachineHandler(ServiceHandler):
         return None
 
     def body(self) -> dict:
-        try:
-            data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise web.HTTPError(400, "the request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise web.HTTPError(400, "the request body must be a JSON object")
-        return data
+        return json_object(self.request.body)
 
     @property
     def hooks(self):
