@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tarfile
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -106,7 +107,7 @@ def main() -> None:
             try:
                 job = json.loads(self.request.body)
                 archive = base64.b64decode(job.pop("archive"), validate=True)
-                run_id = str(job["run_id"])
+                run_id = str(uuid.UUID(str(job["run_id"])))  # it names a folder
                 assert {"token", "runbook", "parameters"} <= set(job)
             except (ValueError, KeyError, TypeError, AssertionError, binascii.Error):
                 raise tornado.web.HTTPError(
@@ -120,8 +121,14 @@ def main() -> None:
             except tarfile.TarError as e:
                 raise tornado.web.HTTPError(400, f"the runbooks archive is not a tar: {e}") from None
             credentials, problems = read_credentials(os.environ.get(CREDENTIAL_FILES_ENV, ""))
-            for problem in problems:
-                log.error(problem)
+            if problems:  # it would fail somewhere less clear (ssh without its key): on record, not run
+                summary = "The runner did not start the run: " + "; ".join(problems)
+                log.error("run %s: %s", run_id, summary)
+                self.set_status(202)
+                self.finish({"run": run_id})
+                await asyncio.get_running_loop().run_in_executor(None, refuse, summary)
+                done.set()
+                return
             job.update(
                 runbooks_dir=str(folder / "runbooks"), output=str(folder / "executed.ipynb"), service_url=opshub_url
             )
@@ -167,6 +174,12 @@ def main() -> None:
                     log.warning("cannot report activity to the hub: %s", e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), ACTIVITY_SECONDS)
+
+    def refuse(summary: str) -> None:
+        try:
+            state["reporter"].finish_run(state["run_id"], "failed", error_summary=summary)
+        except ServiceError as e:
+            log.error("run %s: cannot record its end: %s", state["run_id"], e)
 
     def record_end_if_missing(code: int) -> None:
         """The run's process ended without recording the end (killed before it could, crashed): say so.

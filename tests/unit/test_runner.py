@@ -1,0 +1,51 @@
+"""The runner's own pieces that need no hub: its credentials, the run's environment, parameters as
+`opshub run` reads them back, and the privacy of its processes' memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from opshub.runbooks.params import parse_parameters
+from opshub.runner.__main__ import job_environment, read_credentials
+from opshub.runner.job import parameter_pairs
+
+
+def test_credentials_are_read_from_their_files_and_unreadable_ones_are_named(tmp_path):
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN KEY-----\nsecret\n")
+    found, problems = read_credentials(f"SSH_KEY={key}, CLOUD_TOKEN={tmp_path / 'missing'}")
+    assert found == {"SSH_KEY": "-----BEGIN KEY-----\nsecret"}
+    assert problems == [f"credential CLOUD_TOKEN: cannot read {tmp_path / 'missing'}: No such file or directory"]
+    assert read_credentials("") == ({}, [])
+
+
+def test_the_runs_environment_has_its_credentials_masked_and_nothing_of_the_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "the-servers-own")
+    monkeypatch.setenv("OPSHUB_SECRET_NAMES", "DEPLOY_KEY")
+    env = job_environment(tmp_path, {"SSH_KEY": "k"})
+    assert not [name for name in env if name.startswith("JUPYTERHUB")]
+    assert env["SSH_KEY"] == "k" and env["HOME"] == str(tmp_path)
+    assert env["OPSHUB_SECRET_NAMES"].split(",") == ["DEPLOY_KEY", "SSH_KEY"]
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"stack": "web", "dry_run": False, "hosts": ["a", "b"], "n": 3, "ratio": 1.5, "none": None, "code": "007"}],
+)
+def test_parameters_reach_the_run_as_they_were_requested(parameters):
+    assert parse_parameters(parameter_pairs(parameters)) == parameters
+
+
+def test_the_runners_processes_keep_their_memory_private():
+    """After keep_memory_private the kernel says the process is not dumpable (PR_GET_DUMPABLE is 0): other
+    processes of its account can read neither its /proc environment nor its memory. (The live attack is
+    tests/integration/test_unattended_runs.py::test_a_runs_own_code_cannot_forge_its_record.)"""
+    code = (
+        "import ctypes; libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0);"
+        "from opshub.hardening import keep_memory_private; keep_memory_private();"
+        "print(before, libc.prctl(3, 0, 0, 0, 0))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "0"]
