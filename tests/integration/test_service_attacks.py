@@ -131,7 +131,9 @@ def test_dashboard_names_follow_one_strict_pattern(hub, tokens, name):
 # 6. Runs reported by a person's server say so
 
 
-@pytest.mark.parametrize(("trigger", "status"), [("schedule", 403), ("api", 403), ("requested", 400), ("alert", 400)])
+@pytest.mark.parametrize(
+    ("trigger", "status"), [("schedule", 403), ("api", 403), ("requested", 403), ("alert", 403), ("made-up", 400)]
+)
 def test_a_persons_token_cannot_record_a_trusted_trigger(hub, tokens, trigger, status):
     forged = api(hub, tokens["bob"], "POST", "runs", json={"runbook": "patch-server-stack.ipynb", "trigger": trigger})
     assert forged.status_code == status, forged.text

@@ -174,7 +174,7 @@ class RunQueue:
 
     def start_person_run(self, locks: Collection[str], **start_run) -> Run:
         """`RunStore.start_run` for a run a person's server reports (`opshub run`), holding `locks`:
-        LockHeld if a queued-for-execution or running run holds one of them."""
+        LockHeld if a running run (of any trigger) holds one of them."""
         if not locks:
             return self.store.start_run(**start_run)
         run = self.store.new_run(**start_run)
