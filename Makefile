@@ -9,7 +9,7 @@ NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
-.PHONY: help run install install-test bench test test-unit test-integration test-browser lint format docs clean images up down test-docker test-chart
+.PHONY: help run install install-test bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,11 @@ test-unit: install-test ## fast tests: settings, config functions, git mirroring
 
 test-integration: install-test ## tests against a live hub, proxy, git remote and spawned JupyterLabs
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+test-unattended: install-test ## the runner, requests, schedules, alerts and locks (unit, then live: ~15 min)
+	$(VENV)/bin/pytest tests/unit/test_queue.py tests/unit/test_scheduler.py tests/unit/test_triggers.py tests/unit/test_runner.py \
+		tests/integration/test_unattended_runs.py tests/integration/test_unattended_restarts.py \
+		tests/integration/test_alerts.py tests/integration/test_schedules_postgres.py tests/browser/test_unattended_browser.py $(PYTEST_ARGS)
 
 test-browser: install-test ## Debian's Chromium (installed when missing) driven by Playwright against a live hub
 	$(VENV)/bin/pytest tests/browser $(PYTEST_ARGS)
