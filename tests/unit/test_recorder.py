@@ -251,6 +251,37 @@ def test_a_restart_while_asking_cancels_the_question_and_spools_the_run(server, 
     assert record["end"]["status"] == "succeeded" and len(record["notebook"]["cells"]) == 1
 
 
+def test_a_shutdown_right_after_a_cell_waits_for_the_kernels_answer_so_its_secret_is_masked(server, tmp_path):
+    """A notebook closed (its kernel shut down) just after a cell that set a secret: the shutdown waits
+    for the environment question in flight, so the run is spooled with that secret masked."""
+    open_notebook(server, "runbooks/check.ipynb")
+    shut_down = []
+
+    async def shutdown_kernel(kernel_id, *args, **kwargs):
+        shut_down.append(kernel_id)
+        recorder.forget(kernel_id, "the kernel was shut down")  # what jupyter_server's event then does
+
+    async def scenario():
+        nonlocal recorder
+        recorder = asking_recorder(server, tmp_path, [{"API_TOKEN": "exported-secret"}])
+        manager = SimpleNamespace(start_kernel=None, restart_kernel=None, shutdown_kernel=shutdown_kernel)
+        recorder.attach(manager)
+        run_cell(
+            recorder, "r1", "export API_TOKEN=exported-secret", message("stream", "r1", name="stdout", text="ok\n")
+        )
+        closing = asyncio.ensure_future(manager.shutdown_kernel(KERNEL))
+        await asyncio.sleep(0.1)
+        assert shut_down == [], "the kernel is not shut down while its answer is out"
+        recorder.release.set()
+        await closing
+
+    recorder = None
+    run_async(scenario())
+    assert shut_down == [KERNEL]
+    (record,) = spooled(tmp_path)
+    assert "exported-secret" not in json.dumps(record) and record["end"] is not None
+
+
 def test_a_real_kernel_is_heard_from_the_first_cell_sent_at_once_after_its_start_and_restart(server, tmp_path):
     """jupyter_server's own kernel manager with real ipykernel kernels: the first cell sent at once after
     a start or a restart answers is recorded. Several kernels, as each start is its own chance to lose it."""

@@ -65,6 +65,8 @@ HEAR_RETRY_SECONDS = 0.5
 # How long the kernel may take to tell its environment after a cell. It may be busy with cells queued
 # meanwhile (Run All), and the run is not spooled until it answers, so this is generous.
 KERNEL_ENVIRONMENT_SECONDS = 600
+# How long a shutdown or restart waits for that answer (the kernel is idle by then: milliseconds).
+SETTLE_SECONDS = 30
 
 
 def utcnow() -> str:
@@ -160,8 +162,10 @@ class Recorder:
     # Kernels
 
     def attach(self, kernel_manager) -> None:
-        """Make the server's kernel manager answer a start or restart only once we hear the kernel."""
+        """Make the server's kernel manager answer a start or restart only once we hear the kernel, and
+        shut down or restart a kernel only once it has told its environment after its last cells."""
         start_kernel, restart_kernel = kernel_manager.start_kernel, kernel_manager.restart_kernel
+        shutdown_kernel = kernel_manager.shutdown_kernel
 
         async def start_then_listen(*args, **kwargs):
             kernel_id = await start_kernel(*args, **kwargs)
@@ -169,14 +173,29 @@ class Recorder:
             return kernel_id
 
         async def restart_then_listen(kernel_id, *args, **kwargs):
+            await self.settle(kernel_id)
             answer = await restart_kernel(kernel_id, *args, **kwargs)
             # a new process, maybe on new ports: subscribe afresh, and leave the old one's last words behind
             self.unwatch(kernel_id)
             await self.listen(kernel_id)
             return answer
 
+        async def settle_then_shutdown(kernel_id, *args, **kwargs):
+            await self.settle(kernel_id)
+            return await shutdown_kernel(kernel_id, *args, **kwargs)
+
         kernel_manager.start_kernel = start_then_listen
         kernel_manager.restart_kernel = restart_then_listen
+        kernel_manager.shutdown_kernel = settle_then_shutdown
+
+    async def settle(self, kernel_id: str) -> None:
+        """Before a kernel goes: let the question about its environment in flight come back (bounded),
+        so the secrets its last cells set are known when its run is spooled. Without this a notebook
+        closed right after a cell (or a loaded machine) stored that cell's secrets unmasked."""
+        asking = self.asking.get(kernel_id)
+        if asking is not None:
+            with contextlib.suppress(Exception):  # a kernel that cannot answer: the end is spooled anyway
+                await asyncio.wait_for(asyncio.shield(asking), SETTLE_SECONDS)
 
     async def listen(self, kernel_id: str) -> None:
         """Subscribe to a kernel's IOPub and wait until the subscription is live. Never fails a start."""
