@@ -11,10 +11,12 @@ from __future__ import annotations
 import pytest
 import sqlalchemy.exc
 from opshub.service.__main__ import database_url as with_password_from_environment
+from opshub.service.queue import RunQueue
 from opshub.service.store import RunStore
 from sqlalchemy import inspect
 
 from tests.unit.test_queue import *  # noqa: F403 (the shared tests, collected again here)
+from tests.unit.test_queue import all_runs, enqueue, queued_runs, run_together
 from tests.unit.test_store import *  # noqa: F403 (the shared tests, collected again here)
 
 
@@ -48,3 +50,39 @@ def test_the_store_really_is_on_postgresql(store):
     assert store.engine.dialect.driver == "psycopg"
     columns = {column["name"]: column for column in inspect(store.engine).get_columns("runs")}
     assert columns["started_at"]["type"].timezone is True  # timestamptz
+
+
+# Several service processes on one database (PostgreSQL only: on SQLite the service is one process,
+# and its admission lock a process lock)
+
+
+def test_two_service_processes_claiming_at_once_never_exceed_max_concurrent(store, database_url, clock):
+    """Two RunQueues on their own connections pools, as two service processes would have them."""
+    stores = [RunStore(database_url, now=clock) for _ in range(2)]
+    try:
+        queues = [RunQueue(s) for s in stores]
+        queued_runs(queues[0], clock, *([["stack:web"]] * 3), *([[]] * 3))
+        for _ in range(5):
+            results = run_together(2, lambda i: queues[i].claim(max_concurrent=2))
+            assert not [r for r in results if isinstance(r, Exception)], results
+            running = queues[0].runner_runs()
+            assert len(running) <= 2
+            assert sum("stack:web" in (run.locks or []) for run in running) <= 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_alerts_from_several_service_processes_queue_one_run(store, database_url, clock):
+    stores = [RunStore(database_url, now=clock) for _ in range(5)]
+    try:
+        queues = [RunQueue(s) for s in stores]
+        results = run_together(
+            25, lambda i: enqueue(queues[i % 5], trigger="alert", alert_fingerprint="fp", user="opshub-runner")
+        )
+        assert not [r for r in results if isinstance(r, Exception)], results
+        assert len([r for r in results if r is not None]) == 1
+        assert len(all_runs(store)) == 1
+    finally:
+        for s in stores:
+            s.close()

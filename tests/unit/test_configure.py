@@ -128,6 +128,7 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
         "access:services!service=opshub",
         "custom:opshub:runs:record!user",
         "custom:opshub:dashboards:publish!user",
+        "custom:opshub:runs:request!user",
     ]
 
 

@@ -763,48 +763,12 @@ def test_two_threads_claiming_at_once_never_exceed_max_concurrent(queue, store, 
     assert queue.queued_count() == 4
 
 
-def test_two_service_processes_claiming_at_once_never_exceed_max_concurrent(store, database_url, clock):
-    """Two RunQueues on their own connections pools, as two service processes would have them."""
-    if store.engine.dialect.name == "sqlite":
-        pytest.skip("on SQLite the service is one process (its admission lock is a process lock)")
-    stores = [RunStore(database_url, now=clock) for _ in range(2)]
-    try:
-        queues = [RunQueue(s) for s in stores]
-        queued_runs(queues[0], clock, *([["stack:web"]] * 3), *([[]] * 3))
-        for _ in range(5):
-            results = run_together(2, lambda i: queues[i].claim(max_concurrent=2))
-            assert not [r for r in results if isinstance(r, Exception)], results
-            running = queues[0].runner_runs()
-            assert len(running) <= 2
-            assert sum("stack:web" in (run.locks or []) for run in running) <= 1
-    finally:
-        for s in stores:
-            s.close()
-
-
 def test_fifty_threads_sending_one_alert_queue_one_run(queue, store):
     results = run_together(50, lambda i: enqueue(queue, trigger="alert", alert_fingerprint="1a2b3c"))
     assert not [r for r in results if isinstance(r, Exception)], results
     runs = [r for r in results if r is not None]
     assert len(runs) == 1
     assert [run.id for run in all_runs(store)] == [runs[0].id]
-
-
-def test_alerts_from_several_service_processes_queue_one_run(store, database_url, clock):
-    if store.engine.dialect.name == "sqlite":
-        pytest.skip("on SQLite the service is one process")
-    stores = [RunStore(database_url, now=clock) for _ in range(5)]
-    try:
-        queues = [RunQueue(s) for s in stores]
-        results = run_together(
-            25, lambda i: enqueue(queues[i % 5], trigger="alert", alert_fingerprint="fp", user="opshub-runner")
-        )
-        assert not [r for r in results if isinstance(r, Exception)], results
-        assert len([r for r in results if r is not None]) == 1
-        assert len(all_runs(store)) == 1
-    finally:
-        for s in stores:
-            s.close()
 
 
 # Retention
