@@ -30,28 +30,9 @@ from opshub.service.store import NotRunOwner, RunAlreadyFinished, RunNotFound, R
 from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 
-from tests.unit.test_store import OUTPUT_CAP, START, Clock
+from tests.unit.test_store import OUTPUT_CAP, START, Clock, clock, database_url, store  # noqa: F401 (the store suite's fixtures)
 
 COMMIT = "c" * 40
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def database_url(tmp_path) -> str:
-    """An empty database (tests/integration/test_store_postgres.py overrides this with PostgreSQL)."""
-    return f"sqlite:///{tmp_path / 'runs.sqlite'}"
-
-
-@pytest.fixture
-def store(database_url, clock):
-    the_store = RunStore(database_url, output_cap=OUTPUT_CAP, now=clock)
-    the_store.upgrade()
-    yield the_store
-    the_store.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from opshub.service.unattended import RequestRefused, Unattended
 from prometheus_client import CollectorRegistry
 
 from tests.helpers import git, make_work_tree
-from tests.unit.test_store import OUTPUT_CAP, Clock
+from tests.unit.test_store import Clock, database_url, store  # noqa: F401 (the store suite's fixtures)
 
 UTC = datetime.timezone.utc
 DAY0 = datetime.datetime(2025, 3, 1, 9, 0, tzinfo=UTC)  # a Saturday
@@ -62,19 +62,6 @@ def clock() -> Clock:
     clock = Clock()
     clock.current = DAY0
     return clock
-
-
-@pytest.fixture
-def database_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'runs.sqlite'}"
-
-
-@pytest.fixture
-def store(database_url, clock):
-    the_store = RunStore(database_url, output_cap=OUTPUT_CAP, now=clock)
-    the_store.upgrade()
-    yield the_store
-    the_store.close()
 
 
 class Repository:
