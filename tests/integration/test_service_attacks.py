@@ -5,6 +5,7 @@ and the security headers of every page."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -13,7 +14,7 @@ import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from tests.livehub import Hub
+from tests.livehub import Hub, wait_for
 
 PREFIX = "/services/opshub/"
 RESTRICTED_RUNBOOK = "tls-certificate-expiry.ipynb"  # shown by a dashboard for the `ops` group only
@@ -150,6 +151,57 @@ def test_a_run_says_who_reported_it_and_from_where(hub, tokens, sessions):
     page = get(hub, sessions["carol"], f"runs/{run['id']}")
     reported = re.search(r'<td id="reported">(.*?)</td>', page.text, re.S).group(1)
     assert "by bob" in reported and "API token from" in reported and "reported this run" in reported
+
+
+# 4. The service's own runs (requested, schedule, alert) are reported by its runner alone
+
+
+def forge_the_service_run(hub, tokens, run_id: str, runbook: str, state: str) -> None:
+    """Every move a person's token has on the run through the person's API: 403 naming why, each time."""
+    notebook = new_notebook(cells=[new_code_cell("print('all hosts patched')")])
+    for user in ("bob", "alice"):  # its requester; an admin
+        for move, path, body in (
+            ("begin", "runs", {"id": run_id, "runbook": runbook, "trigger": "headless"}),
+            ("heartbeat", f"runs/{run_id}/heartbeat", {"output_notebook": notebook}),
+            ("finish", f"runs/{run_id}/finish", {"status": "succeeded", "output_notebook": notebook}),
+            ("fail", f"runs/{run_id}/finish", {"status": "failed", "error_summary": "forged by a person"}),
+        ):
+            refused = api(hub, tokens[user], "POST", path, json=body)
+            assert refused.status_code == 403, (state, user, move, refused.status_code, refused.text)
+            message = refused.json()["message"]
+            assert "recorded by the opshub service" in message and "only its runner reports it" in message, message
+
+
+def test_a_persons_token_never_begins_heartbeats_or_finishes_a_requested_run(hub, tokens):
+    """Queued (behind a lock bob's own run holds), running, ended: 403 every time, and the record is
+    the runner's."""
+    runbook, parameters = "patch-server-stack.ipynb", {"stack": "lab"}
+    hold = api(hub, tokens["bob"], "POST", "runs", json={"runbook": runbook, "parameters": parameters})
+    assert hold.status_code == 201 and hold.json()["locks"] == ["stack:lab"], hold.text
+    requested = api(hub, tokens["bob"], "POST", "requests", json={"runbook": runbook, "parameters": parameters})
+    assert requested.status_code == 201, requested.text
+    run_id = requested.json()["id"]
+
+    def run() -> dict:
+        return api(hub, tokens["bob"], "GET", f"runs/{run_id}").json()
+
+    assert run()["status"] == "queued"
+    forge_the_service_run(hub, tokens, run_id, runbook, "queued")
+    assert run()["status"] == "queued" and run()["output_notebook"] is None
+
+    assert api(hub, tokens["bob"], "POST", f"runs/{hold.json()['id']}/finish", json={"status": "succeeded"}).ok
+    wait_for(lambda: run()["first_cell_at"], timeout=180, interval=1, what=f"run {run_id} to reach its first cell")
+    forge_the_service_run(hub, tokens, run_id, runbook, "running")
+
+    ended = wait_for(
+        lambda: (r := run())["ended_at"] and r, timeout=300, interval=1, what=f"run {run_id} to end on the runner"
+    )
+    forge_the_service_run(hub, tokens, run_id, runbook, "ended")
+    final = run()
+    assert final == ended
+    assert final["status"] == "succeeded", (final["status"], final["error_summary"])
+    assert final["reported_by"] == "opshub service" and "forged" not in (final["error_summary"] or "")
+    assert "all hosts patched" not in json.dumps(final["output_notebook"])
 
 
 # 8. XSRF: a header that authenticates nothing changes nothing

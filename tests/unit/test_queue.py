@@ -26,7 +26,7 @@ from opshub.service.queue import (
     runner_server_name,
 )
 from opshub.service.stats import RunStats
-from opshub.service.store import NotRunOwner, RunAlreadyFinished, RunNotFound, RunStore
+from opshub.service.store import NotRunOwner, RecordedByService, RunAlreadyFinished, RunNotFound, RunStore
 from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 
@@ -381,6 +381,54 @@ def test_the_runner_reports_its_run_with_the_run_s_token(queue, store, clock):
             report()
     stored = store.get_run(run.id)
     assert (stored.status, stored.ended_at, stored.first_cell_at) == ("failed", end, began)
+
+
+def person_reports(store: RunStore, run: Run, user: str) -> dict:
+    """Every move a person's token could make on `run` through the store (the person's API): begin it
+    (a start sent again with its id), heartbeat it, finish it."""
+    return {
+        "begin": lambda: store.start_run(run.runbook, user, "headless", run_id=run.id),
+        "begin as its trigger": lambda: store.start_run(run.runbook, user, run.trigger, run_id=run.id),
+        "heartbeat": lambda: store.heartbeat(run.id, user, new_notebook()),
+        "finish": lambda: store.finish_run(run.id, user, "succeeded", error_summary="forged"),
+    }
+
+
+@pytest.mark.parametrize("trigger", ["requested", "schedule", "alert"])
+def test_a_person_never_begins_heartbeats_or_finishes_a_run_the_service_recorded(queue, store, clock, trigger):
+    """Queued, running (claimed, then begun) and ended: RecordedByService every time, for its own
+    person (the requester) as for anyone else, and the record is what the runner made of it."""
+    run = enqueue(queue, trigger=trigger, user="bob" if trigger == "requested" else "opshub-runner")
+    people = ("bob", "alice", "opshub-runner")
+
+    def refused_everything(state: str) -> None:
+        for user in people:
+            for move, report in person_reports(store, run, user).items():
+                with pytest.raises(RecordedByService, match=f"run {run.id} is a {trigger} run") as refused:
+                    report()
+                assert isinstance(refused.value, PermissionError), (state, user, move)
+
+    before = store.get_run(run.id)
+    refused_everything("queued")
+    assert store.get_run(run.id).status == "queued"
+    token = claim_one(queue, run)
+    refused_everything("claimed")
+    queue.runner_begin(run.id, token)
+    refused_everything("running")
+    assert store.get_run(run.id).last_heartbeat_at == before.last_heartbeat_at
+    clock.advance(minutes=1)
+    queue.runner_finish(run.id, token, "failed", failed_cell=0, error_summary="the runner's own")
+    refused_everything("ended")
+    stored = store.get_run(run.id)
+    assert (stored.status, stored.error_summary, stored.reported_by) == ("failed", "the runner's own", "opshub service")
+    assert len(all_runs(store)) == 1
+
+
+@pytest.mark.parametrize("trigger", ["requested", "schedule", "alert"])
+def test_the_person_side_of_the_store_records_no_runner_trigger(store, trigger):
+    with pytest.raises(RecordedByService, match=f"{trigger} runs are recorded by the opshub service"):
+        store.start_run("patch.ipynb", "bob", trigger)
+    assert all_runs(store) == []
 
 
 def test_runner_begin_returns_the_run_with_its_first_cell_time(queue, store, clock):

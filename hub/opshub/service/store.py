@@ -11,7 +11,8 @@ Every datetime going in or coming out is timezone-aware UTC. The clock is inject
 move time instead of sleeping.
 
 Over 500 lines on purpose: one class is the one door to the runs table, with every refusal typed
-(RunNotFound, NotRunOwner, RunAlreadyFinished, RunConflict) next to the write it guards.
+(RunNotFound, NotRunOwner, RecordedByService, RunAlreadyFinished, RunConflict) next to the write it
+guards.
 """
 
 from __future__ import annotations
@@ -30,7 +31,17 @@ from alembic.config import Config
 from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
-from opshub.service.models import ACTIVE_STATES, END_STATES, NOT_RUN, RUNNING, STATUSES, TRIGGERS, Run, new_run_id
+from opshub.service.models import (
+    ACTIVE_STATES,
+    END_STATES,
+    NOT_RUN,
+    RUNNER_TRIGGERS,
+    RUNNING,
+    STATUSES,
+    TRIGGERS,
+    Run,
+    new_run_id,
+)
 
 from ..settings import schema_default
 
@@ -53,6 +64,19 @@ class RunNotFound(RunStoreError, LookupError):
 
 class NotRunOwner(RunStoreError, PermissionError):
     """Only the user who started a run may change it."""
+
+
+class RecordedByService(RunStoreError, PermissionError):
+    """The run is the opshub service's own record (requested, schedule, alert: RUNNER_TRIGGERS), in
+    whatever state: it is written by the queue (queue.py), and only its runner moves it, with the token
+    minted for that one run. The person's side of the store (start, heartbeat, finish) never touches it."""
+
+    def __init__(self, run_id: str | None, trigger: str):
+        what = f"run {run_id} is a {trigger} run: it is" if run_id else f"{trigger} runs are"
+        super().__init__(
+            f"{what} recorded by the opshub service and only its runner reports it, with the token minted"
+            " for that run; a person's token never begins, heartbeats or finishes it"
+        )
 
 
 class RunConflict(RunStoreError):
@@ -159,12 +183,18 @@ class RunStore:
 
         `run_id` lets a client that spools runs on disk choose the id, so that a start sent again (its
         first answer was lost) finds the run it already created instead of recording a second one.
+        Runs of RUNNER_TRIGGERS are the service's own records (RunQueue.enqueue): RecordedByService,
+        for a new one as for the id of an existing one.
         """
+        if trigger in RUNNER_TRIGGERS:
+            raise RecordedByService(run_id, trigger)
         run = self.new_run(
             runbook, user, trigger, parameters, runbook_commit, drift, run_id, reported_by, reported_from
         )
         existing = self.get_run(run.id) if run_id is not None else None
         if existing is not None:
+            if existing.trigger in RUNNER_TRIGGERS:
+                raise RecordedByService(existing.id, existing.trigger)
             if (existing.user, existing.runbook, existing.trigger) != (user, runbook, trigger):
                 raise RunConflict(f"run {run.id} already exists and is another run")
             return existing
@@ -250,7 +280,8 @@ class RunStore:
     ) -> Run:
         """Bring a running run to an end state (succeeded, failed or interrupted). Returns the run.
 
-        Only the user who started the run may finish it, and only once. `output_notebook` is the
+        Only the user who started the run may finish it, and only once; never a run the service
+        recorded (RecordedByService: the runner ends those, RunQueue.runner_finish). `output_notebook` is the
         executed notebook (a dict or its JSON text); above the size cap a truncated copy is stored.
         `drift` True marks drift found during the run (an interactive run's edited cells).
         """
@@ -455,7 +486,8 @@ def _duration_seconds(dialect: str) -> ColumnElement[float]:
 
 
 def _owned_and_running(run_id: str, user: str) -> tuple[ColumnElement[bool], ...]:
-    return Run.id == run_id, Run.user == user, Run.status == RUNNING
+    """A run its reporter may move: theirs, running, and not one the service recorded (the runner's)."""
+    return Run.id == run_id, Run.user == user, Run.status == RUNNING, Run.trigger.not_in(RUNNER_TRIGGERS)
 
 
 def _explain_refusal(session: Session, run_id: str, user: str) -> None:
@@ -463,6 +495,8 @@ def _explain_refusal(session: Session, run_id: str, user: str) -> None:
     run = session.get(Run, run_id)
     if run is None:
         raise RunNotFound(f"no run with id {run_id!r}")
+    if run.trigger in RUNNER_TRIGGERS:
+        raise RecordedByService(run_id, run.trigger)
     if run.user != user:
         raise NotRunOwner(f"run {run_id} was started by another user; only they may change it")
     raise RunAlreadyFinished(f"run {run_id} has already ended ({run.status}) and cannot be changed")

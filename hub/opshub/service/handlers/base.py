@@ -27,7 +27,15 @@ from tornado import web
 
 from ...contract import DELETE_SCOPE
 from ..models import QUEUED, RUNNER_TRIGGERS, Run
-from ..store import MAX_OFFSET, NotRunOwner, RunAlreadyFinished, RunConflict, RunNotFound, RunStore
+from ..store import (
+    MAX_OFFSET,
+    NotRunOwner,
+    RecordedByService,
+    RunAlreadyFinished,
+    RunConflict,
+    RunNotFound,
+    RunStore,
+)
 
 log = logging.getLogger("opshub.service")
 
@@ -318,7 +326,7 @@ class ApiHandler(BaseHandler):
             return method(*args, **kwargs)
         except RunNotFound as e:
             raise web.HTTPError(404, str(e)) from None
-        except NotRunOwner as e:
+        except (NotRunOwner, RecordedByService) as e:
             raise web.HTTPError(403, str(e)) from None
         except (RunAlreadyFinished, RunConflict) as e:
             raise web.HTTPError(409, str(e)) from None
