@@ -80,6 +80,10 @@ def cmd_hub(args) -> int:
 
 def cmd_config_validate(args) -> int:
     settings = load_settings(args.file)
+    if settings["auth"]["provider"] == "oidc":
+        from .startup import check_issuer
+
+        check_issuer(settings)  # an issuer that cannot be reached is a problem here, though the hub starts
     print(f"{settings.source}: valid")
     return 0
 

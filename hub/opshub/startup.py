@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import stat
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -86,38 +87,76 @@ def client_secret(settings: Settings) -> str:
     return value
 
 
-def oidc_endpoints(settings: Settings) -> dict[str, str]:
-    """authorize, token and userinfo URLs: the settings' overrides, else the discovery document."""
-    oidc = settings["auth"]["oidc"]
-    endpoints = {key: oidc[key] for key in ("authorize_url", "token_url", "userinfo_url")}
-    if all(endpoints.values()):
-        return endpoints
-    url = oidc["issuer"].rstrip("/") + "/.well-known/openid-configuration"
-    try:
-        with urllib.request.urlopen(url, timeout=DISCOVERY_TIMEOUT) as response:
-            document = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise SettingsError(
-            settings.source,
-            [f"auth.oidc.issuer: could not read the discovery document {url}: {getattr(e, 'reason', e)}"],
-        ) from None
+class IssuerUnreachable(SettingsError):
+    """The OIDC issuer's discovery document could not be read (the provider is down, restarting, or
+    not reachable from here): something that may pass by itself, unlike a wrong document."""
+
+
+def discovery_url(issuer: str) -> str:
+    return issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def endpoints_from_document(issuer: str, document, given: dict[str, str]) -> dict[str, str]:
+    """authorize, token and userinfo URLs: those `given` (the settings' overrides), else the discovery
+    document's. ValueError, naming the settings key, when the document is not the issuer's or lacks one."""
+    url = discovery_url(issuer)
+    if not isinstance(document, dict):
+        raise ValueError(f"auth.oidc.issuer: the discovery document at {url} is not a JSON object")
+    if str(document.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
+        raise ValueError(
+            f"auth.oidc.issuer: the discovery document at {url} names the issuer {document.get('issuer')!r} instead"
+        )
     discovered = {
         "authorize_url": document.get("authorization_endpoint", ""),
         "token_url": document.get("token_endpoint", ""),
         "userinfo_url": document.get("userinfo_endpoint", ""),
     }
-    if document.get("issuer", "").rstrip("/") != oidc["issuer"].rstrip("/"):
-        raise SettingsError(
-            settings.source,
-            [f"auth.oidc.issuer: the discovery document at {url} names the issuer {document.get('issuer')!r} instead"],
-        )
-    missing = [key for key, value in discovered.items() if not value and not endpoints[key]]
+    missing = [key for key, value in discovered.items() if not value and not given.get(key)]
     if missing:
-        raise SettingsError(
-            settings.source,
-            [f"auth.oidc: the discovery document at {url} has no {', '.join(missing)}; set them in the settings"],
+        raise ValueError(
+            f"auth.oidc: the discovery document at {url} has no {', '.join(missing)}; set them in the settings"
         )
-    return {key: endpoints[key] or discovered[key] for key in endpoints}
+    return {key: given.get(key) or discovered[key] for key in discovered}
+
+
+def check_issuer(settings: Settings) -> dict[str, str]:
+    """authorize, token and userinfo URLs: the settings' overrides, else the discovery document.
+    IssuerUnreachable when the document cannot be read, SettingsError when it is not usable: what
+    `opshub config validate` reports, naming `auth.oidc.issuer`."""
+    oidc = settings["auth"]["oidc"]
+    given = {key: oidc[key] for key in ("authorize_url", "token_url", "userinfo_url")}
+    if all(given.values()):
+        return given
+    url = discovery_url(oidc["issuer"])
+    try:
+        with urllib.request.urlopen(url, timeout=DISCOVERY_TIMEOUT) as response:
+            document = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise IssuerUnreachable(
+            settings.source,
+            [f"auth.oidc.issuer: could not read the discovery document {url}: {getattr(e, 'reason', e)}"],
+        ) from None
+    try:
+        return endpoints_from_document(oidc["issuer"], document, given)
+    except ValueError as e:
+        raise SettingsError(settings.source, [str(e)]) from None
+
+
+def oidc_endpoints(settings: Settings) -> dict[str, str]:
+    """What the hub starts with: `check_issuer`'s endpoints, or, when the provider cannot be reached
+    (a Keycloak restarting), only the settings' overrides. The hub starts anyway, and its
+    authenticator (opshub.auth) reads the discovery document at the next login instead."""
+    try:
+        return check_issuer(settings)
+    except IssuerUnreachable as e:
+        print(
+            f"opshub: warning: {e.problems[0]}. The hub starts anyway: logging in says the identity"
+            " provider cannot be reached until it answers, then works with no restart.",
+            file=sys.stderr,
+            flush=True,
+        )
+        oidc = settings["auth"]["oidc"]
+        return {key: oidc[key] for key in ("authorize_url", "token_url", "userinfo_url")}
 
 
 def check_database(settings: Settings, password: str | None) -> None:

@@ -14,6 +14,7 @@ from ..settings import Settings, callback_url, role_groups
 
 GITHUB_CLASS = "oauthenticator.github.GitHubOAuthenticator"
 GENERIC_CLASS = "oauthenticator.generic.GenericOAuthenticator"
+OIDC_CLASS = "opshub.auth.OIDCAuthenticator"  # GenericOAuthenticator that copes with a provider that is down
 
 
 def allowed_groups(settings: Settings) -> list[str]:
@@ -129,12 +130,17 @@ def _apply_gitlab(c, settings: Settings, runtime) -> None:
 
 def _apply_oidc(c, settings: Settings, runtime) -> None:
     oidc = settings["auth"]["oidc"]
-    _apply_oauth_client(c, settings, runtime, GENERIC_CLASS)
-    generic = c.GenericOAuthenticator
-    generic.authorize_url = runtime.oidc_endpoints["authorize_url"]
-    generic.token_url = runtime.oidc_endpoints["token_url"]
-    generic.userdata_url = runtime.oidc_endpoints["userinfo_url"]
-    generic.scope = list(oidc["scopes"])
-    generic.username_claim = oidc["username_claim"]
-    generic.auth_state_groups_key = ClaimGroups(oidc["groups_claim"])
-    generic.login_service = oidc["display_name"]
+    _apply_oauth_client(c, settings, runtime, OIDC_CLASS)
+    authenticator = c.OIDCAuthenticator
+    authenticator.oidc_issuer = oidc["issuer"]
+    authenticator.contact = settings["auth"]["contact"]
+    # The endpoints found at start. Any left empty (the provider could not be reached then) are read
+    # from the issuer's discovery document at the next login (opshub.auth).
+    endpoints = runtime.oidc_endpoints
+    authenticator.authorize_url = endpoints.get("authorize_url", "")
+    authenticator.token_url = endpoints.get("token_url", "")
+    authenticator.userdata_url = endpoints.get("userinfo_url", "")
+    authenticator.scope = list(oidc["scopes"])
+    authenticator.username_claim = oidc["username_claim"]
+    authenticator.auth_state_groups_key = ClaimGroups(oidc["groups_claim"])
+    authenticator.login_service = oidc["display_name"]
