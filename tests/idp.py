@@ -26,8 +26,8 @@ PEOPLE = {
 
 
 class OidcProvider:
-    def __init__(self):
-        self.port = free_port_block(1)
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port_block(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = start_server(
             [str(VENV_BIN / "oidc-provider-mock"), "--host", "127.0.0.1", "--port", str(self.port)],
@@ -44,9 +44,10 @@ class OidcProvider:
         self.proc.wait(timeout=10)
 
 
-def start_provider() -> OidcProvider:
+def start_provider(port: int | None = None) -> OidcProvider:
+    """The provider on `port` (default: a free one), knowing PEOPLE."""
     ARTIFACTS.mkdir(exist_ok=True)
-    provider = OidcProvider()
+    provider = OidcProvider(port)
     for sub, groups in PEOPLE.items():
         provider.set_user(sub, groups)
     return provider
