@@ -119,3 +119,31 @@ def test_database_password_comes_from_the_named_variable(tmp_path, open_tmp_path
     # the service puts it into the URL itself, quoted
     monkeypatch.setenv("OPSHUB_DATABASE_PASSWORD", "p@ss:word")
     assert database_url("postgresql+psycopg://ops@db/opshub") == "postgresql+psycopg://ops:p%40ss%3Aword@db/opshub"
+
+
+def test_the_hub_starts_when_the_oidc_provider_cannot_be_reached(tmp_path, open_tmp_path, monkeypatch, capsys):
+    """A Keycloak restarting when the hub starts: no endpoints yet (the first login reads them), a warning
+    naming the issuer, and the rest of the start goes on."""
+    import yaml
+    from opshub.configure import apply_all
+    from traitlets.config import Config
+
+    data = yaml.safe_load(EMBEDDED_SETTINGS.read_text())
+    data["auth"] = {
+        "provider": "oidc",
+        "oidc": {"issuer": "http://127.0.0.1:9/realms/ops", "client_id": "opshub", "client_secret_env": "OIDC_SECRET"},
+    }
+    (tmp_path / "opshub.yaml").write_text(yaml.safe_dump(data))
+    make_work_tree(tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
+    monkeypatch.setenv("OIDC_SECRET", "s3cret")
+    settings = in_open_folder(load_settings(tmp_path / "opshub.yaml", cwd=tmp_path), open_tmp_path)
+    runtime = prepare(settings)
+    assert runtime.oidc_endpoints == {"authorize_url": "", "token_url": "", "userinfo_url": ""}
+    assert runtime.client_secret == "s3cret"
+    assert (open_tmp_path / "runbooks.git" / "HEAD").exists()  # the rest of the start went on
+    err = capsys.readouterr().err
+    assert "could not read the discovery document http://127.0.0.1:9/realms/ops/.well-known" in err
+    assert "The hub starts anyway" in err
+    c = apply_all(Config(), settings, runtime)
+    assert c.JupyterHub.authenticator_class == "opshub.auth.OIDCAuthenticator"
+    assert c.OIDCAuthenticator.oidc_issuer == "http://127.0.0.1:9/realms/ops"
