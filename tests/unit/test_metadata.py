@@ -43,6 +43,7 @@ def test_defaults_are_filled_in_and_dashboard_true_is_an_object():
         "description": "",
         "changes_systems": False,
         "dashboard": None,
+        "credentials": [],
         "locks": [],
         "schedules": [],
         "alerts": [],

@@ -3,22 +3,45 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 from opshub.runbooks.params import parse_parameters
-from opshub.runner.__main__ import job_environment, read_credentials
+from opshub.runner.__main__ import credential_refusals, credential_specs, granted, job_environment, read_credentials
 from opshub.runner.job import parameter_pairs
 
 
-def test_credentials_are_read_from_their_files_and_unreadable_ones_are_named(tmp_path):
+def test_credentials_go_only_to_the_runbooks_granted_them_and_unreadable_ones_are_named(tmp_path):
     key = tmp_path / "id_ed25519"
     key.write_text("-----BEGIN KEY-----\nsecret\n")
-    found, problems = read_credentials(f"SSH_KEY={key}, CLOUD_TOKEN={tmp_path / 'missing'}")
+    specs = credential_specs(
+        json.dumps(
+            {
+                "SSH_KEY": {"file": str(key), "runbooks": ["patch-server-stack.ipynb", "patching/*"]},
+                "CLOUD_TOKEN": {"file": str(tmp_path / "missing"), "runbooks": ["*"]},
+                "DB_PASSWORD": {"file": str(key), "runbooks": ["db/failover.ipynb"]},
+            }
+        )
+    )
+    assert granted(specs, "patch-server-stack.ipynb") == ["CLOUD_TOKEN", "SSH_KEY"]
+    assert granted(specs, "patching/web/rolling.ipynb") == ["CLOUD_TOKEN", "SSH_KEY"]
+    assert granted(specs, "host-health-check.ipynb") == ["CLOUD_TOKEN"]
+    assert granted(specs, "PATCH-server-stack.ipynb") == ["CLOUD_TOKEN"]  # paths are case-sensitive
+    found, problems = read_credentials(specs, ["CLOUD_TOKEN", "SSH_KEY"])
     assert found == {"SSH_KEY": "-----BEGIN KEY-----\nsecret"}
     assert problems == [f"credential CLOUD_TOKEN: cannot read {tmp_path / 'missing'}: No such file or directory"]
-    assert read_credentials("") == ({}, [])
+    assert credential_specs("") == {} and credential_specs("not json") == {} and credential_specs("[1]") == {}
+
+
+def test_a_runbook_asking_for_a_credential_it_is_not_granted_is_refused_naming_it():
+    specs = {"SSH_KEY": {"file": "/k", "runbooks": ["patch-*.ipynb"]}, "DB": {"file": "/d", "runbooks": ["db/*"]}}
+    assert credential_refusals(specs, "patch-web.ipynb", ["SSH_KEY"]) == []
+    assert credential_refusals(specs, "patch-web.ipynb", ["SSH_KEY", "DB", "AWS"]) == [
+        "credential DB: not granted to patch-web.ipynb (runner.credentials.DB.runbooks)",
+        "credential AWS: the runbook asks for it, and runner.credentials has no AWS",
+    ]
 
 
 def test_the_runs_environment_has_its_credentials_masked_and_nothing_of_the_hub(tmp_path, monkeypatch):

@@ -42,6 +42,8 @@ from .triggers import check_triggers
 DASHBOARD_NAME = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 # A schedule's name: its identity for the scheduler (triggers.Schedule.key), so renaming it starts afresh.
 SCHEDULE_NAME = "^[a-z0-9][a-z0-9-]{0,63}$"
+# A credential's name: the environment variable a run gets (settings: runner.credentials).
+CREDENTIAL_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
 PARAMETERS = {
     "type": "object",
     "description": "The run's parameters by name (any JSON values), as `opshub run -p NAME VALUE` would give them.",
@@ -71,6 +73,13 @@ SCHEMA: dict[str, Any] = {
                 "title": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": {"type": "string"},
             },
+        },
+        "credentials": {
+            "type": "array",
+            "items": {"type": "string", "pattern": CREDENTIAL_NAME},
+            "uniqueItems": True,
+            "description": "The runner's credentials (`runner.credentials` names) an unattended run needs. "
+            "A run whose runbook is not granted one of them is refused on record, naming it.",
         },
         "locks": {
             "type": "array",
@@ -131,6 +140,7 @@ DEFAULTS: dict[str, Any] = {
     "description": "",
     "changes_systems": False,
     "dashboard": None,
+    "credentials": [],
     "locks": [],
     "schedules": [],
     "alerts": [],
@@ -141,6 +151,7 @@ _TYPE_WORDS = {"boolean": "true or false", "string": "text", "array": "a list", 
 _PATTERNS = {
     DASHBOARD_NAME: "must be 1 to 64 lowercase letters, digits and dashes, starting and ending with a letter or digit",
     SCHEDULE_NAME: "must be 1 to 64 lowercase letters, digits and dashes, starting with a letter or digit",
+    CREDENTIAL_NAME: "must be a variable name: letters, digits and underscores, not starting with a digit",
 }
 _REQUIREMENTS = {"minLength": "must not be empty", "maxLength": "must be at most 255 characters"}
 

@@ -25,5 +25,5 @@ kernel, masked in the recorded notebook like any secret.
 
 JOB_PATH = "opshub-runner/job"  # under the server's prefix
 # What the hub's spawner hands the runner's server (configure/spawner.py SystemServers).
-CREDENTIAL_FILES_ENV = "OPSHUB_RUNNER_CREDENTIAL_FILES"  # NAME=path,NAME=path
+CREDENTIALS_ENV = "OPSHUB_RUNNER_CREDENTIALS"  # runner.credentials as JSON: {NAME: {file, runbooks}}
 RUN_TOKEN_SCHEME = "Bearer"  # Authorization: Bearer <run token>, on the service's runner API

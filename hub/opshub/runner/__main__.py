@@ -8,6 +8,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import fnmatch
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import tarfile
 import uuid
+from asyncio.subprocess import PIPE
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +26,9 @@ from ..contract import SERVICE_NAME, SERVICE_URL_ENV
 from ..hardening import keep_memory_private
 from ..runbooks.client import ServiceError
 from ..runbooks.headless import EXIT_SIGNAL_BASE
-from . import CREDENTIAL_FILES_ENV, JOB_PATH
+from ..runbooks.metadata import RunbookMetadataError, read_runbook_metadata
+from ..sandbox import BUBBLEWRAP, SANDBOX_ENV, SandboxUnavailable, bwrap_command, check_bubblewrap, sandbox_pid
+from . import CREDENTIALS_ENV, JOB_PATH
 from .job import RunnerReporter
 
 log = logging.getLogger("opshub.runner")
@@ -35,17 +39,65 @@ ACTIVITY_SECONDS = (
 STOP_GRACE_SECONDS = 5  # after the hub's signal, how long the server waits for the run's process
 
 
-def read_credentials(spec: str) -> tuple[dict[str, str], list[str]]:
-    """The credentials named in $OPSHUB_RUNNER_CREDENTIAL_FILES (`NAME=path,...`): each file's
-    content (without a trailing newline) as a variable, and the problems with those that cannot be read."""
+def credential_specs(spec: str) -> dict[str, dict]:
+    """$OPSHUB_RUNNER_CREDENTIALS as the hub's spawner wrote it: `runner.credentials` of the settings,
+    `{NAME: {"file": path, "runbooks": [pattern, ...]}}` (empty or unreadable: none)."""
+    try:
+        specs = json.loads(spec or "{}")
+    except ValueError:
+        log.error("%s is not JSON: no credentials", CREDENTIALS_ENV)
+        return {}
+    return specs if isinstance(specs, dict) else {}
+
+
+def granted(specs: dict[str, dict], runbook: str) -> list[str]:
+    """The credentials `runbook` (its path in the repository) may have: those one of whose `runbooks`
+    patterns matches its path (fnmatch: `*` also matches `/`, so `patching/*` is the folder's)."""
+    return sorted(
+        name
+        for name, spec in specs.items()
+        if any(fnmatch.fnmatchcase(runbook, str(pattern)) for pattern in spec.get("runbooks") or [])
+    )
+
+
+def read_credentials(specs: dict[str, dict], names: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The credentials `names`: each file's content (without a trailing newline) as a variable, and the
+    problems with those that cannot be read."""
     found, problems = {}, []
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, _, path = item.partition("=")
+    for name in names:
+        path = specs[name]["file"]
         try:
             found[name] = Path(path).read_text().rstrip("\n")
         except OSError as e:
             problems.append(f"credential {name}: cannot read {path}: {e.strerror or e}")
     return found, problems
+
+
+def credential_refusals(specs: dict[str, dict], runbook: str, asked: list[str]) -> list[str]:
+    """Why the run may not have what its runbook asks for (`opshub.credentials`), naming each."""
+    allowed = set(granted(specs, runbook))
+    problems = []
+    for name in asked:
+        if name not in specs:
+            problems.append(f"credential {name}: the runbook asks for it, and runner.credentials has no {name}")
+        elif name not in allowed:
+            problems.append(f"credential {name}: not granted to {runbook} (runner.credentials.{name}.runbooks)")
+    return problems
+
+
+def asked_credentials(folder: Path, runbook: str) -> list[str]:
+    """What the runbook asks for in `opshub.credentials` (none when its metadata is wrong: the job
+    refuses such a runbook on record, naming the key)."""
+    try:
+        return list(read_runbook_metadata(folder / "runbooks" / runbook, runbook)["credentials"])
+    except RunbookMetadataError:
+        return []
+
+
+def python_folders() -> list[Path]:
+    """This Python and opshub, which the sandbox must keep seeing if they live under a home it hides."""
+    folders = {Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in sys.path if p)}
+    return sorted(folder for folder in folders if folder.is_dir())
 
 
 def job_environment(home: Path, credentials: dict[str, str]) -> dict[str, str]:
@@ -80,8 +132,43 @@ def main() -> None:
     home = Path(os.environ.get("HOME") or os.getcwd())
     hub_auth = HubAuth(api_token=api_token, api_url=api_url, cache_max_age=0)
     access = {f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"}
-    state: dict = {"process": None, "run_id": None}
+    credentials = credential_specs(os.environ.get(CREDENTIALS_ENV, ""))
+    sandbox = os.environ.get(SANDBOX_ENV) or BUBBLEWRAP  # unset: the safe kind
+    # the run's process: the job in its sandbox; `signal_pid` is where the hub's stop goes (the job,
+    # the sandbox's first process, not bwrap outside it)
+    state: dict = {"process": None, "run_id": None, "signal_pid": None}
     done = asyncio.Event()
+
+    def sandbox_problems() -> list[str]:
+        if sandbox != BUBBLEWRAP:
+            return []
+        try:
+            check_bubblewrap()
+        except SandboxUnavailable as e:
+            return [f"the run's sandbox: {e}"]
+        return []
+
+    async def start_job(folder: Path, env: dict[str, str]) -> None:
+        """The job's process, in a fresh sandbox unless the container is one (or none was chosen)."""
+        # -I: no folder anybody writes (the current one, the user's site-packages) shadows a module
+        argv = [sys.executable, "-I", "-m", "opshub.runner.job"]
+        if sandbox != BUBBLEWRAP:
+            state["process"] = await asyncio.create_subprocess_exec(*argv, stdin=PIPE, cwd=folder, env=env)
+            state["signal_pid"] = state["process"].pid
+            return
+        # every credential file reads empty inside: a run has only its granted ones, as variables
+        hidden = [Path(spec["file"]) for spec in credentials.values()]
+        info_read, info_write = os.pipe()
+        command = bwrap_command(argv, home=home, work=folder, keep=python_folders(), hide=hidden, info_fd=info_write)
+        try:
+            state["process"] = await asyncio.create_subprocess_exec(
+                *command, stdin=PIPE, cwd=folder, env=env, pass_fds=(info_write,)
+            )
+        finally:
+            os.close(info_write)
+        with os.fdopen(info_read) as info:  # bwrap writes it once the sandbox exists, then closes it
+            text = await asyncio.get_running_loop().run_in_executor(None, info.read)
+        state["signal_pid"] = sandbox_pid(text) if text.strip() else None
 
     class StatusHandler(tornado.web.RequestHandler):
         """What the hub's readiness check (and anyone) sees: which run, whether it goes on. No secrets."""
@@ -117,29 +204,28 @@ def main() -> None:
             state["reporter"] = RunnerReporter(opshub_url, job["token"], run_id, retry_seconds=60)
             folder = home / "runs" / run_id
             try:
+                (home / "runs").mkdir(mode=0o700, exist_ok=True)
                 extract_runbooks(archive, folder / "runbooks")
             except tarfile.TarError as e:
                 raise tornado.web.HTTPError(400, f"the runbooks archive is not a tar: {e}") from None
-            credentials, problems = read_credentials(os.environ.get(CREDENTIAL_FILES_ENV, ""))
+            problems = await asyncio.get_running_loop().run_in_executor(None, sandbox_problems)
+            names = granted(credentials, job["runbook"])
+            problems += credential_refusals(credentials, job["runbook"], asked_credentials(folder, job["runbook"]))
+            found, unreadable = read_credentials(credentials, names)
+            problems += unreadable
             if problems:  # it would fail somewhere less clear (ssh without its key): on record, not run
                 summary = "The runner did not start the run: " + "; ".join(problems)
                 log.error("run %s: %s", run_id, summary)
                 self.set_status(202)
                 self.finish({"run": run_id})
                 await asyncio.get_running_loop().run_in_executor(None, refuse, summary)
+                shutil.rmtree(folder, ignore_errors=True)
                 done.set()
                 return
             job.update(
                 runbooks_dir=str(folder / "runbooks"), output=str(folder / "executed.ipynb"), service_url=opshub_url
             )
-            state["process"] = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "opshub.runner.job",
-                stdin=asyncio.subprocess.PIPE,
-                cwd=folder,
-                env=job_environment(home, credentials),
-            )
+            await start_job(folder, job_environment(home, found))
             state["process"].stdin.write(json.dumps(job).encode())
             state["process"].stdin.close()
             log.info("run %s of %s started (pid %s)", run_id, job["runbook"], state["process"].pid)
@@ -206,7 +292,8 @@ def main() -> None:
             return
         if not state.get("signalled"):
             state["signalled"] = True
-            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError, TypeError):  # ended meanwhile, or a sandbox never made
+                os.kill(state["signal_pid"], signal.SIGTERM)
             asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, done.set)
 
     async def serve() -> None:
