@@ -17,8 +17,10 @@ from opshub.configure import (
     apply_services,
     apply_spawner,
 )
+from opshub.configure.hub import PROXY_GUARD
 from opshub.configure.pages import TEMPLATES, landing_page
 from opshub.settings import EMBEDDED_SETTINGS, load_settings
+from tornado import web
 from traitlets.config import Config
 
 RUNTIME = Runtime(python="/opt/opshub/bin/python", proxy_command=["/opt/chp"], demo_password="correct-horse")
@@ -35,7 +37,9 @@ def test_hub_section(settings, tmp_path):
     assert c.JupyterHub.bind_url == "http://127.0.0.1:8000/"
     assert c.JupyterHub.hub_bind_url == "http://127.0.0.1:8001"
     assert c.ConfigurableHTTPProxy.api_url == "http://127.0.0.1:8002"
-    assert c.ConfigurableHTTPProxy.command == ["/opt/chp"]
+    # the proxy's own command, run by node behind the guard that answers malformed URL escapes 400
+    # (the guard itself is attacked through a live proxy: tests/integration/test_bounded_input.py)
+    assert c.ConfigurableHTTPProxy.command == ["node", "--input-type=module", "--eval", PROXY_GUARD, "/opt/chp"]
     assert c.JupyterHub.db_url == f"sqlite:///{tmp_path / 'state' / 'jupyterhub.sqlite'}"
     assert c.JupyterHub.cookie_secret_file == str(tmp_path / "state" / "jupyterhub_cookie_secret")
 
@@ -160,8 +164,23 @@ def test_the_runner_runs_named_servers_with_its_credentials_files_and_people_get
     assert not any(value for value in run.environment.values() if "id_ed25519" in value and "=" not in value)
     assert c.Spawner.server_token_scopes(run) == ["access:servers!server", "users:activity!user"]
     bob_named = SimpleNamespace(user=SimpleNamespace(name="bob"), name="second", cmd=None, environment=None)
-    with pytest.raises(ValueError, match="one server"):
+    with pytest.raises(web.HTTPError, match="one server") as refused:  # a 4xx, not a 500, should one get there
         c.Spawner.pre_spawn_hook(bob_named)
+    assert refused.value.status_code == 403
+
+
+def test_jupyterhub_refuses_people_s_named_servers_before_creating_them(settings):
+    """The named-server limit JupyterHub asks (with the request's handler) before it creates or starts a
+    named server: none for the runner, a 403 for anyone else; 0 on pages that name nobody."""
+    c = Config()
+    apply_spawner(c, settings, RUNTIME)
+    limit = c.JupyterHub.named_server_limit_per_user
+    for path_args in (["opshub-runner", "run-0b0e"], [], ["opshub-runner", ""]):
+        assert limit(SimpleNamespace(path_args=path_args)) == 0
+    for path_args in (["bob", "second"], ["alice", "x"], ["opshub-dashboards", "y"], ["bob", ""]):
+        with pytest.raises(web.HTTPError, match="cannot have named servers") as refused:
+            limit(SimpleNamespace(path_args=path_args))
+        assert refused.value.status_code == 403
 
 
 def test_nobody_logs_in_as_a_system_account(settings):

@@ -32,7 +32,7 @@ def test_glue_applies_the_embedded_default(embedded_here, monkeypatch):
     c = load_glue()
     assert c.JupyterHub.bind_url == "http://127.0.0.1:18123/"
     assert c.SharedPasswordAuthenticator.user_password == "glue-test-password"
-    assert c.ConfigurableHTTPProxy.command[0].endswith("configurable-http-proxy")
+    assert c.ConfigurableHTTPProxy.command[-1].endswith("configurable-http-proxy")
     assert (embedded_here / "runbooks.git" / "HEAD").exists()
 
 

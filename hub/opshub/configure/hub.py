@@ -1,10 +1,54 @@
-"""`hub:` section: where the proxy and the hub listen, and where the hub keeps its state."""
+"""`hub:` section: where the proxy and the hub listen, and where the hub keeps its state; the
+proxy's answer to malformed URLs; who may have named servers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from tornado import web
+
 from ..settings import Settings
+
+# configurable-http-proxy decodes each request's path to pick its route (`targetForReq`), and a
+# malformed escape there (`%FF`, a lone `%`, `%C3%28`) makes that throw URIError, which it answers
+# with a 500, on every path (5.3.0, the newest release, still does). JupyterHub starts it with this
+# prefix before its command: node runs the proxy's own unmodified command (the first argument), having
+# first made its web and websocket handlers answer such a request 400, naming the problem. A bare
+# command name is looked up on PATH, as the shell would.
+PROXY_GUARD = r"""
+import fs from "node:fs";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+const name = process.argv[1];
+const found = name.includes("/") ? name
+  : (process.env.PATH || "").split(":").map((dir) => path.join(dir, name)).find((p) => fs.existsSync(p));
+if (!found) { console.error(`opshub: ${name} is not on PATH`); process.exit(127); }
+const bin = fs.realpathSync(found);
+const lib = path.join(path.dirname(bin), "..", "lib", "configproxy.js");
+const { default: Proxy } = await import(pathToFileURL(lib).href);
+const refusal = "400 Bad Request: the URL's path has a malformed percent-escape (such as %FF or a lone %)";
+const malformed = (req) => {
+  try { decodeURIComponent(new URL(req.url, "http://opshub.invalid").pathname); return false; }
+  catch { return true; }
+};
+const web = Proxy.prototype.handleProxyWeb;
+Proxy.prototype.handleProxyWeb = function (req, res) {
+  if (!malformed(req)) return web.call(this, req, res);
+  this.log.warn("400 %s: a malformed escape in the URL's path", req.method);
+  res.writeHead(400, { "Content-Type": "text/plain; charset=utf-8" });
+  res.end(refusal + "\n");
+};
+const ws = Proxy.prototype.handleProxyWs;
+Proxy.prototype.handleProxyWs = function (req, socket, head) {
+  if (!malformed(req)) return ws.call(this, req, socket, head);
+  socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n` +
+    `Content-Length: ${Buffer.byteLength(refusal) + 1}\r\n\r\n${refusal}\n`);
+};
+process.argv[1] = bin;
+await import(pathToFileURL(bin).href);
+"""
+PROXY_PREFIX = ["node", "--input-type=module", "--eval", PROXY_GUARD]
 
 
 def apply_hub(c, settings: Settings, runtime) -> None:
@@ -15,10 +59,35 @@ def apply_hub(c, settings: Settings, runtime) -> None:
     # that several hubs (tests, a second `make run`) can share a machine without clashing.
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub['port'] + 1}"
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{hub['port'] + 2}"
-    c.ConfigurableHTTPProxy.command = list(runtime.proxy_command)
+    c.ConfigurableHTTPProxy.command = [*PROXY_PREFIX, *runtime.proxy_command]
     c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
     # Everything the hub must keep across restarts lives in the state folder.
     c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
     # Stop users' servers with the hub: the embedded default must leave no stray processes.
     c.JupyterHub.cleanup_servers = True
+
+
+@dataclass(frozen=True)
+class NamedServersOnlyFor:
+    """`JupyterHub.named_server_limit_per_user`: `account` (the runner: one named server per run, as many
+    as `runner.max_concurrent` lets the service start) has no limit, and a named server of anyone else
+    is refused, 403 naming why, before JupyterHub records or starts anything.
+
+    JupyterHub calls it with the request's handler before it creates or starts a named server (its API,
+    its spawn page, a rename), whose path names the user, and to draw its home and admin pages, whose
+    paths name nobody (0 there: no limit shown). No number would do: 0 means no limit, and N refuses
+    only the (N+1)th named server. `SystemServers` refuses again at spawn time, should one get there.
+    """
+
+    account: str
+
+    def __call__(self, handler) -> int:
+        user = handler.path_args[0] if handler.path_args else None
+        if user and user != self.account:
+            raise web.HTTPError(
+                403,
+                f"{user} cannot have named servers: opshub gives each person one server;"
+                " named servers are the runner's, one per unattended run",
+            )
+        return 0

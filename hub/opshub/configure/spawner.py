@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from jupyterhub.spawner import SpawnException
+
 from ..contract import (
     ALLOWED_PULL_REPOS_ENV,
     DASHBOARDS_ACCOUNT,
@@ -24,6 +26,7 @@ from ..contract import (
 from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
 from ..runner import CREDENTIAL_FILES_ENV
 from ..settings import Settings, repository_url
+from .hub import NamedServersOnlyFor
 from .services import service_api_url
 
 # The server's own token ($JUPYTERHUB_API_TOKEN): JupyterHub's `server` role, plus reading and
@@ -165,8 +168,14 @@ class SystemServers:
     def __call__(self, spawner) -> None:
         name = spawner.user.name
         if spawner.name and name != RUNNER_ACCOUNT:
-            # named servers exist for the runner's runs; a person has one server
-            raise ValueError(f"{name} cannot have named servers: opshub gives each person one server")
+            # named servers exist for the runner's runs; a person has one server. JupyterHub refuses
+            # them before this (NamedServersOnlyFor); should one get here, a 403, never a 500
+            raise SpawnException(
+                f"{name} cannot have named servers: opshub gives each person one server;"
+                " named servers are the runner's, one per unattended run",
+                reason="named-server",
+                status_code=403,
+            )
         if name in self.commands:
             spawner.cmd = self.commands[name]
             spawner.environment = self.environments[name]
@@ -219,7 +228,7 @@ def apply_spawner(c, settings: Settings, runtime) -> None:
     c.Spawner.environment = environment
     c.Spawner.server_token_scopes = server_token_scopes
     c.Spawner.pre_spawn_hook = system_servers(settings, python, environment)
-    # The runner runs each unattended run in a named server of its account (SystemServers refuses
-    # named servers to people); 0: as many as runner.max_concurrent lets the service start.
+    # The runner runs each unattended run in a named server of its account, as many as
+    # runner.max_concurrent lets the service start; JupyterHub refuses people's (403, hub.py).
     c.JupyterHub.allow_named_servers = True
-    c.JupyterHub.named_server_limit_per_user = 0
+    c.JupyterHub.named_server_limit_per_user = NamedServersOnlyFor(RUNNER_ACCOUNT)

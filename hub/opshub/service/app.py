@@ -26,11 +26,11 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader
 from prometheus_client import CollectorRegistry
-from tornado import web
+from tornado import httputil, web
 
 from .dashboards import Dashboards
 from .events import RunEvents
-from .handlers.base import NotFoundHandler, base_handlers
+from .handlers.base import MAX_BODY_BYTES, BodyTooLarge, NotFoundHandler, base_handlers
 from .handlers.dashboards import dashboard_handlers
 from .handlers.metrics import metrics_handlers
 from .handlers.pages import page_handlers
@@ -59,6 +59,79 @@ class UnattendedRuns:
 
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+DRAIN_FACTOR = 10  # bodies up to this many times the limit are read (and dropped) before the 413
+
+
+class ServiceApplication(web.Application):
+    """The service's application: every request's body is bounded (BoundedBodies)."""
+
+    def start_request(self, server_conn, request_conn) -> httputil.HTTPMessageDelegate:
+        return BoundedBodies(self, server_conn, request_conn, super().start_request(server_conn, request_conn))
+
+
+class BoundedBodies(httputil.HTTPMessageDelegate):
+    """A body over `opshub_max_body` bytes is never buffered and never reaches a handler: it is read and
+    dropped, then answered 413 naming the limit (handlers.base.BodyTooLarge).
+
+    Tornado's own limit (max_body_size) hangs up instead, mid-upload: the hub's proxy, still sending,
+    then answers 503. Reading the rest first keeps the connection, and the proxy relays the 413. Only a
+    body declared over DRAIN_FACTOR times the limit is answered at once, unread (the proxy may then
+    say 503: it was still sending); a chunked one that grows past it is cut off by tornado.
+    """
+
+    def __init__(self, application: ServiceApplication, server_conn, request_conn, routed):
+        self.application, self.server_conn, self.connection = application, server_conn, request_conn
+        self.routed = routed  # the application's own routing of the request
+        self.limit: int = application.settings["opshub_max_body"]
+        self.received = 0
+        self.too_large = False
+        self.declared: int | None = None
+        self.start_line = self.headers = None
+
+    def headers_received(self, start_line, headers):
+        self.start_line, self.headers = start_line, headers
+        declared = headers.get("Content-Length", "")
+        self.declared = int(declared) if declared.isdigit() else None
+        drain = self.limit * DRAIN_FACTOR
+        if hasattr(self.connection, "set_max_body_size"):
+            # tornado's own limit above ours, so that it reads what is over ours rather than hang up
+            self.connection.set_max_body_size(max(drain, self.declared or 0))
+        if self.declared is not None and self.declared > self.limit:
+            self.too_large = True
+            if self.declared > drain:
+                self.refuse()  # at once: tornado hangs up once the answer is out
+            return None
+        return self.routed.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes):
+        if self.too_large:
+            return None
+        self.received += len(chunk)
+        if self.received > self.limit:  # a chunked body (no Content-Length) grown past the limit
+            self.too_large = True
+            self.routed.on_connection_close()  # the handler gets none of it
+            return None
+        return self.routed.data_received(chunk)
+
+    def finish(self) -> None:
+        if not self.too_large:
+            self.routed.finish()
+        elif self.declared is None or self.declared <= self.limit * DRAIN_FACTOR:
+            self.refuse()  # the whole body read and dropped: the connection stays up for the answer
+
+    def on_connection_close(self) -> None:
+        if not self.too_large:
+            self.routed.on_connection_close()
+
+    def refuse(self) -> None:
+        request = httputil.HTTPServerRequest(
+            connection=self.connection,
+            server_connection=self.server_conn,
+            start_line=self.start_line,
+            headers=self.headers,
+        )
+        size = self.declared if self.declared is not None and self.declared > self.limit else None
+        self.application.get_handler_delegate(request, BodyTooLarge, {"limit": self.limit, "size": size}).finish()
 
 
 def make_app(
@@ -96,7 +169,7 @@ def make_app(
             opshub_run_events=unattended.events,
             opshub_alerts_token=unattended.alerts_token,
         )
-    return web.Application(
+    return ServiceApplication(
         handlers,
         opshub_store=store,
         opshub_prefix=prefix,
@@ -106,6 +179,8 @@ def make_app(
         opshub_known_runbooks=known_runbooks,
         opshub_dashboards=dashboards,
         opshub_templates=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True),
+        # a finished run sends its whole notebook (the store caps what it keeps): room for twice the cap
+        opshub_max_body=max(MAX_BODY_BYTES, 2 * store.output_cap),
         cookie_secret=settings.pop("cookie_secret"),
         xsrf_cookies=True,
         default_handler_class=NotFoundHandler,

@@ -65,15 +65,58 @@ def live_page_csp(host: str) -> str:
     )
 
 
+# JSON nesting kept: far deeper than any notebook (notebook, cells, a cell, outputs, an output, its data,
+# a mime bundle such as a Plotly or Vega figure, which nests about ten more: under 20 in all), run
+# parameters or Alertmanager's webhook, and far below what the json module, nbformat or a database
+# would overflow on (a RecursionError, a 500).
+MAX_JSON_DEPTH = 64
+# Request bodies kept: tornado's own default (so nothing that was accepted before is refused now), or
+# twice the output cap when that is larger (a finished run sends its whole notebook; the store caps it).
+MAX_BODY_BYTES = 100 * 1024 * 1024
+NESTING = f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
+NESTED_TOO_DEEPLY = f"the request {NESTING}"
+
+
+def json_value(text: bytes | str, what: str = "the request body"):
+    """Parsed JSON nested at most MAX_JSON_DEPTH levels; 400 naming the problem otherwise."""
+    try:
+        data = json.loads(text)
+    except RecursionError:  # deeper than the interpreter goes: deeper than MAX_JSON_DEPTH too
+        raise web.HTTPError(400, f"{what} {NESTING}") from None
+    except ValueError:
+        raise web.HTTPError(400, f"{what} is not JSON") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise web.HTTPError(400, f"{what} {NESTING}")
+    return data
+
+
+def json_depth(value, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep arrays and objects nest in `value` (0 for a scalar), counted without recursion and
+    stopping once past `limit`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def json_object(body: bytes | None) -> dict:
     """A request's JSON object body ({} when empty); 400 naming the problem otherwise."""
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError:
-        raise web.HTTPError(400, "the request body is not JSON") from None
+    data = json_value(body or b"{}")
     if not isinstance(data, dict):
         raise web.HTTPError(400, "the request body must be a JSON object")
     return data
+
+
+def notebook_field(value, what: str = "output_notebook"):
+    """A notebook sent in a body as an object or as JSON text: the text parsed under the same bound."""
+    return json_value(value, what) if isinstance(value, str) else value
 
 
 def is_admin(user: dict | None) -> bool:
@@ -169,8 +212,19 @@ class ServiceHandler(web.RequestHandler):
         self.set_header("X-Frame-Options", "SAMEORIGIN")
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, RecursionError):  # input nested deeper than anything parses: a 400 (write_error)
+            log.warning("%s %s: %s", self.request.method, self.request.path, NESTED_TOO_DEEPLY)
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
+        if isinstance(exc, RecursionError):
+            # JSON text inside a field (a notebook as a string) nested deeper than the bounded body
+            # parser sees: the caller's problem, never a 500
+            status_code, exc = 400, web.HTTPError(400, NESTED_TOO_DEEPLY)
+            self.set_status(status_code)
         message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
         if self.api:
             self.set_header("Content-Type", "application/json")
@@ -292,6 +346,26 @@ class NotFoundHandler(BaseHandler):
     def prepare(self):
         self.api = self.request.path.startswith(url_path_join(self.prefix, "api/"))
         raise web.HTTPError(404, f"nothing at {self.request.path}")
+
+
+class BodyTooLarge(ServiceHandler):
+    """The answer to a request whose body is over the limit (app.BoundedBodies routes it here once the
+    body has been read and dropped): 413 naming the limit, JSON for the API, a page otherwise."""
+
+    def initialize(self, limit: int, size: int | None) -> None:
+        self.limit, self.size = limit, size
+
+    def check_xsrf_cookie(self) -> None:
+        return None  # nothing is done with the request: the refusal is the same for everyone
+
+    def prepare(self):
+        self.api = self.request.path.startswith(url_path_join(self.settings["opshub_prefix"], "api/"))
+        size = f"{self.size:,} bytes" if self.size is not None else f"more than {self.limit:,} bytes"
+        raise web.HTTPError(
+            413,
+            f"the request body is {size}: the opshub service takes at most {self.limit:,} bytes"
+            f" ({self.limit // (1024 * 1024)} MiB) in one request",
+        )
 
 
 class ApiHandler(BaseHandler):

@@ -22,7 +22,7 @@ from tornado import web
 from ...runbooks.triggers import alert_rules_of
 from ..queue import BadRunToken
 from ..store import RunAlreadyFinished, RunNotFound
-from .base import ServiceHandler, json_object
+from .base import ServiceHandler, json_object, notebook_field
 from .runs import run_json
 
 log = logging.getLogger("opshub.service")
@@ -57,7 +57,7 @@ class RunnerReportHandler(MachineHandler):
                 run = queue.runner_begin(run_id, token)
                 self.hooks.began(run)
             elif action == "heartbeat":
-                run = queue.runner_heartbeat(run_id, token, body.get("output_notebook"))
+                run = queue.runner_heartbeat(run_id, token, notebook_field(body.get("output_notebook")))
             else:
                 run = queue.runner_finish(
                     run_id,
@@ -65,7 +65,7 @@ class RunnerReportHandler(MachineHandler):
                     body.get("status"),
                     body.get("failed_cell"),
                     body.get("error_summary"),
-                    body.get("output_notebook"),
+                    notebook_field(body.get("output_notebook")),
                 )
                 self.hooks.ended(run)
                 log.info("run %s of %s %s on the runner", run.id, run.runbook, run.status)

@@ -18,7 +18,7 @@ from ...runbooks.client import LOCK_HELD
 from ..models import REPORTED_TRIGGERS, TRIGGERS, Run
 from ..queue import LockHeld
 from ..unattended import RequestRefused
-from .base import ApiHandler, int_argument, parse_time
+from .base import ApiHandler, int_argument, notebook_field, parse_time
 
 log = logging.getLogger("opshub.service")
 
@@ -162,7 +162,8 @@ class HeartbeatHandler(ApiHandler):
         user = self.require(RECORD_SCOPE)
         body = self.body()
         self.run_or_404(run_id)
-        self.store_call(self.store.heartbeat, run_id, user, body.get("output_notebook"), body.get("drift") is True)
+        notebook = notebook_field(body.get("output_notebook"))
+        self.store_call(self.store.heartbeat, run_id, user, notebook, body.get("drift") is True)
         self.write(run_json(self.store.get_run(run_id), self.prefix))
 
 
@@ -179,7 +180,7 @@ class FinishHandler(ApiHandler):
             body.get("status"),
             failed_cell=body.get("failed_cell"),
             error_summary=body.get("error_summary"),
-            output_notebook=body.get("output_notebook"),
+            output_notebook=notebook_field(body.get("output_notebook")),
             drift=body.get("drift") is True,
         )
         self.settings["opshub_stats"].ended(run)
