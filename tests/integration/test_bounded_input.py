@@ -87,6 +87,17 @@ def test_json_nested_deeper_than_the_limit_is_a_400_naming_it(hub, tokens, where
     still_answering(hub, tokens)
 
 
+def test_json_text_nested_without_end_inside_any_field_is_a_400(hub, tokens):
+    """A notebook sent as JSON text to a route that parses it on its own (publishing a dashboard): what
+    the body's bound cannot see, the service's handlers answer 400 too (a RecursionError is never a 500)."""
+    body = {"name": "deep-text", "runbook": RUNBOOK, "notebook": nested_text(100_000)}
+    answer = api(hub, tokens["alice"], "POST", "dashboards", json=body)
+    assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+    assert f"more than {MAX_DEPTH} levels deep" in answer.json()["message"], answer.text
+    assert api(hub, tokens["alice"], "GET", "dashboards/deep-text").status_code == 404
+    still_answering(hub, tokens)
+
+
 def test_json_nested_up_to_the_limit_and_a_real_notebook_are_accepted(hub, tokens):
     """The positive control: the limit refuses nothing a run record or a notebook needs."""
     started = api(hub, tokens["bob"], "POST", "runs", json={"runbook": RUNBOOK, "parameters": {"x": nested(62)}})
