@@ -9,7 +9,7 @@ NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
-.PHONY: help run install install-test bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
+.PHONY: help run install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -43,9 +43,16 @@ $(LABEXT): hub/labextension/package.json hub/labextension/src/index.js hub/labex
 		--core-path "$$(../../$(PY) -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
 	touch $@
 
-install: $(VENV)/.installed-run $(NODE_PROXY) $(LABEXT) ## create the project-local virtualenv and node_modules
+# Every unattended run executes in a bubblewrap sandbox of its own (hub/opshub/sandbox.py): Debian's
+# `bubblewrap`, installed here when missing and make runs as root (otherwise runs are refused, saying so).
+bubblewrap:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; } \
+		|| echo "bubblewrap is missing: unattended runs will be refused until it is installed (apt-get install bubblewrap)"; }
 
-install-test: $(VENV)/.installed-test $(NODE_PROXY) $(LABEXT)
+install: $(VENV)/.installed-run $(NODE_PROXY) $(LABEXT) bubblewrap ## create the project-local virtualenv and node_modules
+
+install-test: $(VENV)/.installed-test $(NODE_PROXY) $(LABEXT) bubblewrap
 
 run: install ## start the embedded default on 127.0.0.1:$(PORT) (make run PORT=8123); Ctrl-C stops it
 	exec $(VENV)/bin/opshub hub --port $(PORT)

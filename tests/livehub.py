@@ -26,7 +26,7 @@ import yaml
 from opshub.accounts import account_name
 from opshub.settings import EMBEDDED_SETTINGS
 
-from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, make_work_tree, open_folder
+from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, ensure_debian_package, make_work_tree, open_folder
 
 DEMO_PASSWORD = "integration-demo-pw"
 
@@ -135,6 +135,7 @@ class Hub:
 
     def start(self) -> None:
         ARTIFACTS.mkdir(exist_ok=True)
+        ensure_debian_package("bubblewrap", "/usr/bin/bwrap")  # the runner's sandbox of every unattended run
         env = {**os.environ, "OPSHUB_DEMO_PASSWORD": DEMO_PASSWORD, **self.env}
         env.pop("OPSHUB_SETTINGS", None)
         log = open(self.log_file, "a")  # noqa: SIM115 (the hub writes to it until stopped)

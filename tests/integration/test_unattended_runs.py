@@ -64,7 +64,8 @@ def hub(tmp_path_factory):
 
     def configure(settings):
         settings.setdefault("dashboards", {})["git_sync_interval"] = 1
-        settings["runner"] = {"max_concurrent": 2, "credentials": {"PROBE_TOKEN": {"file": str(credential)}}}
+        granted = {"file": str(credential), "runbooks": ["unattended-probe.ipynb"]}
+        settings["runner"] = {"max_concurrent": 2, "credentials": {"PROBE_TOKEN": granted}}
 
     the_hub = Hub(root, configure=configure)
     commit_runbook(the_hub, "unattended-probe.ipynb", probe_notebook(locks=["probe:{message}"]))
@@ -142,7 +143,7 @@ def test_an_operator_requests_a_run_and_the_runner_runs_it_in_its_own_account(hu
     assert "hub variables: []" in text  # no hub token, no hub URL in the run's environment
     if hub.per_person_accounts:
         assert "account: opshub-runner" in text
-    assert CREDENTIAL not in text and "credential: " in text  # the credential reached it, masked
+    assert CREDENTIAL not in text and "credential: [masked]" in printed(run)  # the credential reached it, masked
     assert run["reported_by"] == "opshub service" and not run["drift"]
     assert run["first_cell_at"] >= run["queued_at"] and run["ended_at"] >= run["first_cell_at"]
     wait_for(lambda: runner_servers(hub, tokens["alice"]) == {}, timeout=30, what="the run's server to go")
@@ -237,20 +238,66 @@ def test_reports_for_a_run_need_its_own_token(hub, tokens):
 
 
 ATTACK_CODE = r"""
-import json, os, pathlib, re, urllib.request
+import http.client, json, os, pathlib, re, subprocess, urllib.parse, urllib.request
+control = subprocess.Popen(["sleep", "60"])  # a process of the run's own: its memory is readable
 run_id = re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", str(pathlib.Path.cwd())).group(0)
-found = {}
+found, memory_read, candidates = {}, [], set()
+# a run token (secrets.token_urlsafe(32)) as CPython keeps a str: 43 URL-safe characters, then a NUL
+TOKEN = re.compile(rb"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{43})\x00")
+
+
+def scan_memory(pid):
+    # every readable mapping of the process: the job's JSON (with the run token) stays in the memory
+    # of the process that read it unless the process is not dumpable
+    tokens = set()
+    try:
+        maps = pathlib.Path(f"/proc/{pid}/maps").read_text().splitlines()
+        with open(f"/proc/{pid}/mem", "rb", 0) as mem:
+            for line in maps:
+                span, perms = line.split()[:2]
+                start, end = (int(x, 16) for x in span.split("-"))
+                if "r" not in perms or end - start > 256 << 20:
+                    continue
+                try:
+                    mem.seek(start)
+                    tokens.update(m.decode() for m in TOKEN.findall(mem.read(end - start)))
+                except (OSError, ValueError, OverflowError):
+                    continue
+    except OSError:
+        return None
+    return tokens
+
+
 for proc in pathlib.Path("/proc").iterdir():
+    if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        continue
     try:
         env = (proc / "environ").read_bytes().decode(errors="replace")
     except OSError:
-        continue
+        env = ""
     for name in ("JUPYTERHUB_API_TOKEN", "OPSHUB_RUN_TOKEN", "JPY_API_TOKEN"):
         match = re.search(name + r"=([^\x00]+)", env)
         if match:
             found[name] = match.group(1)
-print("found:", sorted(found))
+    tokens = scan_memory(proc.name)
+    if tokens is not None:
+        memory_read.append(int(proc.name))
+        candidates.update(tokens)
+print("control's memory read:", control.pid in memory_read)
+control.kill()
 service = os.environ.get("OPSHUB_SERVICE_URL") or "__SERVICE__"
+# which of the strings found in memory is this run's token: the one its heartbeat takes (a wrong one: 403)
+url = urllib.parse.urlsplit(service)
+connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+for candidate in sorted(candidates)[:20000]:
+    connection.request("POST", url.path + f"api/runner/runs/{run_id}/heartbeat", body=b"{}",
+                       headers={"Authorization": f"Bearer {candidate}", "Content-Type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    if response.status == 200:
+        found[f"memory #{len(found)}"] = candidate
+print("candidates:", len(candidates))
+print("found:", sorted(found))
 results = []
 for name, token in found.items():
     for scheme in ("token", "Bearer"):
@@ -282,9 +329,10 @@ def test_a_runs_own_code_cannot_forge_its_record(hub, tokens):
     assert run["status"] == "succeeded", run
     said = printed(run)
     assert "attempts:" in said and "ACCEPTED" not in said, said
-    if hub.per_person_accounts:
-        # the runner's processes are not dumpable: their environments (and memory) are closed to the run's code
-        assert "found: []" in said, said
+    # the run's kernel reads the memory of a process it started (a positive control: the scan works) but
+    # not the job's, which is not dumpable: its environment and memory, with the run token, are closed to it
+    assert "control's memory read: True" in said, said
+    assert "found: []" in said, said
     assert "forged" not in (run["error_summary"] or "")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
@@ -141,7 +142,7 @@ def test_system_accounts_servers_run_their_own_program_with_only_what_it_needs(s
     apply_spawner(c, settings, RUNTIME)
     dashboards = SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards"), name="", cmd=None, environment=None)
     c.Spawner.pre_spawn_hook(dashboards)
-    assert dashboards.cmd == ["/opt/opshub/bin/python", "-m", "opshub.dashboards_backend"]
+    assert dashboards.cmd == ["/opt/opshub/bin/python", "-I", "-m", "opshub.dashboards_backend"]
     assert set(dashboards.environment) == {
         "OPSHUB_DASHBOARDS_BASE_URL", "OPSHUB_DASHBOARDS_POOL_SIZE", "OPSHUB_DASHBOARDS_CULL_IDLE",
         "OPSHUB_SERVICE_URL", "PATH",
@@ -153,15 +154,16 @@ def test_system_accounts_servers_run_their_own_program_with_only_what_it_needs(s
 
 
 def test_the_runner_runs_named_servers_with_its_credentials_files_and_people_get_none(settings):
-    settings["runner"]["credentials"] = {"SSH_KEY": {"file": "/etc/opshub/runner/id_ed25519"}}
+    granted = {"SSH_KEY": {"file": "/etc/opshub/runner/id_ed25519", "runbooks": ["patch-*.ipynb"]}}
+    settings["runner"]["credentials"] = granted
     c = Config()
     apply_spawner(c, settings, RUNTIME)
     assert c.JupyterHub.allow_named_servers is True
     run = SimpleNamespace(user=SimpleNamespace(name="opshub-runner"), name="0b0e", cmd=None, environment=None)
     c.Spawner.pre_spawn_hook(run)
-    assert run.cmd == ["/opt/opshub/bin/python", "-m", "opshub.runner"]
-    assert run.environment["OPSHUB_RUNNER_CREDENTIAL_FILES"] == "SSH_KEY=/etc/opshub/runner/id_ed25519"
-    assert not any(value for value in run.environment.values() if "id_ed25519" in value and "=" not in value)
+    assert run.cmd == ["/opt/opshub/bin/python", "-I", "-m", "opshub.runner"]  # isolated: no planted module
+    assert json.loads(run.environment["OPSHUB_RUNNER_CREDENTIALS"]) == granted
+    assert run.environment["OPSHUB_SANDBOX"] == "bubblewrap"
     assert c.Spawner.server_token_scopes(run) == ["access:servers!server", "users:activity!user"]
     bob_named = SimpleNamespace(user=SimpleNamespace(name="bob"), name="second", cmd=None, environment=None)
     with pytest.raises(web.HTTPError, match="one server") as refused:  # a 4xx, not a 500, should one get there

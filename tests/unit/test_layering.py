@@ -13,11 +13,31 @@ from opshub.settings import PACKAGE_DIR
 ALLOWED = {
     "runbooks": {"runbooks", "settings", "contract", "git"},  # the execution side: never the service
     "lab": {"lab", "runbooks", "settings", "contract", "git"},  # a person's server
-    "dashboards_backend": {"dashboards_backend", "archive", "hardening"},  # the dashboards server: nothing of the hub's
-    "runner": {"runner", "runbooks", "contract", "archive", "hardening"},  # the runner's server: runs runbooks, reports
+    "dashboards_backend": {
+        "dashboards_backend",
+        "archive",
+        "hardening",
+        "sandbox",
+    },  # the dashboards server: nothing of the hub's
+    "runner": {
+        "runner",
+        "runbooks",
+        "contract",
+        "archive",
+        "hardening",
+        "sandbox",
+    },  # the runner's server: runs runbooks, reports
     # the control plane; settings for the schema's defaults (declared once)
     "service": {"service", "runbooks", "contract", "git", "settings", "dashboards_backend", "runner"},
-    "configure": {"configure", "settings", "contract", "dashboards_backend", "runner", "accounts"},  # pure functions
+    "configure": {
+        "configure",
+        "settings",
+        "contract",
+        "dashboards_backend",
+        "runner",
+        "accounts",
+        "sandbox",
+    },  # pure functions
 }
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from jupyterhub.spawner import SpawnException
@@ -24,7 +25,8 @@ from ..contract import (
     service_prefix,
 )
 from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
-from ..runner import CREDENTIAL_FILES_ENV
+from ..runner import CREDENTIALS_ENV
+from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV
 from ..settings import Settings, repository_url
 from .hub import NamedServersOnlyFor
 from .services import service_api_url
@@ -72,10 +74,15 @@ def docker_volumes(settings: Settings) -> dict:
         # Same path as in the hub's container, so `runbooks.repository` works unchanged.
         folder = str(PurePosixPath(settings["runbooks"]["repository"]).parent)
         volumes[docker["runbooks_volume"]] = {"bind": folder, "mode": "ro"}
-    for source, target in docker["volumes"].items():
+    for source, target in extra_volumes(settings).items():
         path, _, mode = target.partition(":")
         volumes[source] = {"bind": path, "mode": mode or "rw"}
     return volumes
+
+
+def extra_volumes(settings: Settings) -> dict[str, str]:
+    """`spawner.docker.volumes`: the deployment's own mounts, `source: /path[:mode]`."""
+    return settings["spawner"]["docker"]["volumes"]
 
 
 def apply_docker(c, settings: Settings) -> None:
@@ -164,6 +171,7 @@ class SystemServers:
 
     commands: dict[str, list[str]]
     environments: dict[str, dict[str, str]]
+    docker_volumes: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's, per account
 
     def __call__(self, spawner) -> None:
         name = spawner.user.name
@@ -179,11 +187,22 @@ class SystemServers:
         if name in self.commands:
             spawner.cmd = self.commands[name]
             spawner.environment = self.environments[name]
+        if name in self.docker_volumes:
+            spawner.volumes = self.docker_volumes[name]
+
+
+def runner_sandbox(settings: Settings) -> str:
+    """Where each unattended run executes (sandbox.py): `runner.sandbox: auto` is a bubblewrap sandbox
+    per run on this machine, the runner's own fresh container or pod elsewhere."""
+    if settings["runner"]["sandbox"] == "none":
+        return NONE
+    return BUBBLEWRAP if settings["spawner"]["kind"] == "local" else CONTAINER
 
 
 def system_servers(settings: Settings, python: list[str], environment: dict[str, str]) -> SystemServers:
     """The dashboards server (opshub.dashboards_backend): where the pages are served from, its
-    kernel pools, where its kernels reach the run summaries."""
+    kernel pools, where its kernels reach the run summaries. The runner's server: its credentials and
+    sandbox. Both start Python isolated (-I): no folder their account can write shadows a module."""
     dashboards = settings["dashboards"]
     backend = {
         BASE_URL_ENV: f"{service_prefix(settings['hub']['base_url'])}dashboards/-/",
@@ -194,16 +213,25 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
     runner = {
         SERVICE_URL_ENV: environment[SERVICE_URL_ENV],
         "OPSHUB_SECRET_NAMES": environment["OPSHUB_SECRET_NAMES"],
-        CREDENTIAL_FILES_ENV: ",".join(f"{name}={c['file']}" for name, c in settings["runner"]["credentials"].items()),
+        CREDENTIALS_ENV: json.dumps(settings["runner"]["credentials"]),
+        SANDBOX_ENV: runner_sandbox(settings),
     }
     if "PATH" in environment:
         backend["PATH"] = runner["PATH"] = environment["PATH"]
+    volumes = {}
+    if settings["spawner"]["kind"] == "docker":
+        # a fresh container per run, with no home volume (nor the runbooks': the job brings them)
+        # that one run could leave something in for the next; the deployment's own extra mounts stay
+        volumes[RUNNER_ACCOUNT] = {
+            source: target for source, target in docker_volumes(settings).items() if source in extra_volumes(settings)
+        }
     return SystemServers(
         commands={
-            DASHBOARDS_ACCOUNT: [*python, "-m", "opshub.dashboards_backend"],
-            RUNNER_ACCOUNT: [*python, "-m", "opshub.runner"],
+            DASHBOARDS_ACCOUNT: [*python, "-I", "-m", "opshub.dashboards_backend"],
+            RUNNER_ACCOUNT: [*python, "-I", "-m", "opshub.runner"],
         },
         environments={DASHBOARDS_ACCOUNT: backend, RUNNER_ACCOUNT: runner},
+        docker_volumes=volumes,
     )
 
 

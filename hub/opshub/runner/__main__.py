@@ -269,7 +269,13 @@ def main() -> None:
 
     def record_end_if_missing(code: int) -> None:
         """The run's process ended without recording the end (killed before it could, crashed): say so.
-        The service refuses this (409) when the process did record it, which is fine."""
+        The service refuses this (409) when the process did record it, which is fine. Exit 0 says it
+        recorded the end; while the server is being stopped (the hub shuts down, and the service with
+        it) it tries only for the grace it has: the service's sweep ends a silent run anyway."""
+        if code == 0:
+            return
+        if state.get("signalled"):
+            state["reporter"].retry_seconds = STOP_GRACE_SECONDS
         status = "interrupted" if code < 0 or code >= EXIT_SIGNAL_BASE else "failed"
         summary = f"The runner's process for this run ended (exit {code}) before it recorded the run's end."
         try:
