@@ -193,6 +193,17 @@ class Hub:
             self.proc.wait()
             raise AssertionError("the hub did not stop within 60 s of SIGINT") from None
 
+    def kill(self, signum: int) -> None:
+        """Signal the hub's own process alone (SIGTERM: a restart, an upgrade; SIGKILL: a crash) and wait
+        for it to end; what it leaves running is what a supervisor's restart would find."""
+        self.proc.send_signal(signum)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"the hub did not stop within 60 s of {signal.Signals(signum).name}") from None
+
     def processes_of_this_hub(self) -> list[str]:
         """Command lines of every process still using this hub's state folder or ports."""
         out = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout

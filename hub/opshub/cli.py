@@ -75,7 +75,8 @@ def cmd_hub(args) -> int:
     os.environ[SETTINGS_ENV] = os.path.abspath(settings.source)
     if args.port:
         os.environ[PORT_ENV] = str(args.port)
-    os.execv(sys.executable, [sys.executable, "-m", "jupyterhub", "-f", HUB_CONFIG, *args.jupyterhub_args])
+    # JupyterHub, stopped as opshub needs: Ctrl-C stops everything, SIGTERM leaves runs running (hubapp.py)
+    os.execv(sys.executable, [sys.executable, "-m", "opshub.hubapp", "-f", HUB_CONFIG, *args.jupyterhub_args])
 
 
 def cmd_config_validate(args) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 
@@ -112,22 +113,70 @@ def test_killing_the_service_loses_and_doubles_nothing(hub, tokens):
 
 
 def test_restarting_the_hub_loses_and_doubles_nothing(hub, tokens):
+    """SIGTERM is a restart (an upgrade): the hub and its services stop, the run goes on, and the next hub
+    takes its server over; the run ends `succeeded` with all its output, the queued one runs after it."""
     bob = tokens["bob"]
-    running = request(hub, bob, message="running across the restart", seconds=90).json()
+    running = request(hub, bob, message="running across the restart", seconds=40).json()
     wait_for_first_cell(hub, bob, running["id"])
-    time.sleep(5)  # into its long last cell, past what it prints first
     queued = request(hub, bob, message="queued across the restart").json()
 
-    hub.stop()
+    hub.kill(signal.SIGTERM)
+    assert not processes_of_service(hub)  # the hub stopped its services...
     hub.start()
     bob = hub.tokens(users=["bob"])["bob"]
 
-    # the hub stopped the runner's server with itself: the run ends interrupted, with what it printed so far
-    interrupted = wait_for_status(hub, bob, running["id"], timeout=150)
-    assert interrupted["status"] == "interrupted", interrupted
-    assert "message: running across the restart" in printed(interrupted)
+    ended = wait_for_status(hub, bob, running["id"], timeout=150)  # ...and not the run
+    assert ended["status"] == "succeeded", ended
+    assert "message: running across the restart" in printed(ended)
     assert wait_for_status(hub, bob, queued["id"], timeout=150)["status"] == "succeeded"
     assert_each_fire_once(schedule_runs(hub, bob))
+
+
+def test_a_hub_killed_with_sigkill_leaves_no_service_behind_and_its_run_ends_recorded(hub, tokens):
+    bob = hub.tokens(users=["bob"])["bob"]
+    running = request(hub, bob, message="running across a crash", seconds=30).json()
+    wait_for_first_cell(hub, bob, running["id"])
+    services = processes_of_service(hub)
+    assert services
+
+    hub.kill(signal.SIGKILL)
+    # its services end with it (the next start would find their ports taken); the run goes on
+    wait_for(lambda: not processes_of_service(hub), timeout=20, what=f"the hub's services {services} to end")
+    hub.start()
+    bob = hub.tokens(users=["bob"])["bob"]
+    ended = wait_for_status(hub, bob, running["id"], timeout=150)
+    assert ended["status"] == "succeeded", ended
+    assert "message: running across a crash" in printed(ended)
+    assert "Address already in use" not in hub.log_file.read_text()
+
+
+def test_ctrl_c_stops_the_runs_it_interrupts_records_them_and_says_which(hub, tokens):
+    bob = hub.tokens(users=["bob"])["bob"]
+    running = request(hub, bob, message="stopped by Ctrl-C", seconds=120).json()
+    wait_for_first_cell(hub, bob, running["id"])
+    time.sleep(3)  # into its long last cell, past what it prints first
+    before = time.monotonic()
+    hub.stop()  # SIGINT, as Ctrl-C in `make run`'s terminal
+    stopped_in = time.monotonic() - before
+    assert f"interrupting unattended run(s) {running['id']}" in hub.log_file.read_text()
+    assert not hub.processes_of_this_hub(), hub.processes_of_this_hub()
+    hub.start()
+    bob = hub.tokens(users=["bob"])["bob"]
+    run = hub.service_api(bob, "GET", f"runs/{running['id']}").json()
+    assert run["status"] == "interrupted", run  # recorded by its job before the service stopped
+    assert "message: stopped by Ctrl-C" in printed(run)
+    assert stopped_in < 30, f"Ctrl-C took {stopped_in:.0f}s"
+
+
+def processes_of_service(hub) -> list[str]:
+    """The hub's services still running (the opshub service and the runbooks mirror of this hub)."""
+    out = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True, check=True).stdout
+    return [
+        line
+        for line in out.splitlines()
+        if ("opshub.service" in line and str(hub.state) in line)
+        or ("opshub.runbooks.mirror" in line and str(hub.repository) in line)
+    ]
 
 
 def test_nothing_stays_queued_or_running(hub, tokens):

@@ -11,7 +11,7 @@ from opshub.settings import PACKAGE_DIR
 # folder (or top-level module) -> what it may import from opshub. Modules at the top not listed
 # here (settings, contract, startup, cli...) are the shared base or the composition roots.
 ALLOWED = {
-    "runbooks": {"runbooks", "settings", "contract", "git"},  # the execution side: never the service
+    "runbooks": {"runbooks", "settings", "contract", "git", "hardening"},  # the execution side: never the service
     "lab": {"lab", "runbooks", "settings", "contract", "git"},  # a person's server
     "dashboards_backend": {
         "dashboards_backend",
@@ -28,7 +28,7 @@ ALLOWED = {
         "sandbox",
     },  # the runner's server: runs runbooks, reports
     # the control plane; settings for the schema's defaults (declared once)
-    "service": {"service", "runbooks", "contract", "git", "settings", "dashboards_backend", "runner"},
+    "service": {"service", "runbooks", "contract", "git", "settings", "dashboards_backend", "runner", "hardening"},
     "configure": {
         "configure",
         "settings",

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..git import run_git
+from ..hardening import die_with_parent
 
 log = logging.getLogger("opshub.runbooks.mirror")
 SOURCE_REF = "refs/opshub/source"
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with SIGINT, then SIGTERM
         signal.signal(sig, lambda *_: sys.exit(0))
+    die_with_parent()  # the hub's managed service: never outlives a hub killed with SIGKILL
     while True:
         try:
             mirror(args.source, args.dest, args.branch)

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from tornado.ioloop import PeriodicCallback
 
 from ..contract import DASHBOARDS_ACCOUNT, server_prefix
+from ..hardening import die_with_parent
 from ..runbooks.catalog import RunbookCatalog
 from ..settings import schema_default
 from .app import UnattendedRuns, make_app
@@ -207,6 +208,7 @@ async def serve(args) -> None:
 
 
 def main(argv=None) -> None:
+    die_with_parent()  # the hub's managed service: never outlives a hub killed with SIGKILL
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     asyncio.run(serve(parse_args(argv)))
 
