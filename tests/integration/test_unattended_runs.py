@@ -15,6 +15,7 @@ import nbformat
 import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from opshub.service.queue import runner_server_name
 
 from tests.helpers import VENV_BIN, git, open_folder
 from tests.livehub import Hub, wait_for
@@ -361,24 +362,45 @@ def test_the_runbook_page_offers_the_request_form_to_operators_not_viewers(hub):
     assert refused.status_code == 403 and "Traceback" not in refused.text
 
 
+def default_server(hub, token, user) -> dict | None:
+    """The user's default server as the hub's API shows it to an admin, when it runs."""
+    response = requests.get(f"{hub.url}/hub/api/users/{user}", headers={"Authorization": f"token {token}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["servers"].get("")
+
+
 def test_the_idle_culler_leaves_a_running_runner_alone(hub, tokens):
     """jupyterhub-idle-culler with a 25 s timeout, against a run of 45 s: the runner's server tells the hub it
-    is active while its run goes on, so the culler does not stop it (it would stop an idle server)."""
+    is active while its run goes on, so the culler does not stop it. Positive control, in the same culler's
+    run: bob's idle JupyterLab (nobody uses it) is culled, and the culler's log shows it listed the runner's
+    server and decided to keep it (a culler that fails every cycle, or never sees the runner, fails here)."""
+    if not default_server(hub, tokens["alice"], "bob"):
+        session, _ = hub.login("bob")
+        hub.open_lab(session, "bob")  # an idle person's server, for the culler to cull
     run = request(hub, tokens["bob"], message="outlives the culler", seconds=45).json()
     wait_for_first_cell(hub, tokens["bob"], run["id"])
     culler = subprocess.Popen(
         [str(VENV_BIN / "python"), "-m", "jupyterhub_idle_culler", "--timeout=25", "--cull-every=5",
-         f"--url=http://127.0.0.1:{hub.port + 1}/hub/api"],
+         "--Application.log_level=DEBUG", f"--url=http://127.0.0.1:{hub.port + 1}/hub/api"],
         env={**os.environ, "JUPYTERHUB_API_TOKEN": tokens["alice"]},  # an admin's: it may stop anyone's server
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         done = wait_for_status(hub, tokens["bob"], run["id"], timeout=120)
+        # the control: the same culler, while it ran, stops the idle server (at most 25 s + a cycle after it
+        # was last used; usually already done while the run ran)
+        bob_culled = wait_for(
+            lambda: default_server(hub, tokens["alice"], "bob") is None, timeout=60, what="bob's idle server culled"
+        )
     finally:
         culler.terminate()
         log = culler.communicate(timeout=30)[0]
+    assert bob_culled and "Culling server bob " in log, log
     assert done["status"] == "succeeded", (done, log)
     assert "Culling server opshub-runner" not in log, log
+    # it saw the runner's server, active, in its cycles, and kept it
+    assert f"Not culling server opshub-runner/{runner_server_name(run['id'])} " in log, log
+    assert "Error processing" not in log and "Traceback" not in log, log
 
 
 def test_the_runners_metrics(hub, tokens):
