@@ -3,12 +3,14 @@ hub restarted with runs queued, running and due. Nothing lost, nothing doubled, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -166,6 +168,43 @@ def test_ctrl_c_stops_the_runs_it_interrupts_records_them_and_says_which(hub, to
     assert run["status"] == "interrupted", run  # recorded by its job before the service stopped
     assert "message: stopped by Ctrl-C" in printed(run)
     assert stopped_in < 30, f"Ctrl-C took {stopped_in:.0f}s"
+
+
+def test_a_killed_runner_server_takes_its_run_with_it_and_the_record_says_so(hub, tokens):
+    """The run's sandbox ends with its runner's server: nothing of the run goes on unrecorded, and a cancel
+    sent afterwards does not claim to have stopped it."""
+    bob, alice = (hub.tokens(users=["bob", "alice"])[name] for name in ("bob", "alice"))
+    running = request(hub, bob, message="its server killed", seconds=90).json()
+    wait_for_first_cell(hub, bob, running["id"])
+    assert processes_in_run(running["id"])  # its job and kernel work in the run's folder
+    server = "run-" + running["id"].replace("-", "")[:26]
+    os.kill(runner_server_pid(server), signal.SIGKILL)
+
+    wait_for(lambda: not processes_in_run(running["id"]), timeout=15, what="the run's processes to end with it")
+    cancel = hub.service_api(alice, "POST", f"runs/{running['id']}/cancel")
+    assert cancel.status_code in (200, 409), cancel.text  # 409: the runner recorded the loss first
+    ended = wait_for_status(hub, bob, running["id"], timeout=90)
+    assert ended["status"] == "interrupted", ended
+    assert "runner's server stopped" in ended["error_summary"]
+
+
+def runner_server_pid(server: str) -> int:
+    """The process of the runner's named server `server` (root reads even a non-dumpable one's environment)."""
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and f"JUPYTERHUB_SERVER_NAME={server}\0".encode() in (proc / "environ").read_bytes():
+                return int(proc.name)
+    raise AssertionError(f"no process of the runner's server {server}")
+
+
+def processes_in_run(run_id: str) -> list[int]:
+    """Processes working in the run's folder (its job, its kernel, what they started)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and run_id in os.readlink(proc / "cwd"):
+                found.append(int(proc.name))
+    return found
 
 
 def processes_of_service(hub) -> list[str]:

@@ -578,6 +578,35 @@ def test_cancelling_a_running_runner_run_asks_the_runner_and_it_ends_cancelled(q
         queue.request_cancel(run.id, "admin", may_cancel_any=True)
 
 
+def test_a_run_that_ends_by_itself_before_its_cancel_reaches_it_is_recorded_as_it_ended(queue, store, clock):
+    """The record never says "cancelled" for a run whose every cell ran: the cancel is noted, not claimed."""
+    (run,) = queued_runs(queue, clock, [])
+    token = claim_one(queue, run)
+    queue.runner_begin(run.id, token)
+    queue.request_cancel(run.id, "alice", may_cancel_any=True)
+    ended = queue.runner_finish(run.id, token, "succeeded")
+    assert ended.status == "succeeded"
+    assert ended.error_summary == "alice asked to cancel it, but it had ended (succeeded) first."
+
+
+def test_a_run_whose_runner_server_is_gone_ends_interrupted_saying_so(queue, store, clock):
+    starting, running, cancelled = queued_runs(queue, clock, [], [], [])
+    claims, _ = queue.claim(max_concurrent=100)
+    for claim in claims:
+        if claim.run.id != starting.id:
+            queue.runner_begin(claim.run.id, claim.token)
+    queue.request_cancel(cancelled.id, "alice", may_cancel_any=True)
+
+    assert queue.lost(starting.id) is None  # before its first cell: release() puts it back in the queue
+    lost = queue.lost(running.id)
+    assert lost.status == "interrupted" and "runner's server stopped" in lost.error_summary
+    lost_while_cancelled = queue.lost(cancelled.id)
+    assert lost_while_cancelled.status == "interrupted"
+    assert "alice's cancel found it stopped already" in lost_while_cancelled.error_summary
+    assert queue.lost(running.id) is None  # ended once
+    assert queue.lost("no-such-run") is None
+
+
 def test_a_person_s_own_run_cannot_be_cancelled_here(queue, store):
     run = person_run(queue, user="bob")
     for by, admin in (("bob", False), ("admin", True)):

@@ -147,6 +147,7 @@ async def serve(args) -> None:
         start_timeout=args.runner_start_timeout,
         on_claimed=events.claimed,
         on_lock_wait=events.lock_wait,
+        on_ended=events.ended,
     )
     events.runner = runner
     unattended = Unattended(queue, catalog, wake=runner.wake)

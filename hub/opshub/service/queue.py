@@ -248,6 +248,17 @@ class RunQueue:
         """End a claimed run that never reached its runner (the server would not start)."""
         return self._end(run_id, "failed", summary, (RUNNING,))
 
+    def lost(self, run_id: str) -> Run | None:
+        """End a run past its first cell whose runner's server is gone without recording its end: its
+        sandbox, job and kernel ended with the server (bubblewrap's --die-with-parent, the container)."""
+        run = self.store.get_run(run_id)
+        if run is None or run.first_cell_at is None:
+            return None
+        summary = "Its runner's server stopped before the run recorded its end; the run's processes ended with it."
+        if run.cancel_requested_by:
+            summary += f" ({run.cancel_requested_by}'s cancel found it stopped already.)"
+        return self._end(run_id, "interrupted", summary, (RUNNING,))
+
     def runner_run(self, run_id: str, token: str) -> Run:
         """The run, if `token` is the one minted for it; BadRunToken otherwise."""
         run = self.store.get_run(run_id)
@@ -283,9 +294,13 @@ class RunQueue:
             raise ValueError(f"status must be one of {', '.join(RUNNER_END_STATES)}, not {status!r}")
         check_end(failed_cell, error_summary)
         run = self.runner_run(run_id, token)
-        if run.cancel_requested_by:
+        if run.cancel_requested_by and status == "interrupted":  # the cancel stopped it
             status = "cancelled"
             error_summary = f"Cancelled by {run.cancel_requested_by} while it ran." + (
+                f" {error_summary}" if error_summary else ""
+            )
+        elif run.cancel_requested_by:  # it ended by itself before the cancel reached it: the record says so
+            error_summary = f"{run.cancel_requested_by} asked to cancel it, but it had ended ({status}) first." + (
                 f" {error_summary}" if error_summary else ""
             )
         stored = None if output_notebook is None else cap_notebook(output_notebook, self.store.output_cap)

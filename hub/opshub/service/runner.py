@@ -50,6 +50,7 @@ class Runner:
         start_timeout: float = 120,
         on_claimed: Callable[[Run], None] = lambda run: None,
         on_lock_wait: Callable[[Run | str, str], None] = lambda run, lock: None,
+        on_ended: Callable[[Run], None] = lambda run: None,
     ):
         self.queue = queue
         self.hub = hub
@@ -60,6 +61,7 @@ class Runner:
         self.start_timeout = start_timeout
         self.on_claimed = on_claimed
         self.on_lock_wait = on_lock_wait
+        self.on_ended = on_ended  # a run this runner ended itself (it never started, its server was lost)
         self.launching: dict[str, asyncio.Task] = {}  # run id -> its start
         self.stopping: set[str] = set()  # servers asked to stop
         self.waiting: dict[str, str] = {}  # run id -> the lock it waits for
@@ -145,6 +147,17 @@ class Runner:
         for run_id in abandoned:
             if await loop.run_in_executor(None, self.queue.release, run_id):
                 log.warning("run %s goes back to the queue: its runner's server never came up", run_id)
+        # past its first cell, a run whose server is gone is gone too (its sandbox ends with the server)
+        lost = [
+            run.id
+            for run in runs
+            if run.runner_server not in servers and run.first_cell_at is not None and run.id not in self.launching
+        ]
+        for run_id in lost:
+            ended = await loop.run_in_executor(None, self.queue.lost, run_id)
+            if ended is not None:
+                log.warning("run %s: its runner's server is gone; recorded interrupted", run_id)
+                self.on_ended(ended)
 
     # -- one run ------------------------------------------------------------------------------------
 
@@ -163,7 +176,11 @@ class Runner:
             await loop.run_in_executor(None, self.queue.release, run.id)
         except RunnerStartFailed as e:
             log.error("run %s failed to start: %s", run.id, e)
-            await loop.run_in_executor(None, self.queue.fail, run.id, f"The runner could not start the run: {e}")
+            failed = await loop.run_in_executor(
+                None, self.queue.fail, run.id, f"The runner could not start the run: {e}"
+            )
+            if failed is not None:
+                self.on_ended(failed)
             with contextlib.suppress(OSError):
                 await self.remove(run.runner_server)
         finally:
