@@ -15,12 +15,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .accounts import unreadable_by_others
+from .accounts import PERSON_PREFIX, unreadable_by_others
 from .configure import Runtime
 from .configure.services import database_url
 from .configure.spawner import homes_dir, local_accounts
+from .contract import SYSTEM_ACCOUNTS
+from .deployments import CLAIMS_DIR, claim_system_accounts, deployment_id
 from .runbooks.mirror import MirrorError, mirror
-from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, repository_url
+from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, public_url, repository_url
 
 DEMO_PASSWORD_FILE = "demo-password"
 METRICS_TOKEN_FILE = "metrics-token"
@@ -249,6 +251,17 @@ def check_accounts(settings: Settings, runtime: Runtime) -> None:
             )  # fmt: skip
 
 
+def claim_accounts(settings: Settings, runtime: Runtime, claims_dir: Path | None = None) -> None:
+    """Per-person accounts are this machine's, the same names for every deployment: claim them for
+    this one while its hub runs (opshub.deployments); AccountsClaimed, naming the deployment that
+    holds them, when another one's hub is running."""
+    if settings["spawner"]["kind"] != "local" or local_accounts(settings, runtime) != "per-person":
+        return  # containers, pods and the single-account trial share no account with another deployment
+    accounts = ", ".join([f"{PERSON_PREFIX}<name>", *SYSTEM_ACCOUNTS])
+    claims_dir = claims_dir or CLAIMS_DIR  # read now: tests point it at a folder of their own
+    claim_system_accounts(settings.state_dir, public_url(settings.data), settings.source, accounts, claims_dir)
+
+
 def prepare(settings: Settings) -> Runtime:
     """Create the state folder and gather what the apply functions need; SettingsError if anything is off."""
     state = settings.state_dir
@@ -264,7 +277,11 @@ def prepare(settings: Settings) -> Runtime:
         )
         raise SettingsError(settings.source, [problem])
     provider = settings["auth"]["provider"]
-    found: dict = {"metrics_token": metrics_token(settings)[0], "alerts_token": alerts_token(settings)[0]}
+    found: dict = {
+        "metrics_token": metrics_token(settings)[0],
+        "alerts_token": alerts_token(settings)[0],
+        "deployment_id": deployment_id(state),  # people's servers keep their spools per deployment
+    }
     password_env = settings["history"]["database_password_env"]
     if password_env:
         if not os.environ.get(password_env):

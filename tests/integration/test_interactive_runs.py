@@ -191,7 +191,8 @@ def test_notebooks_outside_the_runbooks_folder_are_not_recorded(hub, bob):
     log = hub.log_file.read_text().splitlines()
     assert not [line for line in log if "recording the interactive run" in line and f"/{marker}.ipynb" in line]
     spool = bob["home"] / ".local" / "share" / "opshub" / "interactive-runs"
-    left = [p.name for p in spool.iterdir() if p.is_file() and f"print('{marker}')" in p.read_text()]
+    # (each deployment's spool is a folder of its own in there)
+    left = [p.name for p in spool.rglob("*") if p.is_file() and f"print('{marker}')" in p.read_text()]
     assert not left, f"the scratch notebook is in the spool (pending or refused): {left}"
 
 

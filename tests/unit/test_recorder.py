@@ -12,7 +12,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from opshub.lab.recorder import FAILED_CELL_TAG, Recorder, Spool
+from opshub.lab.recorder import FAILED_CELL_TAG, Deliverer, Recorder, Spool
+from opshub.lab.spool import deployment_folder
 
 from tests.helpers import run_async
 
@@ -327,3 +328,63 @@ def test_a_real_kernel_is_heard_from_the_first_cell_sent_at_once_after_its_start
     recorded = run_async(scenario())
     expected = [[f"print('{when} {number}')"] for number in range(3) for when in ("first", "after restart")]
     assert recorded == expected
+
+
+class FakeService:
+    """What a deployment's opshub service heard from a person's server: every request, in order."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str]] = []
+
+    def request(self, method: str, path: str, body=None):
+        self.requests.append((method, path))
+
+
+def spool_of(base, deployment: str) -> Spool:
+    return Spool(deployment_folder(base, deployment))
+
+
+def test_a_deployment_delivers_only_its_own_spooled_runs(server, tmp_path):
+    """bob's account (and home) is the same for every deployment on the machine: A's run, spooled by A's
+    recorder, goes to A's service and never to B's, whichever server of bob's delivers next."""
+    base = tmp_path / "home" / ".local" / "share" / "opshub" / "interactive-runs"
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = Recorder(server, tmp_path / "runbooks", spool_of(base, "a" * 16), secret_names=[], ask_kernels=False)
+    run_cell(recorder, "r1", "print('a')", message("stream", "r1", name="stdout", text="a\n"))
+    recorder.end(KERNEL, "the kernel was shut down")
+    (record,) = spool_of(base, "a" * 16).records()
+
+    service_b = FakeService()
+    assert Deliverer(spool_of(base, "b" * 16), lambda: service_b).deliver_once()
+    assert service_b.requests == []
+    assert spool_of(base, "a" * 16).records() == [record]  # still A's, waiting for A
+    service_a = FakeService()  # and the positive control: A's own server delivers it
+    assert Deliverer(spool_of(base, "a" * 16), lambda: service_a).deliver_once()
+    assert service_a.requests == [("POST", "api/runs"), ("POST", f"api/runs/{record['id']}/finish")]
+    assert spool_of(base, "a" * 16).records() == []
+
+
+def test_runs_spooled_before_deployment_ids_go_to_the_first_deployment_then_are_left_alone(server, tmp_path, caplog):
+    base = tmp_path / "interactive-runs"
+    open_notebook(server, "runbooks/check.ipynb")
+    earlier = Recorder(
+        server, tmp_path / "runbooks", Spool(deployment_folder(base, None)), secret_names=[], ask_kernels=False
+    )
+    run_cell(earlier, "r1", "print('a')")
+    earlier.end(KERNEL, "the kernel was shut down")
+    (record,) = Spool(base).records()  # no id: spooled where it always was
+
+    assert spool_of(base, "a" * 16).records() == [record]  # the first deployment with an id takes it over
+    assert not list(base.glob("*.json"))
+    (base / "old-run.json").write_text(json.dumps(record))  # one more from before, now that A has a folder
+    with caplog.at_level("WARNING", logger="opshub.recorder"):
+        assert spool_of(base, "b" * 16).records() == []
+    assert (base / "old-run.json").exists()
+    assert "left alone, not delivered" in caplog.text and "a" * 16 in caplog.text
+
+
+def test_a_deployment_id_that_is_not_a_folder_name_spools_where_runs_always_were(tmp_path, caplog):
+    base = tmp_path / "interactive-runs"
+    with caplog.at_level("ERROR", logger="opshub.recorder"):
+        assert deployment_folder(base, "../../elsewhere") == base
+    assert "not a folder name" in caplog.text

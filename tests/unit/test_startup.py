@@ -16,6 +16,14 @@ from opshub.startup import DEMO_PASSWORD_FILE, demo_password, prepare
 from tests.helpers import make_work_tree
 
 
+@pytest.fixture(autouse=True)
+def claims_of_this_test(tmp_path, monkeypatch):
+    """prepare() claims the machine's system accounts as root: here in a folder of the test's own, never
+    the machine's, where a live hub's claim would refuse the test (and the test's would refuse live hubs)."""
+    monkeypatch.setattr("opshub.startup.CLAIMS_DIR", tmp_path / "claims")
+    return tmp_path / "claims"
+
+
 def embedded(tmp_path, monkeypatch):
     make_work_tree(tmp_path / "shared-notebooks", {"a.ipynb": "{}"})
     monkeypatch.delenv("OPSHUB_DEMO_PASSWORD", raising=False)
@@ -147,3 +155,16 @@ def test_the_hub_starts_when_the_oidc_provider_cannot_be_reached(tmp_path, open_
     c = apply_all(Config(), settings, runtime)
     assert c.JupyterHub.authenticator_class == "opshub.auth.OIDCAuthenticator"
     assert c.OIDCAuthenticator.oidc_issuer == "http://127.0.0.1:9/realms/ops"
+
+
+def test_peoples_servers_get_the_deployments_id_from_the_state_folder(tmp_path, open_tmp_path, monkeypatch):
+    from opshub.configure.spawner import apply_spawner
+    from traitlets.config import Config
+
+    settings = in_open_folder(embedded(tmp_path, monkeypatch), open_tmp_path)
+    runtime = prepare(settings)
+    assert runtime.deployment_id == (tmp_path / "state" / "deployment-id").read_text().strip()
+    assert prepare(settings).deployment_id == runtime.deployment_id  # kept
+    c = Config()
+    apply_spawner(c, settings, runtime)
+    assert c.Spawner.environment["OPSHUB_DEPLOYMENT_ID"] == runtime.deployment_id

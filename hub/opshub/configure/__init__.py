@@ -37,6 +37,7 @@ class Runtime:
     database_password: str | None = None  # the run history database's password, if it needs one
     as_root: bool = False  # the hub runs as root: it can give each person a system account
     path: str = os.defpath  # the hub's $PATH, which servers on this machine extend
+    deployment_id: str = ""  # this deployment's id (its state folder's), for what people's servers keep per deployment
 
     @classmethod
     def of_this_machine(cls, **found) -> Runtime:

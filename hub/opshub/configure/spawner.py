@@ -12,6 +12,7 @@ from jupyterhub.spawner import SpawnException
 from ..contract import (
     ALLOWED_PULL_REPOS_ENV,
     DASHBOARDS_ACCOUNT,
+    DEPLOYMENT_ID_ENV,
     PUBLISH_SCOPE,
     RECORD_SCOPE,
     REQUEST_SCOPE,
@@ -44,8 +45,9 @@ SERVER_TOKEN_SCOPES = [
 ]
 
 
-def user_environment(settings: Settings) -> dict[str, str]:
-    """What the user's server needs from the hub: where the runbooks and the run history are."""
+def user_environment(settings: Settings, deployment_id: str = "") -> dict[str, str]:
+    """What the user's server needs from the hub: where the runbooks and the run history are, and which
+    deployment it belongs to (`Runtime.deployment_id`, kept in the state folder)."""
     runbooks = settings["runbooks"]
     return {
         # read by `opshub.singleuser` to pull the runbooks before the server starts
@@ -59,6 +61,8 @@ def user_environment(settings: Settings) -> dict[str, str]:
         # read by the opshub server extension that records interactive runs (opshub.lab)
         "OPSHUB_INTERACTIVE_IDLE_MINUTES": str(settings["history"]["interactive_idle_minutes"]),
         "OPSHUB_RECORD_OUTSIDE_RUNBOOKS": "true" if settings["history"]["record_outside_runbooks"] else "false",
+        # its spool of interactive runs is this deployment's: accounts on one machine outlive deployments
+        **({DEPLOYMENT_ID_ENV: deployment_id} if deployment_id else {}),
     }
 
 
@@ -237,7 +241,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
 
 def apply_spawner(c, settings: Settings, runtime) -> None:
     spawner = settings["spawner"]
-    environment = user_environment(settings)
+    environment = user_environment(settings, runtime.deployment_id)
     python = ["python"]  # in a container or pod, the image's
     if spawner["kind"] == "local":
         apply_local(c, settings, runtime)

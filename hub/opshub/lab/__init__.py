@@ -53,9 +53,11 @@ def guard_pull_links(serverapp) -> None:
 
 
 def _load_jupyter_server_extension(serverapp) -> None:
+    from ..contract import DEPLOYMENT_ID_ENV
     from ..runbooks.client import SERVICE_URL_ENV, ServiceClient
     from .handlers import default_runbooks_dir, handlers, service_prefix
     from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool
+    from .spool import deployment_folder
 
     show_our_logs_in(serverapp.log)
     guard_pull_links(serverapp)  # first: whatever fails later, pull links stay confined
@@ -70,7 +72,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     if not os.environ.get(SERVICE_URL_ENV):
         serverapp.log.info("opshub: no %s, interactive runs are not recorded", SERVICE_URL_ENV)
         return
-    spool = Spool(SPOOL_DIR.expanduser())
+    spool = Spool(deployment_folder(SPOOL_DIR.expanduser(), os.environ.get(DEPLOYMENT_ID_ENV)))  # this deployment's
     for record in spool.records():
         if record.get("end") is None:  # left open by a server that stopped before its kernels ended
             record["end"] = {

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..runbooks.execute import DEFAULT_HEARTBEAT_SECONDS
 
 log = logging.getLogger("opshub.recorder")
 PROGRESS_SECONDS = 3  # at most this often a run's cells so far go to the service (each sends the notebook)
+_DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Spool:
@@ -70,6 +72,47 @@ class Spool:
             path.rename(self.folder / f"{run_id}.refused")
             (self.folder / f"{run_id}.refused.reason").write_text(reason + "\n")
         (self.folder / f"{run_id}.delivered").unlink(missing_ok=True)
+
+
+def deployment_folder(base: Path, deployment_id: str | None) -> Path:
+    """Where a person's server spools the interactive runs of its deployment: `base/<deployment id>`.
+
+    A person's system account (and so `base`, in their home) is the same for every deployment on the
+    machine that starts servers as it, one after another: each delivers only its own runs, never
+    another's to the wrong service. Records from before deployments had ids lie in `base` itself: the
+    first deployment to find them, while no other deployment's folder is there, takes them over
+    (before, they were any deployment's: one at a time now, the one that runs next is theirs); once
+    another deployment has a folder they are left alone, with a log line saying so. Without an id
+    (a server not started by such a hub) runs are spooled in `base`, as before."""
+    base = Path(base)
+    if not deployment_id:
+        return base
+    if not _DEPLOYMENT_ID.fullmatch(deployment_id):
+        log.error("opshub: deployment id %r is not a folder name; interactive runs spooled in %s", deployment_id, base)
+        return base
+    folder = base / deployment_id
+    earlier = sorted(p for p in base.glob("*") if p.is_file() and not p.is_symlink()) if base.is_dir() else []
+    if not earlier:
+        return folder
+    others = [p.name for p in base.iterdir() if p.is_dir() and p.name != deployment_id]
+    if others:
+        log.warning(
+            "opshub: %d spooled interactive-run files in %s are from before deployments had ids, and other"
+            " deployments (%s) spool here too: left alone, not delivered; move them into %s to deliver"
+            " them to this deployment",
+            len(earlier),
+            base,
+            ", ".join(sorted(others)),
+            folder,
+        )
+        return folder
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in earlier:
+        os.replace(path, folder / path.name)
+    log.info(
+        "opshub: took over %d spooled interactive-run files of %s (from before deployment ids)", len(earlier), base
+    )
+    return folder
 
 
 class Deliverer:
