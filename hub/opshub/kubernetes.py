@@ -13,7 +13,8 @@ as `custom.opshub` (its `get_config`). Two processes read them:
 What differs from the other modes (MODE_SPECIFIC below, checked by tests/chart/): z2jh owns where
 the hub and proxy listen, the hub database and the cookie secret; the opshub service is an external
 service reached at its Kubernetes Service; z2jh's own services and roles (such as the idle culler)
-are kept; spawner settings are also set on KubeSpawner, where z2jh sets its `singleuser` values.
+are kept; spawner settings are also set on KubeSpawner, where z2jh sets its `singleuser` values; and the
+runner's pods get a fresh `emptyDir` home instead of z2jh's per-user storage (RunnerPods below).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import copy
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from traitlets.config.loader import LazyConfigValue
 from . import startup
 from .configure import Runtime, apply_all
 from .configure.services import service_arguments
-from .contract import SERVICE_NAME, SERVICE_URL_ENV, service_prefix
+from .contract import RUNNER_ACCOUNT, SERVICE_NAME, SERVICE_URL_ENV, service_prefix
 from .settings import OAUTH_PROVIDERS, Settings, SettingsError, _is_url, schema, validate
 
 VALUES_KEY = "jupyterhub.custom.opshub"  # where the settings live in the wrapper chart's values
@@ -57,7 +59,12 @@ Z2JH_OWNED_TRAITS = {
 # Spawner traits that z2jh also sets on KubeSpawner (from its `singleuser` values), which would win
 # over the same trait on Spawner: opshub's values are set on KubeSpawner too.
 KUBESPAWNER_TRAITS = ("cmd", "default_url", "start_timeout", "http_timeout", "environment")
+# Where z2jh mounts each user's storage when its values do not say (`singleuser.storage.homeMountPath`);
+# the chart's values set the ops image's home, /home/ops.
+Z2JH_HOME_MOUNT_PATH = "/home/jovyan"
+RUN_HOME_VOLUME = "opshub-run-home"  # the runner's pods' emptyDir
 # Everything in which the hub's config differs from the other modes, by section and trait.
+# (KubeSpawner.pre_spawn_hook is this mode's alone: RunnerPods, around the other modes' Spawner hook.)
 MODE_SPECIFIC = {
     "ConfigurableHTTPProxy": None,
     # z2jh's services and roles are kept next to ours; the opshub service is external
@@ -184,6 +191,54 @@ def merge_into(c: Config, ours: Config, settings: Settings, service_url: str, pr
     return c
 
 
+def _as_list(value: Any) -> list[dict]:
+    """KubeSpawner's `volumes` and `volume_mounts`: a list, or a dict whose values it sorts by key."""
+    if isinstance(value, dict):
+        return [value[key] for key in sorted(value)]
+    return list(value or [])
+
+
+def _claim(volume: dict) -> str | None:
+    claim = volume.get("persistentVolumeClaim") or volume.get("persistent_volume_claim") or {}
+    return claim.get("claimName") or claim.get("claim_name")
+
+
+def ephemeral_home(spawner, home: str) -> None:
+    """A runner's pod: an `emptyDir` at the home in place of z2jh's singleuser storage (`dynamic`: the
+    PVC `claim-{username}...` KubeSpawner would create for each run's server; `static`: a subPath of one
+    shared claim), and no PVC created. A run's pod starts with an empty home and nothing it writes there
+    outlives it. The deployment's other volumes (`singleuser.storage.extraVolumes`) stay, as in Docker."""
+    volumes, mounts = _as_list(spawner.volumes), _as_list(spawner.volume_mounts)
+    at_home = {m.get("name") for m in mounts if (m.get("mountPath") or m.get("mount_path") or "").rstrip("/") == home}
+    personal_claims = {getattr(spawner, "pvc_name_template", None), "{pvc_name}"} - {None}
+    drop = at_home | {v.get("name") for v in volumes if _claim(v) in personal_claims}
+    spawner.volumes = [v for v in volumes if v.get("name") not in drop] + [{"name": RUN_HOME_VOLUME, "emptyDir": {}}]
+    spawner.volume_mounts = [m for m in mounts if m.get("name") not in drop] + [
+        {"name": RUN_HOME_VOLUME, "mountPath": home}
+    ]
+    spawner.storage_pvc_ensure = False
+
+
+@dataclass(frozen=True)
+class RunnerPods:
+    """KubeSpawner's `pre_spawn_hook` here: opshub's own hook of every mode (SystemServers: the system
+    accounts' commands and environments), then, for a runner's pod, an emptyDir home (`ephemeral_home`)."""
+
+    hook: Callable
+    home: str
+
+    def __call__(self, spawner) -> None:
+        self.hook(spawner)
+        if spawner.user.name == RUNNER_ACCOUNT:
+            ephemeral_home(spawner, self.home)
+
+
+def runner_pods(ours: Config, get_config: Callable) -> RunnerPods:
+    """The hook, with the home where z2jh mounts the users' storage (`singleuser.storage.homeMountPath`)."""
+    home = get_config("singleuser.storage.homeMountPath") or Z2JH_HOME_MOUNT_PATH
+    return RunnerPods(ours.Spawner.pre_spawn_hook, str(home).rstrip("/") or "/")
+
+
 def hub_config_conflicts(hub_config: Any, ours: Config) -> list[str]:
     """Traits that z2jh's `hub.config` values set and opshub's settings set too. z2jh applies
     `hub.config` after jupyterhub_config.d, so these would silently replace opshub's (its default
@@ -213,9 +268,12 @@ def configure_hub(c: Config, get_config: Callable, get_name: Callable) -> Config
         conflicts = hub_config_conflicts(get_config("hub.config"), ours)
         if conflicts:
             raise SettingsError("the Helm values", conflicts)
-        return merge_into(
+        c = merge_into(
             c, ours, settings, f"http://{service_host(get_name('hub'))}:{SERVICE_PORT}", proxy_url(get_config, get_name)
         )
+        # on KubeSpawner, where z2jh's storage is: the other modes' Spawner hook stays as it is
+        c.KubeSpawner.pre_spawn_hook = runner_pods(ours, get_config)
+        return c
     except SettingsError as e:
         # A clear message naming the key, instead of a traceback from deep inside the hub.
         print(f"opshub: {e}", file=sys.stderr)

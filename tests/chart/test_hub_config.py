@@ -5,10 +5,12 @@ parts (opshub.kubernetes.MODE_SPECIFIC), and z2jh's own configuration must survi
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -328,3 +330,145 @@ def test_the_service_pod_entry_point_serves_the_history(chart, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+# z2jh's defaults of `singleuser.storage` (its values.yaml; the dependency is not fetched here)
+Z2JH_STORAGE_DEFAULTS = {
+    "type": "dynamic",
+    "homeMountPath": "/home/jovyan",
+    "dynamic": {
+        "pvcNameTemplate": "claim-{username}{servername}",
+        "volumeNameTemplate": "volume-{username}{servername}",
+    },
+    "static": {"pvcName": None, "subPath": "{username}"},
+    "extraVolumes": [],
+    "extraVolumeMounts": [],
+}
+SHARED_DATA = {"name": "team-data", "persistentVolumeClaim": {"claimName": "team-data"}}
+SHARED_DATA_MOUNT = {"name": "team-data", "mountPath": "/srv/team-data", "readOnly": True}
+
+
+def with_z2jh_storage(c: Config, get_config) -> Config:
+    """What z2jh's jupyterhub_config.py sets from `singleuser.storage` (4.x, its "Configure dynamically
+    provisioning pvc" part), on the values Helm merged over z2jh's defaults."""
+    storage = {**Z2JH_STORAGE_DEFAULTS, **(get_config("singleuser.storage") or {})}
+    home = storage["homeMountPath"]
+    if storage["type"] == "dynamic":
+        dynamic = {**Z2JH_STORAGE_DEFAULTS["dynamic"], **storage.get("dynamic", {})}
+        c.KubeSpawner.pvc_name_template = dynamic["pvcNameTemplate"]
+        c.KubeSpawner.storage_pvc_ensure = True
+        volume = dynamic["volumeNameTemplate"]
+        c.KubeSpawner.volumes = [{"name": volume, "persistentVolumeClaim": {"claimName": dynamic["pvcNameTemplate"]}}]
+        c.KubeSpawner.volume_mounts = [{"mountPath": home, "name": volume}]
+    elif storage["type"] == "static":
+        static = {**Z2JH_STORAGE_DEFAULTS["static"], **storage.get("static", {})}
+        c.KubeSpawner.volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": static["pvcName"]}}]
+        c.KubeSpawner.volume_mounts = [{"mountPath": home, "name": "home", "subPath": static["subPath"]}]
+    c.KubeSpawner.volumes = [*c.KubeSpawner.get("volumes", []), *storage["extraVolumes"]]
+    c.KubeSpawner.volume_mounts = [*c.KubeSpawner.get("volume_mounts", []), *storage["extraVolumeMounts"]]
+    return c
+
+
+def kube_spawner(c: Config, user: str, server: str = "") -> SimpleNamespace:
+    """A KubeSpawner as the hub makes it for a spawn (kubespawner is the hub image's; not installed here):
+    its traits from the config, KubeSpawner's over Spawner's, as traitlets gives them."""
+    traits = {**c.Spawner, **c.KubeSpawner}
+    return SimpleNamespace(
+        pre_spawn_hook=traits.get("pre_spawn_hook"),
+        user=SimpleNamespace(name=user),
+        name=server,
+        cmd=traits.get("cmd"),
+        environment=dict(traits.get("environment", {})),
+        volumes=copy.deepcopy(traits.get("volumes", [])),
+        volume_mounts=copy.deepcopy(traits.get("volume_mounts", [])),
+        pvc_name_template=traits.get("pvc_name_template", "claim-{username}--{servername}"),
+        storage_pvc_ensure=traits.get("storage_pvc_ensure", False),
+    )
+
+
+def spawned(c: Config, user: str, server: str = "") -> SimpleNamespace:
+    spawner = kube_spawner(c, user, server)
+    spawner.pre_spawn_hook(spawner)  # what KubeSpawner runs (its own trait wins over Spawner's)
+    return spawner
+
+
+def claims(spawner) -> set[str]:
+    return {v["persistentVolumeClaim"]["claimName"] for v in spawner.volumes if "persistentVolumeClaim" in v}
+
+
+def mounted_at(spawner, path: str) -> list[dict]:
+    """The volumes mounted at `path`."""
+    names = [m["name"] for m in spawner.volume_mounts if m["mountPath"] == path]
+    return [v for v in spawner.volumes if v["name"] in names]
+
+
+@pytest.mark.parametrize("storage_type", ["dynamic", "static"])
+def test_the_runners_pods_get_an_emptydir_home_and_no_claim_people_keep_theirs(
+    chart, in_hub_pod, monkeypatch, storage_type
+):
+    """Each unattended run is a pod of its own (a named server of opshub-runner): its home is an emptyDir,
+    and no PVC is created for it (z2jh's storage would give each run's server a claim of its own, or the
+    runner's subPath of the shared claim, which the next run would mount again). People keep theirs; the
+    deployment's extra volumes stay for both, as in Docker."""
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    values = copy.deepcopy(MINIMAL)
+    storage = {"extraVolumes": [SHARED_DATA], "extraVolumeMounts": [SHARED_DATA_MOUNT], "type": storage_type}
+    if storage_type == "static":
+        storage["static"] = {"pvcName": "homes", "subPath": "{username}"}
+    values["jupyterhub"].setdefault("singleuser", {})["storage"] = storage
+    get_config, get_name = z2jh(chart, values, prefix="")
+    home = get_config("singleuser.storage.homeMountPath")
+    assert home == "/home/ops"  # the chart mounts people's storage at the ops image's home
+    c = kubernetes.configure_hub(with_z2jh_storage(z2jh_config("/", ""), get_config), get_config, get_name)
+    personal = "claim-{username}{servername}" if storage_type == "dynamic" else "homes"
+
+    bob = spawned(c, "bob")
+    assert claims(bob) == {personal, "team-data"}
+    assert [v["persistentVolumeClaim"]["claimName"] for v in mounted_at(bob, home)] == [personal]
+    assert bob.storage_pvc_ensure is (storage_type == "dynamic")
+    assert bob.cmd == ["python", "-m", "opshub.singleuser"]
+
+    runner = spawned(c, "opshub-runner", "run-0123456789abcdef0123456789")
+    assert mounted_at(runner, home) == [{"name": kubernetes.RUN_HOME_VOLUME, "emptyDir": {}}]
+    assert claims(runner) == {"team-data"}, runner.volumes  # no person's claim, no claim of its own
+    assert runner.storage_pvc_ensure is False  # KubeSpawner creates no PVC for the run's server
+    assert {m["name"] for m in runner.volume_mounts} == {kubernetes.RUN_HOME_VOLUME, "team-data"}
+    assert {v["name"] for v in runner.volumes} == {m["name"] for m in runner.volume_mounts}
+    assert SHARED_DATA_MOUNT in runner.volume_mounts
+    # the other modes' hook ran too: the runner's own program, isolated, with its sandbox kind
+    assert runner.cmd == ["python", "-I", "-m", "opshub.runner"]
+    assert runner.environment["OPSHUB_SANDBOX"] == "container"
+    assert runner.pre_spawn_hook.hook == c.Spawner.pre_spawn_hook  # around the other modes' hook
+
+    dashboards = spawned(c, "opshub-dashboards")  # a long-lived server: its storage is z2jh's, as people's
+    assert claims(dashboards) == {personal, "team-data"}
+
+
+def test_the_runners_home_follows_where_z2jh_mounts_homes(chart, in_hub_pod, monkeypatch):
+    """`singleuser.storage.homeMountPath` moved: the runner's emptyDir goes there; with z2jh's storage
+    `none` (no home volume at all), the runner's pods still get their emptyDir home, and no claim."""
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    values = copy.deepcopy(MINIMAL)
+    values["jupyterhub"]["singleuser"] = {"storage": {"homeMountPath": "/home/elsewhere/", "type": "none"}}
+    get_config, get_name = z2jh(chart, values, prefix="")
+    c = kubernetes.configure_hub(with_z2jh_storage(z2jh_config("/", ""), get_config), get_config, get_name)
+    runner = spawned(c, "opshub-runner", "run-0123456789abcdef0123456789")
+    assert runner.volume_mounts == [{"name": kubernetes.RUN_HOME_VOLUME, "mountPath": "/home/elsewhere"}]
+    assert runner.volumes == [{"name": kubernetes.RUN_HOME_VOLUME, "emptyDir": {}}]
+    assert runner.storage_pvc_ensure is False
+    assert spawned(c, "bob").volumes == []
+
+
+def test_the_runners_home_replaces_volumes_given_in_kubespawners_dict_form_too():
+    """KubeSpawner takes `volumes` and `volume_mounts` as dicts as well (values sorted by key), as
+    `hub.extraConfig` may set them: the person's claim (by KubeSpawner's `{pvc_name}`) goes all the same."""
+    spawner = SimpleNamespace(
+        volumes={"a-home": {"name": "home", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}, "b": SHARED_DATA},
+        volume_mounts={"a-home": {"name": "home", "mountPath": "/home/ops/"}, "b": SHARED_DATA_MOUNT},
+        pvc_name_template="claim-{username}--{servername}",
+        storage_pvc_ensure=True,
+    )
+    kubernetes.ephemeral_home(spawner, "/home/ops")
+    assert spawner.volumes == [SHARED_DATA, {"name": kubernetes.RUN_HOME_VOLUME, "emptyDir": {}}]
+    assert spawner.volume_mounts == [SHARED_DATA_MOUNT, {"name": kubernetes.RUN_HOME_VOLUME, "mountPath": "/home/ops"}]
+    assert spawner.storage_pvc_ensure is False
