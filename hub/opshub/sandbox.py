@@ -63,8 +63,14 @@ def bwrap_command(
     keep: Iterable[Path] = (),
     hide: Iterable[Path] = (),
     info_fd: int | None = None,
+    readonly: Iterable[Path] = (),
+    chdir: Path | None = None,
 ) -> list[str]:
-    """The command that runs `argv` in a fresh sandbox (see the module's docstring), in `work`."""
+    """The command that runs `argv` in a fresh sandbox (see the module's docstring), in `work`.
+
+    `readonly`: files or folders under `work` bound read-only on top of it (a kernel's connection
+    file in its sockets folder); `chdir`: where `argv` starts instead of `work` (a live dashboard's
+    kernel starts in its dashboard's read-only copy, one of `keep`)."""
     command = [bwrap_path(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     for folder in FRESH_FOLDERS:
         command += ["--tmpfs", folder]
@@ -76,6 +82,8 @@ def bwrap_command(
     for folder in keep:  # read-only again where a fresh folder above hid it (a checkout under /home)
         command += ["--ro-bind", str(folder), str(folder)]
     command += ["--bind", str(work), str(work)]
+    for path in readonly:
+        command += ["--ro-bind", str(path), str(path)]
     for path in hide:
         if Path(path).exists():
             command += ["--ro-bind", "/dev/null", str(path)]
@@ -92,7 +100,7 @@ def bwrap_command(
         "--new-session",
         "--as-pid-1",
         "--chdir",
-        str(work),
+        str(chdir or work),
     ]
     if info_fd is not None:
         command += ["--info-fd", str(info_fd)]

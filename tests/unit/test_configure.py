@@ -145,8 +145,9 @@ def test_system_accounts_servers_run_their_own_program_with_only_what_it_needs(s
     assert dashboards.cmd == ["/opt/opshub/bin/python", "-I", "-m", "opshub.dashboards_backend"]
     assert set(dashboards.environment) == {
         "OPSHUB_DASHBOARDS_BASE_URL", "OPSHUB_DASHBOARDS_POOL_SIZE", "OPSHUB_DASHBOARDS_CULL_IDLE",
-        "OPSHUB_SERVICE_URL", "PATH",
+        "OPSHUB_SERVICE_URL", "PATH", "OPSHUB_SANDBOX",
     }  # fmt: skip
+    assert dashboards.environment["OPSHUB_SANDBOX"] == "bubblewrap"  # each dashboard's kernels sealed
     assert dashboards.environment["OPSHUB_DASHBOARDS_BASE_URL"] == "/services/opshub/dashboards/-/"
     person = SimpleNamespace(user=SimpleNamespace(name="bob"), name="", cmd=None, environment=None)
     c.Spawner.pre_spawn_hook(person)

@@ -213,6 +213,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
         POOL_SIZE_ENV: str(dashboards["pool_size"]),
         CULL_IDLE_ENV: str(dashboards["cull_idle_seconds"]),
         SERVICE_URL_ENV: environment[SERVICE_URL_ENV],
+        SANDBOX_ENV: runner_sandbox(settings),  # each live dashboard's kernels: sealed the same way
     }
     runner = {
         SERVICE_URL_ENV: environment[SERVICE_URL_ENV],

@@ -17,6 +17,9 @@ the hub's API by the service, that serves only the service.
 """
 
 SECRET_HEADER = "X-Opshub-Voila-Secret"
+# The body of the server's 403 to anything without its secret: how the service tells the server's
+# own answer from a redirect to the hub's login (the server gone) or the proxy's error.
+REFUSED = "this server only answers the opshub service"
 API_PATH = "opshub-backend/"  # under the server's prefix
 POOLS_PATH = API_PATH + "pools/"
 NOTEBOOKS_PATH = API_PATH + "notebooks/"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hmac
 import json
 import logging
@@ -26,6 +27,7 @@ from traitlets.config import Config
 
 from ..archive import extract_runbooks
 from ..hardening import keep_memory_private
+from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV, SandboxUnavailable, check_bubblewrap
 from . import (
     API_PATH,
     BASE_URL_ENV,
@@ -34,6 +36,7 @@ from . import (
     NOTEBOOKS_PATH,
     POOL_SIZE_ENV,
     POOLS_PATH,
+    REFUSED,
     RUNBOOKS_PATH,
     SECRET_HEADER,
     SESSION_PATH,
@@ -76,11 +79,50 @@ class RepollingKernelClient(AsyncKernelClient):
     control_channel_class = Type(RepollingChannel)
 
 
-def backend_config() -> Config:
-    """The backend's Voila configuration beyond its command line."""
+def backend_config(sealed: bool, home: Path, published: Path, sockets: Path) -> Config:
+    """The backend's Voila configuration beyond its command line: each dashboard's kernels sealed
+    in a sandbox of their own (kernels.py) unless `sealed` is False."""
+    from .kernels import python_folders
+
     config = Config()
     config.AsyncKernelManager.client_factory = RepollingKernelClient  # what Voila's executor uses
+    config.AsyncMappingKernelManager.kernel_manager_class = "opshub.dashboards_backend.kernels.SandboxedKernelManager"
+    config.SandboxedKernelManager.sealed = sealed
+    config.SandboxedKernelManager.home = str(home)
+    config.SandboxedKernelManager.published = str(published)
+    config.SandboxedKernelManager.sockets_root = str(sockets)
+    config.SandboxedKernelManager.read_only = [*python_folders(), str(home / "runbooks")]
     return config
+
+
+def sandbox_kind() -> tuple[bool, str]:
+    """Whether kernels run sealed, and what to log about it. The hub says which kind of sandbox its
+    execution plane uses (`runner.sandbox`, the spawner): on this machine (`bubblewrap`, the default
+    when unset) a kernel that cannot be sealed does not start; in a container the container is the
+    dashboards server's sandbox, and kernels are sealed from each other too where bubblewrap can run
+    there (it needs user namespaces, which Docker's default seccomp profile refuses); `none`: never."""
+    kind = os.environ.get(SANDBOX_ENV) or BUBBLEWRAP
+    if kind == NONE:
+        return False, "runner.sandbox is none: live dashboards' kernels share this account's home and processes"
+    try:
+        check_bubblewrap()
+    except SandboxUnavailable as e:
+        if kind == CONTAINER:
+            return False, f"kernels share this container (each dashboard cannot be sealed from the others): {e}"
+        # fail closed: every kernel start fails with this reason, the pages say the dashboard failed
+        return True, f"live dashboards cannot start kernels: {e}"
+    return True, "each live dashboard's kernels run in a bubblewrap sandbox of their own"
+
+
+def dashboard_file(root: Path, notebook: str) -> Path:
+    """Where the published copy `<name>.ipynb` lives: a folder of its own, `<name>/<name>.ipynb`
+    (the folder is what a kernel of that dashboard sees, and the only copy it sees)."""
+    return root / notebook[: -len(".ipynb")] / notebook
+
+
+def pool_key(notebook: str) -> str:
+    """Voila's name of a published notebook (its path under the root), which its pools are keyed by."""
+    return f"{notebook[: -len('.ipynb')]}/{notebook}"
 
 
 def kernel_base_environment(home: Path, service_url: str) -> dict[str, str]:
@@ -121,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     root.mkdir(parents=True)
     (home / "runbooks").mkdir(exist_ok=True)
     os.chdir(home)
+    sealed, how = sandbox_kind()
+    (log.info if sealed and "cannot" not in how else log.warning)("%s", how)
+    # each kernel's connection file and sockets: a short path (a Unix socket's must fit 107 bytes),
+    # this account's alone (0700), and never visible to another kernel (each sees only its own)
+    sockets = Path(tempfile.mkdtemp(prefix="opshub-kernels-"))
+    atexit.register(shutil.rmtree, sockets, ignore_errors=True)
     kernel_env = kernel_base_environment(home, os.environ.get("OPSHUB_SERVICE_URL", ""))
     os.environ.clear()
     os.environ.update(kernel_env)
@@ -131,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
 
     class Refused(tornado.web.RequestHandler):
         def prepare(self):
-            raise tornado.web.HTTPError(403, "this server only answers the opshub service")
+            self.set_status(403)
+            self.finish(REFUSED)
 
     class SecretApplication(tornado.web.Application):
         """Every request, websockets included, is routed only if it carries the secret (or asks for it)."""
@@ -162,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         async def drop(self, name):
             # Voila 0.5 keeps pre-rendered kernels per notebook in `_pools`; a republished notebook
             # must not be served from kernels that ran its previous version.
-            tasks = getattr(self.km, "_pools", {}).pop(name, [])
-            getattr(self.km, "notebook_data", {}).pop(name, None)
+            tasks = getattr(self.km, "_pools", {}).pop(pool_key(name), [])
+            getattr(self.km, "notebook_data", {}).pop(pool_key(name), None)
             for task in tasks:
                 try:
                     kernel_id = (await task)["kernel_id"]
@@ -176,13 +225,15 @@ def main(argv: list[str] | None = None) -> None:
 
         def get(self, name):
             pools = getattr(self.km, "_pools", {})
-            ready = {nb: sum(1 for task in pool if pre_rendered(task)) for nb, pool in pools.items()}
+            ready = {Path(nb).name: sum(1 for task in pool if pre_rendered(task)) for nb, pool in pools.items()}
             self.finish({"pools": ready})
 
         async def post(self, name):
+            if not NOTEBOOK_NAME.fullmatch(name):
+                raise tornado.web.HTTPError(400, f"not a dashboard notebook name: {name!r}")
             await self.drop(name)
-            if (root / name).is_file() and hasattr(self.km, "fill_if_needed"):
-                self.km.fill_if_needed(delay=0, notebook_name=name)
+            if dashboard_file(root, name).is_file() and hasattr(self.km, "fill_if_needed"):
+                self.km.fill_if_needed(delay=0, notebook_name=pool_key(name))
             self.finish({"notebook": name})
 
         async def delete(self, name):
@@ -195,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         def check_name(self, name: str) -> Path:
             if not NOTEBOOK_NAME.fullmatch(name):
                 raise tornado.web.HTTPError(400, f"not a dashboard notebook name: {name!r}")
-            return root / name
+            return dashboard_file(root, name)
 
         async def put(self, name):
             path = self.check_name(name)
@@ -204,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
             except ValueError:
                 raise tornado.web.HTTPError(400, "the body is not a notebook") from None
             await self.drop(name)
-            with tempfile.NamedTemporaryFile(dir=root, delete=False, suffix=".tmp") as f:
+            path.parent.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
                 f.write(self.request.body)
             os.replace(f.name, path)
             self.set_status(204)
@@ -212,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         async def delete(self, name):
             path = self.check_name(name)
             await self.drop(name)
-            path.unlink(missing_ok=True)
+            shutil.rmtree(path.parent, ignore_errors=True)
             self.set_status(204)
 
     class RunbooksHandler(BackendHandler):
@@ -265,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
 
     preheat = pool_size > 0
     OpshubVoila.launch_instance(
-        config=backend_config(),
+        config=backend_config(sealed, home, root, sockets),
         argv=[
             str(root),
             f"--port={service_url.port}",

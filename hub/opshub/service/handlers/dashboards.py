@@ -198,7 +198,7 @@ class DashboardPage(DashboardPageBase):
         self.set_header("Content-Security-Policy", live_page_csp(self.request.host))
         try:
             response = await dashboards.backend.fetch(
-                dashboards.backend.base_url + f"voila/render/{dashboard.name}.ipynb",
+                dashboards.backend.base_url + f"voila/render/{dashboard.name}/{dashboard.name}.ipynb",
                 header_callback=on_headers,
                 streaming_callback=on_chunk,
                 request_timeout=600,
