@@ -9,6 +9,7 @@ import io
 import json
 import struct
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
@@ -23,11 +24,12 @@ from opshub.configure.services import apply_services
 from opshub.configure.spawner import SERVER_TOKEN_SCOPES
 from opshub.contract import PUBLISH_SCOPE
 from opshub.dashboards_backend.__main__ import RepollingChannel, RepollingKernelClient, backend_config
+from opshub.dashboards_backend.kernels import SandboxedKernelManager
 from opshub.runbooks.catalog import RunbookCatalog
 from opshub.service.dashboards import Dashboards, PublishError, check_name, refuse_live_if_it_changes_systems
 from opshub.service.handlers.base import UnreadableNotebook, notebook_html
 from opshub.service.store import RunStore
-from opshub.service.voila import ALLOWED_MESSAGE_TYPES, message_type
+from opshub.service.voila import ALLOWED_MESSAGE_TYPES, MAX_BUFFERS, BadFrame, message_type
 from opshub.settings import load_settings
 from traitlets.config import Config
 from voila.app import Voila
@@ -69,17 +71,33 @@ def test_message_filter_reads_both_framings():
     offsets = [4 + 4 * 2, 4 + 4 * 2 + len(body)]
     framed = struct.pack(">III", 2, *offsets) + body + buffer
     assert message_type(framed) == "comm_msg"
-    for garbage in (
-        "",
-        "not json",
-        "[]",
-        '{"header": 1}',
-        b"\x00",
-        b"\x00\x00\x00\x05abc",
-        '{"header": {"msg_type": 3}}',
-    ):
+    for garbage in ("", "not json", "[]", '{"header": 1}', '{"header": {"msg_type": 3}}', "[" * 100_000):
         assert message_type(garbage) is None
     assert "execute_request" not in ALLOWED_MESSAGE_TYPES and "comm_msg" in ALLOWED_MESSAGE_TYPES
+
+
+def test_binary_frames_that_lie_about_their_parts_are_refused_before_anything_is_allocated():
+    body = json.dumps({"header": {"msg_type": "comm_msg"}}).encode()
+    lies = {
+        "no table": b"\x00",
+        "more parts than bytes": b"\x00\x00\x00\x05abc\x00",
+        "40,000,000 buffers in 12 bytes": struct.pack(">III", 40_000_000, 8, 8),
+        "4 billion buffers": struct.pack(">III", 2**32 - 1, 8, 8),
+        "no part": struct.pack(">II", 0, 8),
+        "too many buffers": struct.pack(">I", MAX_BUFFERS + 2) + b"\x00" * (4 * (MAX_BUFFERS + 2)) + body,
+        "offset beyond the end": struct.pack(">III", 2, 12, 10_000) + body,
+        "offsets backwards": struct.pack(">III", 2, 12 + len(body), 12) + body,
+        "offset into the table": struct.pack(">II", 1, 0) + body,
+    }
+    for what, frame in lies.items():
+        started = time.perf_counter()
+        with pytest.raises(BadFrame):
+            message_type(frame)
+        assert time.perf_counter() - started < 0.01, what  # it was 5.5 s for 40,000,000
+    # the most a frame may carry still passes
+    offsets = [4 + 4 * (MAX_BUFFERS + 1) + i * 0 for i in range(MAX_BUFFERS + 1)]
+    offsets[1:] = [offsets[0] + len(body)] * MAX_BUFFERS
+    assert message_type(struct.pack(f">{MAX_BUFFERS + 2}I", MAX_BUFFERS + 1, *offsets) + body) == "comm_msg"
 
 
 def test_live_is_refused_only_for_runbooks_that_change_systems():
@@ -310,12 +328,13 @@ def test_the_dashboard_kernel_client_reads_a_reply_whose_wakeup_was_lost():
 
 
 def test_the_voila_backend_gives_its_executor_the_repolling_client(tmp_path):
-    voila = Voila(config=backend_config())
+    voila = Voila(config=backend_config(True, tmp_path, tmp_path, tmp_path))
     voila.initialize([str(tmp_path), "--no-browser", "--VoilaConfiguration.preheat_kernel=True"])
     voila.init_settings()  # makes the kernel manager, as OpshubVoila.start does
     kernels = voila.kernel_manager
     one_kernel = kernels.kernel_manager_factory(parent=kernels, log=kernels.log)
     assert isinstance(one_kernel.client(), RepollingKernelClient)
+    assert isinstance(one_kernel, SandboxedKernelManager) and one_kernel.sealed and one_kernel.transport == "ipc"
 
 
 def test_a_notebook_the_recorder_tagged_already_renders_and_a_broken_one_is_named():

@@ -48,9 +48,11 @@ from tornado.ioloop import PeriodicCallback
 from ..contract import PUBLISH_SCOPE
 from ..runbooks.metadata import RunbookMetadataError, runbook_metadata
 from ..settings import schema_default
+from . import outages
 from .handlers.base import is_admin, notebook_html
 from .models import DASHBOARD_MODES, END_STATES, Dashboard, Run
-from .voila import BackendDown, VoilaBackend
+from .outages import is_database_outage
+from .voila import WATCHDOG_SECONDS, BackendDown, VoilaBackend
 
 log = logging.getLogger("opshub.service.dashboards")
 
@@ -452,7 +454,13 @@ class Dashboards:
     async def refresh_after_runs(self) -> None:
         """Preheated kernels ran their notebook before anyone asked: when runs have ended since,
         make them again, so that live dashboards show the run history as it is now."""
-        finished = self.finished_runs()
+        try:
+            finished = self.finished_runs()
+        except Exception as e:
+            if not is_database_outage(e):
+                raise
+            outages.database.failed(e)  # logged once per outage; the next tick tries again
+            return
         if finished == self._finished_runs:
             return
         self._finished_runs = finished
@@ -487,7 +495,8 @@ class Dashboards:
         if self.backend is not None:
             # the pages and snapshots work meanwhile; the watchdog below keeps trying to start it
             asyncio.get_running_loop().create_task(self.backend.ensure_running())
-            PeriodicCallback(self.backend.ensure_running, 10_000).start()
+            # every 2 s: a killed server is started again within the 10 s promised (it starts in ~3 s)
+            PeriodicCallback(self.backend.ensure_running, WATCHDOG_SECONDS * 1000).start()
         interval = self.settings["git_sync_interval"] * 1000
         PeriodicCallback(self.sync_and_preheat, interval).start()
         PeriodicCallback(self.refresh_after_runs, 5_000).start()

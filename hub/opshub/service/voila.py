@@ -24,6 +24,7 @@ from ..dashboards_backend import (
     ENVIRONMENT_PATH,
     NOTEBOOKS_PATH,
     POOLS_PATH,
+    REFUSED,
     RUNBOOKS_PATH,
     SECRET_HEADER,
     SESSION_PATH,
@@ -37,6 +38,9 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 ALLOWED_MESSAGE_TYPES = frozenset(
     {"comm_open", "comm_close", "comm_msg", "comm_info_request", "kernel_info_request", "shutdown_request"}
 )
+
+
+WATCHDOG_SECONDS = 2  # how often the service checks that the dashboards server answers
 
 
 class BackendDown(RuntimeError):
@@ -76,19 +80,68 @@ class VoilaBackend:
     async def _hub(self, method: str, path: str, body: dict | None = None) -> httpclient.HTTPResponse:
         return await self.hub.call(method, path, body)
 
-    async def server_ready(self) -> bool:
+    async def server_model(self) -> dict | None:
+        """The hub's model of the server (`servers[""]` of the account), None when it has none."""
         response = await self._hub("GET", f"users/{self.account}")
         if response.code != 200:
             raise BackendDown(
                 f"the hub answered {response.code} for the {self.account} account: {response.body[:300]!r}"
             )
-        server = json.loads(response.body).get("servers", {}).get("")
+        return json.loads(response.body).get("servers", {}).get("")
+
+    async def server_ready(self) -> bool:
+        server = await self.server_model()
         return bool(server and server.get("ready"))
 
+    async def answers(self) -> bool:
+        """Whether the server itself answers its own API: a 200 with its pools, straight from it. A
+        redirect is never an answer (with the server gone, the proxy sends its path to the hub, which
+        redirects to a login page that answers 200), nor is anything else."""
+        try:
+            response = await self.fetch_api("GET", POOLS_PATH, timeout=5)
+            return response.code == 200 and "pools" in json.loads(response.body)
+        except (OSError, ValueError, AttributeError, TypeError):
+            return False
+
+    async def reachable(self) -> bool:
+        """Whether the server itself answers on its own URL (a 200, or its own 403 to a session
+        secret of its previous start), never a redirect or the proxy's error. Asked twice, half a
+        second apart: the proxy's route may lag a moment behind a start."""
+        for attempt in range(2):
+            try:
+                response = await self.fetch_api("GET", POOLS_PATH, timeout=5)
+            except OSError:
+                response = None
+            if response is not None and (
+                response.code == 200 or (response.code == 403 and REFUSED.encode() in (response.body or b""))
+            ):
+                return True
+            if attempt == 0:
+                await asyncio.sleep(0.5)
+        return False
+
+    async def stop_stale(self) -> None:
+        """Have the hub forget a server that it still counts as running but that does not answer
+        (killed: the hub's spawner notices only at its next poll, up to 30 s later), so that it can
+        be started again now."""
+        response = await self._hub("DELETE", f"users/{self.account}/server")
+        if response.code not in (202, 204, 400):  # 400: not running
+            raise BackendDown(f"the hub refused to stop the dashboards server: {response.code} {response.body[:300]!r}")
+        deadline = time.monotonic() + 30
+        while await self.server_model() is not None:
+            if time.monotonic() > deadline:
+                raise BackendDown("the hub did not stop the dashboards server that stopped answering within 30s")
+            await asyncio.sleep(0.25)
+
     async def start(self) -> None:
-        """Start the server if it is not running, open a session, hand it what it serves."""
+        """Start the server if it is not running, open a session, hand it what it serves. A server
+        that the hub counts as running but that does not answer (killed: the hub's spawner notices
+        only at its next poll) is stopped through the hub first, then started again."""
         async with self._starting:
             self.ready.clear()
+            if await self.server_ready() and not await self.reachable():
+                log.error("the hub counts the dashboards server as running but it does not answer: restarting it")
+                await self.stop_stale()
             if not await self.server_ready():
                 response = await self._hub("POST", f"users/{self.account}/server")
                 if response.code not in (201, 202, 400):  # 400: already running or starting
@@ -128,20 +181,19 @@ class VoilaBackend:
         return self.ready.is_set()
 
     async def ensure_running(self) -> None:
-        """Start the server again if it is gone (a crash must not leave live dashboards down)."""
+        """The watchdog (every `WATCHDOG_SECONDS`): start the server again if it is gone (a crash,
+        a kill, an admin stopping it, a hub restart), so live dashboards are back within 10 s."""
         if self._starting.locked():
             return
+        was_ready = self.ready.is_set()
+        if was_ready and await self.answers():
+            return
+        if was_ready:
+            log.error("the dashboards server stopped answering: starting it again")
         try:
-            alive = self.ready.is_set() and (await self.fetch_api("GET", POOLS_PATH)).code == 200
-        except OSError:
-            alive = False
-        if not alive:
-            if self.ready.is_set():
-                log.error("the dashboards server stopped answering: starting it again")
-            try:
-                await self.start()
-            except (BackendDown, OSError) as e:
-                log.error("live dashboards are down: %s", e)
+            await self.start()
+        except (BackendDown, OSError) as e:
+            log.error("live dashboards are down: %s", e)
 
     def stop(self) -> None:
         """Nothing to stop here: the hub owns the server (and stops it with itself)."""
@@ -170,7 +222,8 @@ class VoilaBackend:
         return self.client.fetch(self.route(path), headers=headers, **kwargs)
 
     def fetch_api(self, method: str, path: str, body: bytes | None = None, timeout: float = 60) -> asyncio.Future:
-        """A call to the server's own API (`opshub-backend/...`)."""
+        """A call to the server's own API (`opshub-backend/...`). Redirects are not followed: the
+        server never redirects, the hub does when the server is gone."""
         if body is None and method in ("POST", "PUT"):
             body = b""
         return self.client.fetch(
@@ -180,6 +233,7 @@ class VoilaBackend:
             headers=self.headers(),
             raise_error=False,
             request_timeout=timeout,
+            follow_redirects=False,
         )
 
     async def _api(self, method: str, path: str, body: bytes | None = None, timeout: float = 60) -> None:
@@ -212,18 +266,48 @@ class VoilaBackend:
         await self._api("PUT", ENVIRONMENT_PATH, json.dumps(environment).encode())
 
 
+# A viewer's frame to a dashboard kernel: widget messages are small; a widget's binary buffers (an
+# upload) are the big ones. Frames beyond these are refused before anything is read or allocated.
+MAX_FRAME_BYTES = 8 * 1024 * 1024  # tornado closes the websocket (1009) on a longer frame, unread
+MAX_BUFFERS = 64  # binary buffers of one message (its table has one more entry: the JSON part)
+BAD_FRAME = 1008  # the close code of a refused frame (policy violation), with the reason
+
+
+class BadFrame(ValueError):
+    """A binary frame whose table of parts does not describe the frame; the message says how."""
+
+
+def json_part(message: bytes) -> bytes:
+    """The JSON part of a binary kernel websocket frame (Jupyter's legacy framing: a count of parts,
+    the parts' offsets, then the parts, the first being the message's JSON). The count and every
+    offset are checked against the frame's length before anything is read or allocated."""
+    if len(message) < 8:
+        raise BadFrame(f"a binary frame of {len(message)} bytes has no table of parts")
+    count = int.from_bytes(message[0:4], "big")
+    if not 1 <= count <= MAX_BUFFERS + 1:
+        raise BadFrame(f"a binary frame claims {count} parts; at most {MAX_BUFFERS + 1} (a message and its buffers)")
+    table_end = 4 + 4 * count
+    if table_end > len(message):
+        raise BadFrame(f"a binary frame claims {count} parts but has {len(message)} bytes, too few for their offsets")
+    offsets = [int.from_bytes(message[4 + 4 * i : 8 + 4 * i], "big") for i in range(count)]
+    if (
+        offsets[0] < table_end
+        or any(b < a for a, b in zip(offsets, offsets[1:], strict=False))
+        or offsets[-1] > len(message)
+    ):
+        raise BadFrame("a binary frame's offsets are out of order or beyond its end")
+    return message[offsets[0] : offsets[1] if count > 1 else len(message)]
+
+
 def message_type(message: str | bytes) -> str | None:
-    """The msg_type of a kernel websocket message from a browser (Jupyter's legacy framing:
-    JSON text, or binary with a table of offsets whose first part is the JSON message), or None."""
+    """The msg_type of a kernel websocket message from a browser (JSON text, or a binary frame whose
+    first part is the JSON message), or None. A binary frame that lies about its parts: BadFrame."""
+    if isinstance(message, bytes):
+        message = json_part(message)
     try:
-        if isinstance(message, bytes):
-            count = int.from_bytes(message[0:4], "big")
-            offsets = [int.from_bytes(message[4 + 4 * i : 8 + 4 * i], "big") for i in range(count)]
-            end = offsets[1] if count > 1 else len(message)
-            message = message[offsets[0] : end].decode()
         msg_type = json.loads(message)["header"]["msg_type"]
         return msg_type if isinstance(msg_type, str) else None
-    except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         return None
 
 
@@ -236,6 +320,10 @@ class KernelSocketProxy(websocket.WebSocketHandler):
     """
 
     upstream: websocket.WebSocketClientConnection | None = None
+
+    @property
+    def max_message_size(self) -> int:
+        return MAX_FRAME_BYTES
 
     @property
     def backend(self) -> VoilaBackend:
@@ -274,7 +362,12 @@ class KernelSocketProxy(websocket.WebSocketHandler):
                 self.write_message(message, binary=isinstance(message, bytes))
 
     def on_message(self, message):
-        msg_type = message_type(message)
+        try:
+            msg_type = message_type(message)
+        except BadFrame as e:
+            log.warning("refused a frame sent to a dashboard kernel by %s: %s", self.viewer_name(), e)
+            self.close(BAD_FRAME, f"refused: {e}"[:120])  # a close reason fits in 123 bytes
+            return
         if msg_type not in ALLOWED_MESSAGE_TYPES:
             # what was attempted is worth keeping for an audit (trimmed: it may be a large payload)
             log.warning(
