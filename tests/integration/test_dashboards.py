@@ -372,10 +372,12 @@ def test_a_live_dashboards_code_finds_nothing_of_the_hubs(dash_hub, tokens, sess
     assert found["uid"] != 0
     for name in paths:
         assert found[name] in ("PermissionError", "FileNotFoundError"), (name, found[name])
-    assert found["state listing"] == "PermissionError"
+    assert found["state listing"] in ("PermissionError", "FileNotFoundError")  # (its /tmp is its own)
     assert found["docker socket"] in ("PermissionError", "FileNotFoundError", "ConnectionRefusedError")
     # its server's token is out of its reach, and would open nothing of the hub anyway
-    assert found["server environment"] == "PermissionError" and not found["server token found"]
+    # (its parent is outside its sandbox's process namespace: not even there to be named)
+    assert found["server environment"] in ("PermissionError", "FileNotFoundError")
+    assert not found["server token found"]
     assert found["hub users"] == 403 and found["alice's tokens"] == 403
     assert found["secrets in env"] == []
 
