@@ -1,0 +1,54 @@
+"""Two deployments on one machine stay apart (issue 23, item 7), live.
+
+Started as root, every opshub on the machine runs servers under the same system accounts
+(`jupyter-<name>`, `opshub-runner`, `opshub-dashboards`): a second deployment refuses to start while
+another one's hub runs, naming it; and what people's servers keep for their deployment (the spool of
+interactive runs) is in a folder of that deployment's id. The rules one by one:
+tests/unit/test_deployments.py and tests/unit/test_recorder.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import requests
+
+from tests.livehub import Hub, wait_for
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="per-person accounts (and their claim) need root")
+
+
+@as_root
+@pytest.mark.xfail(
+    strict=True,
+    reason="the claim (opshub.startup.claim_accounts) is not called at the hub's start yet: the suite's"
+    " session hub (tests/conftest.py) runs while module hubs start, which it would refuse",
+)
+def test_a_second_deployment_refuses_to_start_while_the_first_runs(tmp_path):
+    first, second = Hub(tmp_path / "first"), Hub(tmp_path / "second")
+    first.start()
+    try:
+        with pytest.raises(RuntimeError, match="the hub exited with"):  # started, it would be Ctrl-C'd below
+            second.start()
+        said = second.log_file.read_text()
+        assert f"state folder {first.state} at {first.url}/" in said, said
+        assert "system accounts (jupyter-<name>, opshub-dashboards, opshub-runner) are in use" in said, said
+        assert "Stop that one first" in said, said
+        assert requests.get(f"{first.url}/hub/api", timeout=10).status_code == 200  # the first goes on
+    finally:
+        second.stop()
+        first.stop()
+    second.start()  # the first released its claim when it stopped
+    second.stop()
+
+
+@as_root
+def test_peoples_servers_spool_interactive_runs_in_their_deployments_folder(hub):
+    session, _ = hub.login("bob")
+    hub.open_lab(session, "bob")
+    deployment = (hub.state / "deployment-id").read_text().strip()
+    assert hub.server_environment("bob")["OPSHUB_DEPLOYMENT_ID"] == deployment
+    spools = hub.home("bob") / ".local" / "share" / "opshub" / "interactive-runs"
+    wait_for(lambda: (spools / deployment).is_dir(), timeout=30, what=f"{spools / deployment}")
+    assert not [p for p in spools.iterdir() if p.is_file()]  # nothing spooled outside a deployment's folder
