@@ -85,7 +85,16 @@ class PostgresServer:
             )
         finally:
             shutil.rmtree(password_file.parent)
-        with open(self.log_path, "w") as log:
+        self._launch()
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as connection:
+            create_role = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
+            connection.execute(create_role.format(sql.Identifier(OPSHUB_ROLE), sql.Literal(self.password)))
+
+    def _launch(self) -> None:
+        with open(self.log_path, "a") as log:
             self.process = subprocess.Popen(
                 [*self.as_postgres, str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port)]
                 + ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data}"]
@@ -97,12 +106,14 @@ class PostgresServer:
         self._wait_until_ready()
         # runuser stays as the parent; the server's own pid is in postmaster.pid.
         self.pid = int((self.data / "postmaster.pid").read_text().splitlines()[0])
-        import psycopg
-        from psycopg import sql
 
-        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as connection:
-            create_role = sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}")
-            connection.execute(create_role.format(sql.Identifier(OPSHUB_ROLE), sql.Literal(self.password)))
+    def halt(self) -> None:
+        """Stop the server (fast shutdown), keeping its data: an outage, until `resume()`."""
+        os.kill(self.pid, signal.SIGINT)
+        self.process.wait(timeout=30)
+
+    def resume(self) -> None:
+        self._launch()
 
     def _wait_until_ready(self, timeout: float = 30) -> None:
         import psycopg

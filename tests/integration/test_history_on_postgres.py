@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import psycopg
 import pytest
 
 from tests.helpers import VENV_BIN
-from tests.livehub import DEMO_PASSWORD, Hub
+from tests.livehub import DEMO_PASSWORD, Hub, wait_for
 from tests.terminals import Terminal
 
 PASSWORD_ENV = "OPS_DB_PASSWORD"  # the variable a deployment names in `history.database_password_env`
@@ -83,6 +84,40 @@ def test_a_run_typed_in_a_persons_terminal_is_recorded_in_postgresql(pg_hub, pos
     run = pg_hub.service_api(tokens["carol"], "GET", f"runs/{run_id}").json()
     assert (run["runbook"], run["parameters"]["stack"]) == ("patch-server-stack.ipynb", "web")
     assert rows_in_postgresql(postgres_server, pg_database, run_id) == [("bob", "headless", "succeeded")]
+
+
+def test_a_database_outage_is_a_clear_503_said_once_in_the_log_and_the_service_recovers(pg_hub, postgres_server):
+    """PostgreSQL stopped for 25 s under a running service: every page and API call names the database
+    it cannot reach (503, no traceback), the log says so once (not a traceback a second), and everything
+    answers again once the database is back, with no restart."""
+    bob = pg_hub.tokens(users=["bob"])["bob"]
+    session, _ = pg_hub.login("bob")
+    assert session.get(f"{pg_hub.url}/services/opshub/", timeout=60).status_code == 200
+    logged_before = pg_hub.log_file.stat().st_size
+    postgres_server.halt()
+    try:
+        time.sleep(5)  # the runner's and the scheduler's loops ask the database every second meanwhile
+        api = pg_hub.service_api(bob, "GET", "runs")
+        assert api.status_code == 503, api.text
+        assert f"127.0.0.1:{postgres_server.port}" in api.json()["message"]
+        assert "cannot be reached" in api.json()["message"]
+        page = session.get(f"{pg_hub.url}/services/opshub/", timeout=30)
+        assert page.status_code == 503 and "database" in page.text and "Traceback" not in page.text
+        time.sleep(20)
+        during = log_since(pg_hub, logged_before)
+    finally:
+        postgres_server.resume()
+    assert during.count("cannot be reached") == 1, during[-3000:]
+    assert "Traceback" not in during, during[-3000:]
+    wait_for(lambda: pg_hub.service_api(bob, "GET", "runs").status_code == 200, timeout=30, what="the history back")
+    assert session.get(f"{pg_hub.url}/services/opshub/", timeout=30).status_code == 200
+    wait_for(lambda: "answers again" in log_since(pg_hub, logged_before), timeout=15, what="the recovery logged")
+
+
+def log_since(hub: Hub, offset: int) -> str:
+    with open(hub.log_file, errors="replace") as log:
+        log.seek(offset)
+        return log.read()
 
 
 @pytest.fixture(scope="module")

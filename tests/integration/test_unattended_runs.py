@@ -403,6 +403,37 @@ def test_the_idle_culler_leaves_a_running_runner_alone(hub, tokens):
     assert "Error processing" not in log and "Traceback" not in log, log
 
 
+def test_an_unreachable_repository_is_said_on_the_pages_and_in_refusals(hub, tokens):
+    """The runbooks repository moved away: a request of a runbook the service has not seen is a 503 naming
+    the repository (not "there is no runbook"), every page says what it cannot reach, and runbooks it
+    had go on running from its copy; all back to normal once the repository is."""
+    away = hub.repository.with_name(hub.repository.name + ".away")
+    hub.repository.rename(away)
+    hub.repository.write_text("moved away by the test\n")  # so that the mirror cannot make a new one
+    bob, _ = hub.login("bob")
+    try:
+        (refused,) = wait_for(  # (a Response is falsy when not ok: wrapped in a tuple)
+            lambda: (r := request(hub, tokens["bob"], runbook="pushed-while-away.ipynb")).status_code == 503 and (r,),
+            timeout=30,
+            what="a 503 naming the repository",
+        )
+        message = refused.json()["message"]
+        assert "cannot be reached" in message and str(hub.repository) in message, message
+        page = bob.get(f"{hub.url}/services/opshub/runbooks/", timeout=30)
+        assert page.status_code == 200 and "cannot be reached" in page.text
+        cached = request(hub, tokens["bob"], message="from the service's copy")
+        assert cached.status_code == 201, cached.text
+    finally:
+        hub.repository.unlink()
+        away.rename(hub.repository)
+    assert wait_for_status(hub, tokens["bob"], cached.json()["id"])["status"] == "succeeded"
+    wait_for(
+        lambda: "cannot be reached" not in bob.get(f"{hub.url}/services/opshub/runbooks/", timeout=30).text,
+        timeout=30,
+        what="the pages to stop warning",
+    )
+
+
 def test_the_runners_metrics(hub, tokens):
     token = (hub.state / "metrics-token").read_text().strip()
     text = requests.get(

@@ -8,6 +8,7 @@ in `invalid()` (and the service's log), never a crash.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import subprocess
@@ -30,6 +31,10 @@ class RunbookCatalog:
         self._metadata: dict[str, dict[str, Any]] = {}
         self._invalid: dict[str, str] = {}
         self._lock = threading.Lock()
+        # why the last refresh could not reach the repository (None: it could): said on the service's
+        # pages and in refusals, logged once per outage
+        self.unreachable: str | None = None
+        self.refreshed_at: datetime.datetime | None = None  # the last refresh that reached it
 
     def names(self) -> frozenset[str]:
         """The runbooks as of the last refresh (paths of .ipynb files on the branch)."""
@@ -46,8 +51,11 @@ class RunbookCatalog:
                 self._git("fetch", "--quiet", "--depth", "1", "--no-tags", "--", self.repository, f"+{ref}:{ref}")
                 listing = self._git("ls-tree", "-r", "--name-only", ref)
             except subprocess.CalledProcessError as e:
-                log.error("cannot list the runbooks of %s (%s): %s", self.repository, self.branch, e.stderr.strip())
+                self._unreachable(e.stderr.strip())
                 return self._names
+            if self.unreachable:
+                log.warning("the runbooks repository %s answers again", self.repository)
+            self.unreachable, self.refreshed_at = None, datetime.datetime.now(datetime.timezone.utc)
             names = frozenset(name for name in listing.splitlines() if name.endswith(".ipynb"))
             try:
                 self._check_metadata(ref, sorted(names))
@@ -55,6 +63,22 @@ class RunbookCatalog:
                 log.error("cannot read the runbooks of %s (%s): %s", self.repository, self.branch, e.stderr.strip())
             self._names = names
             return self._names
+
+    def _unreachable(self, error: str) -> None:
+        said = (error.splitlines() or ["git failed"])[-1][:300]
+        since = (
+            f"the list of runbooks is from {self.refreshed_at:%Y-%m-%d %H:%M} UTC"
+            if self.refreshed_at
+            else "no runbooks were read yet"
+        )
+        if self.unreachable is None:
+            log.error(
+                "cannot read the runbooks of %s (%s): %s (logged once until it answers again)",
+                self.repository,
+                self.branch,
+                error,
+            )
+        self.unreachable = f"The runbooks repository {self.repository} cannot be reached ({said}): {since}."
 
     def metadata(self) -> dict[str, dict[str, Any]]:
         """The checked `opshub` metadata (with defaults) of each runbook whose metadata is right."""

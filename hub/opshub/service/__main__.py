@@ -25,10 +25,12 @@ from ..contract import DASHBOARDS_ACCOUNT, server_prefix
 from ..hardening import die_with_parent
 from ..runbooks.catalog import RunbookCatalog
 from ..settings import schema_default
+from . import outages
 from .app import UnattendedRuns, make_app
 from .dashboards import Dashboards
 from .events import RunEvents
 from .hub_api import HubApi
+from .outages import is_database_outage
 from .queue import RunQueue
 from .runner import Runner
 from .scheduler import Scheduler
@@ -94,6 +96,7 @@ def database_url(url: str) -> str:
 
 async def serve(args) -> None:
     store = RunStore(database_url(args.database_url), output_cap=args.output_cap)
+    outages.database.what = f"the run history's database ({store.engine.url.render_as_string(hide_password=True)})"
     store.upgrade()
     timeout = datetime.timedelta(seconds=args.heartbeat_timeout)
     retention = datetime.timedelta(days=args.retention_days) if args.retention_days else None
@@ -108,9 +111,20 @@ async def serve(args) -> None:
     listening_since = time.monotonic()
 
     def sweep():
+        nonlocal listening_since
+        if outages.database.active:  # heartbeats are refused meanwhile: a whole window again afterwards
+            listening_since = time.monotonic()
+            return
         if time.monotonic() - listening_since < timeout.total_seconds():
             return
-        for run_id in store.interrupt_stale_runs(timeout):
+        try:
+            stale = store.interrupt_stale_runs(timeout)
+        except Exception as e:
+            if not is_database_outage(e):
+                raise
+            outages.database.failed(e)
+            return
+        for run_id in stale:
             events.ended(store.get_run(run_id))
             log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)
 
@@ -156,8 +170,11 @@ async def serve(args) -> None:
     async def fire_schedules():
         try:
             await asyncio.get_running_loop().run_in_executor(None, scheduler.tick)
-        except Exception:  # a database or repository hiccup: the next second tries again
-            log.exception("firing schedules")
+        except Exception as e:  # a database or repository hiccup: the next second tries again
+            if is_database_outage(e):
+                outages.database.failed(e)
+            else:
+                log.exception("firing schedules")
 
     alerts_token = os.environ.get(args.alerts_token_env, "")
     if not alerts_token:

@@ -23,8 +23,10 @@ from tornado import httpclient
 
 from ..contract import RUNNER_ACCOUNT, server_prefix
 from ..runner import JOB_PATH
+from . import outages
 from .hub_api import HubApi
 from .models import Run
+from .outages import is_database_outage
 from .queue import Claim, RunQueue
 
 log = logging.getLogger("opshub.service.runner")
@@ -87,8 +89,12 @@ class Runner:
         while True:
             try:
                 await self.dispatch()
-            except Exception:  # a database hiccup must not stop the runner for good
-                log.exception("dispatching queued runs")
+                outages.database.answered()
+            except Exception as e:  # a database hiccup must not stop the runner for good
+                if is_database_outage(e):
+                    outages.database.failed(e)
+                else:
+                    log.exception("dispatching queued runs")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
             self._wake.clear()
@@ -99,8 +105,11 @@ class Runner:
                 await self.reconcile()
             except (OSError, httpclient.HTTPClientError) as e:
                 log.warning("cannot look at the runner's servers: %s", e)
-            except Exception:
-                log.exception("looking at the runner's servers")
+            except Exception as e:
+                if is_database_outage(e):
+                    outages.database.failed(e)
+                else:
+                    log.exception("looking at the runner's servers")
             await asyncio.sleep(RECONCILE_SECONDS)
 
     async def dispatch(self) -> None:

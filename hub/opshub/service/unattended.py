@@ -76,6 +76,8 @@ class Unattended:
                 raise RequestRefused(503, "the service has not read the runbooks repository yet: try again shortly")
             if name not in self.catalog.names() and self._refresh_now():
                 commit = self.catalog.commit() or commit
+            if name not in self.catalog.names() and self.catalog.unreachable:  # it may exist: say why we cannot tell
+                raise RequestRefused(503, f"{self.catalog.unreachable} {name!r} is not in it; try again shortly")
             if name not in self.catalog.names():
                 known = ", ".join(sorted(self.catalog.names())) or "none"
                 raise RequestRefused(404, f"there is no runbook {name!r} in the repository (runbooks: {known})")

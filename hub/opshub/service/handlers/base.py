@@ -26,7 +26,9 @@ from nbconvert import HTMLExporter
 from tornado import web
 
 from ...contract import DELETE_SCOPE
+from .. import outages
 from ..models import QUEUED, RUNNER_TRIGGERS, Run
+from ..outages import is_database_outage
 from ..store import (
     MAX_OFFSET,
     NotRunOwner,
@@ -213,6 +215,9 @@ class ServiceHandler(web.RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
 
     def log_exception(self, typ, value, tb) -> None:
+        if is_database_outage(value):  # logged once per outage, not a traceback per request
+            outages.database.failed(value)
+            return
         if isinstance(value, RecursionError):  # input nested deeper than anything parses: a 400 (write_error)
             log.warning("%s %s: %s", self.request.method, self.request.path, NESTED_TOO_DEEPLY)
             return
@@ -224,6 +229,9 @@ class ServiceHandler(web.RequestHandler):
             # JSON text inside a field (a notebook as a string) nested deeper than the bounded body
             # parser sees: the caller's problem, never a 500
             status_code, exc = 400, web.HTTPError(400, NESTED_TOO_DEEPLY)
+            self.set_status(status_code)
+        if is_database_outage(exc):
+            status_code, exc = 503, web.HTTPError(503, outages.database.message)
             self.set_status(status_code)
         message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason
         if self.api:
@@ -283,8 +291,16 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
             duration=duration,
             started=started,
             xsrf_token=self.xsrf_token.decode() if user else "",  # forms that post (requests, cancel)
+            outages=self.outages(),
             **namespace,
         )
+
+    def outages(self) -> list[str]:
+        """What the service cannot reach now, said on every page (the pages show what it had before)."""
+        unattended = self.settings.get("opshub_unattended")
+        catalog = unattended.catalog if unattended is not None else None
+        found = [outages.database.message] if outages.database.active else []
+        return found + ([catalog.unreachable] if catalog is not None and catalog.unreachable else [])
 
     def finish_sandboxed(self, render, what: str) -> None:
         """Serve an executed notebook's HTML under the sandbox policy (the one place it is set)."""
