@@ -456,18 +456,17 @@ class Dashboards:
         make them again, so that live dashboards show the run history as it is now."""
         try:
             finished = self.finished_runs()
+            if finished == self._finished_runs:
+                return
+            await self.render_snapshots()
+            for dashboard in self.all():
+                if dashboard.mode == "live" and self.settings["pool_size"] > 0:
+                    await self.refresh_backend(f"{dashboard.name}.ipynb")
+            self._finished_runs = finished
         except Exception as e:
             if not is_database_outage(e):
                 raise
             outages.database.failed(e)  # logged once per outage; the next tick tries again
-            return
-        if finished == self._finished_runs:
-            return
-        self._finished_runs = finished
-        await self.render_snapshots()
-        for dashboard in self.all():
-            if dashboard.mode == "live" and self.settings["pool_size"] > 0:
-                await self.refresh_backend(f"{dashboard.name}.ipynb")
 
     async def render_snapshots(self) -> None:
         """Render the latest run of each snapshot ahead of its viewers (nbconvert takes seconds)."""
