@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 
+import nbformat
 import pytest
 import requests
 import yaml
 from dockerspawner import DockerSpawner
+from nbformat.v4 import new_code_cell, new_notebook
 
 from tests.docker.engine import OPS_IMAGE, docker
-from tests.helpers import ARTIFACTS, ROOT
+from tests.helpers import ARTIFACTS, ROOT, git
 from tests.livehub import Hub, free_port_block, wait_for
 
 pytestmark = pytest.mark.timeout(2700)
@@ -25,6 +29,45 @@ pytestmark = pytest.mark.timeout(2700)
 NAME = "opshub-dtest"
 PASSWORD = "docker-demo-pw"
 VOLUMES = [f"{NAME}-state", f"{NAME}-runbooks", f"{NAME}-home-alice", f"{NAME}-home-bob"]
+VOLUMES += [f"{NAME}-home-opshub-2ddashboards"]  # the dashboards server's (DockerSpawner's escaped name)
+HOME = "/home/ops"  # the ops image's user's home (spawner.docker.home_dir)
+
+# Two runbooks for the runner's containers: the first leaves files in every place a run can write that
+# could outlive it (its home, /tmp), the second looks for them. Each sleeps so its container can be
+# inspected while it runs.
+PLANT = """
+import os, pathlib, socket, time
+for place in (pathlib.Path.home() / "planted", pathlib.Path("/tmp/planted")):
+    place.write_text("left by the first run")
+    print("planted:", place)
+print("home:", pathlib.Path.home(), "uid:", os.getuid(), "host:", socket.gethostname())
+time.sleep(seconds)
+"""
+LOOK = """
+import os, pathlib, socket, time
+found = [str(p) for p in (pathlib.Path.home() / "planted", pathlib.Path("/tmp/planted")) if p.exists()]
+print("found:", found)
+print("home:", pathlib.Path.home(), "uid:", os.getuid(), "host:", socket.gethostname())
+time.sleep(seconds)
+"""
+
+
+def runbook(code: str) -> str:
+    cells = [new_code_cell("seconds = 20", metadata={"tags": ["parameters"]}), new_code_cell(code)]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nbformat.writes(new_notebook(cells=cells, metadata={"kernelspec": kernelspec, "opshub": {}}))
+
+
+def runbooks_source(folder) -> str:
+    """What the deployment's runbooks mirror publishes (OPSHUB_SOURCE): this repository's shared-notebooks/
+    and the two sandbox runbooks, committed in a work tree of their own."""
+    shutil.copytree(ROOT / "shared-notebooks", folder / "shared-notebooks")
+    (folder / "shared-notebooks" / "sandbox-plant.ipynb").write_text(runbook(PLANT))
+    (folder / "shared-notebooks" / "sandbox-look.ipynb").write_text(runbook(LOOK))
+    git("init", "--quiet", "--initial-branch=main", cwd=folder)
+    git("add", "-A", cwd=folder)
+    git("commit", "--quiet", "-m", "runbooks and the sandbox runbooks", cwd=folder)
+    return str(folder)
 
 
 class ComposeHub(Hub):
@@ -75,7 +118,8 @@ def deployment(images, compose, tmp_path_factory):
         home_volume=f"{NAME}-home-{{username}}",
         runbooks_volume=f"{NAME}-runbooks",
     )
-    settings_file = tmp_path_factory.mktemp("compose") / "opshub.yaml"
+    folder = tmp_path_factory.mktemp("compose")
+    settings_file = folder / "opshub.yaml"
     settings_file.write_text(yaml.safe_dump(settings))
     env = {
         **os.environ,
@@ -83,6 +127,7 @@ def deployment(images, compose, tmp_path_factory):
         "OPSHUB_PORT": str(port),
         "OPSHUB_SETTINGS_FILE": str(settings_file),
         "OPSHUB_DEMO_PASSWORD": PASSWORD,
+        "OPSHUB_SOURCE": runbooks_source(folder / "source"),
     }
     hub = ComposeHub(f"http://127.0.0.1:{port}", env, "")
     hub.make("down")  # what a failed earlier run may have left
@@ -186,34 +231,84 @@ def test_live_dashboards_render_in_a_container_of_their_own(deployment):
         assert probe.stdout.count("No such file or directory") == 2, (name, probe.stdout)
 
 
-def test_a_requested_run_runs_in_a_runner_container_of_its_own(deployment):
-    """An unattended run: the service asks the hub for a named server of opshub-runner, and DockerSpawner
-    starts a container of the ops image for it (no socket, no state, not root), removed once it ended."""
-    tokens = deployment.tokens(users=["bob", "carol"])
-    body = {"runbook": "patch-server-stack.ipynb", "parameters": {"stack": "lab", "dry_run": True}}
-    requested = deployment.service_api(tokens["bob"], "POST", "requests", json=body)
+def run_in_a_runner_container(deployment, tokens, runbook: str) -> tuple[dict, dict, str]:
+    """bob requests the runbook; the run's container, inspected while the run runs (and a look inside it),
+    then the run's record once it has ended and its container has gone."""
+    requested = deployment.service_api(tokens["bob"], "POST", "requests", json={"runbook": runbook})
     assert requested.status_code == 201, requested.text
     run_id = requested.json()["id"]
 
     def runner_container():
         return next((n for n in names_of_this_deployment() if "runner" in n), None)
 
-    container = wait_for(runner_container, timeout=300, interval=0.3, what="the run's container")
-    info = json.loads(docker("inspect", container, check=False).stdout or "[{}]")[0]
-    if info:  # it may have ended and gone already; then the run's record is what is left to check
-        assert info["Config"]["Image"] == OPS_IMAGE and info["Config"]["User"] == "1000"
-        assert list(info["NetworkSettings"]["Networks"]) == [NAME]
-        assert not [m for m in info["Mounts"] if "docker.sock" in (m.get("Source") or "")]
+    container = wait_for(runner_container, timeout=300, interval=0.3, what=f"the container of run {run_id}")
+
+    def inspected():
+        answer = docker("inspect", container, check=False)
+        info = json.loads(answer.stdout or "[]")
+        return info[0] if info and info[0]["State"]["Running"] else None
+
+    # the runbook sleeps 20 s after it starts: its container runs long enough to be looked at
+    info = wait_for(inspected, timeout=60, interval=0.3, what=f"the running container {container} to inspect")
+    inside = deployment.exec(container, "sh", "-c", "id -u; ls -d /var/run/docker.sock /srv/opshub/state 2>&1")
+    assert inside.stdout.strip(), f"cannot look inside {container}: {inside.stderr}"
 
     def ended():
         run = deployment.service_api(tokens["carol"], "GET", f"runs/{run_id}").json()
         return run if run["status"] not in ("queued", "running") else None
 
-    run = wait_for(ended, timeout=300, interval=2, what="the requested run to end")
-    assert run["status"] == "succeeded", run["error_summary"]
-    assert run["trigger"] == "requested" and run["requested_by"] == "bob"
-    assert "[dry run] ssh" in json.dumps(run["output_notebook"])
-    wait_for(lambda: runner_container() is None, timeout=120, what="the run's container to be removed")
+    run = wait_for(ended, timeout=300, interval=2, what=f"run {run_id} to end")
+    wait_for(lambda: runner_container() is None, timeout=120, what=f"the container of run {run_id} to be removed")
+    return run, info, inside.stdout
+
+
+def test_each_requested_run_runs_in_a_fresh_runner_container_that_keeps_nothing(deployment):
+    """Unattended runs in Docker: the service asks the hub for a named server of opshub-runner, and
+    DockerSpawner starts a container of the ops image for it, removed once the run ended. Each container is
+    looked at while its run runs: the image's user (not root), no-new-privileges, the deployment's network,
+    no Docker socket, no hub state, and no home volume (none mounted at the home, none of the people's home
+    volumes, not the runbooks volume). Two runs in a row get two containers, and the second finds nothing of
+    what the first left in its home or /tmp."""
+    tokens = deployment.tokens(users=["bob", "carol"])
+    first, first_info, first_inside = run_in_a_runner_container(deployment, tokens, "sandbox-plant.ipynb")
+    second, second_info, second_inside = run_in_a_runner_container(deployment, tokens, "sandbox-look.ipynb")
+
+    for run in (first, second):
+        assert run["status"] == "succeeded", run["error_summary"]
+        assert run["trigger"] == "requested" and run["requested_by"] == "bob"
+    planted = json.dumps(first["output_notebook"])
+    assert f"planted: {HOME}/planted" in planted and "planted: /tmp/planted" in planted  # the first run wrote
+    looked = json.dumps(second["output_notebook"])
+    assert f"home: {HOME} " in looked, looked  # the second run looked in the same places
+    found = re.search(r"found: \[[^\]]*\]", looked)
+    problems = [] if found and found[0] == "found: []" else [f"the second run found what the first left: {found}"]
+    if first_info["Id"] == second_info["Id"]:
+        problems.append("the second run got the first run's container")
+    for info, inside in ((first_info, first_inside), (second_info, second_inside)):
+        name, mounts = info["Name"], info["Mounts"]
+        checks = {
+            "the ops image, as its user 1000": info["Config"]["Image"] == OPS_IMAGE
+            and info["Config"]["User"] == "1000",
+            "its processes run as 1000": inside.split()[:1] == ["1000"],
+            "no-new-privileges": any(
+                o.startswith("no-new-privileges") for o in info["HostConfig"]["SecurityOpt"] or []
+            ),
+            "not privileged": not info["HostConfig"]["Privileged"],
+            "only the deployment's network": list(info["NetworkSettings"]["Networks"]) == [NAME],
+            "no Docker socket, no hub state inside": inside.count("No such file or directory") == 2,
+            "no Docker socket mounted": not [
+                m for m in mounts if "docker.sock" in (m.get("Source") or "") + m["Destination"]
+            ],
+            "nothing mounted at or under the home": not [
+                m for m in mounts if m["Destination"] == HOME or m["Destination"].startswith(HOME + "/")
+            ],
+            "no people's home volume": not [m for m in mounts if (m.get("Name") or "").startswith(f"{NAME}-home-")],
+            "not the runbooks volume": not [m for m in mounts if m.get("Name") == f"{NAME}-runbooks"],
+            # this deployment has no extra volumes (spawner.docker.volumes): nothing at all is mounted
+            "no mounts at all": mounts == [],
+        }
+        problems += [f"{name}: {check} ({inside.strip()!r}, {mounts})" for check, ok in checks.items() if not ok]
+    assert problems == [], "\n".join(problems)
 
 
 def test_home_survives_stop_and_start_and_the_container_is_removed(deployment):
