@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from opshub.runbooks.params import parse_parameters
-from opshub.runner.__main__ import credential_refusals, credential_specs, granted, job_environment, read_credentials
+from opshub.runner.__main__ import (
+    credential_refusals,
+    credential_specs,
+    granted,
+    job_environment,
+    read_credentials,
+    remove_abandoned_folders,
+)
 from opshub.runner.job import parameter_pairs
 
 
@@ -72,3 +81,33 @@ def test_the_runners_processes_keep_their_memory_private():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "0"]
+
+
+def test_folders_of_runs_whose_server_died_are_removed_and_held_ones_kept(tmp_path):
+    """A runner's server killed before it cleaned up leaves its run's folder; the next run's server removes
+    it, but never the folder of a server that still runs (it holds the lock), nor a young unlocked one."""
+    runs = tmp_path / "runs"
+    for name in ("held", "abandoned", "young"):
+        (runs / name / "runbooks").mkdir(parents=True)
+        (runs / f"{name}.lock").touch()
+    old = time.time() - 3600
+    for name in ("held", "abandoned"):
+        os.utime(runs / f"{name}.lock", (old, old))
+    holder = subprocess.Popen(  # another server's process, holding its folder
+        [
+            sys.executable,
+            "-c",
+            f"from opshub.runner.__main__ import hold_folder; import time; hold_folder({str(runs / 'held')!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        remove_abandoned_folders(runs)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in runs.iterdir()) == ["held", "held.lock", "young", "young.lock"]
+    remove_abandoned_folders(runs)  # its server gone now
+    assert sorted(p.name for p in runs.iterdir()) == ["young", "young.lock"]

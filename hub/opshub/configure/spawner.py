@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -154,6 +155,8 @@ def apply_local(c, settings: Settings, runtime) -> None:
         c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
         c.SimpleLocalProcessSpawner.home_dir_template = str(homes / "{username}")
     c.Spawner.cmd = [runtime.python, "-m", "opshub.singleuser"]
+    # no server reads the terminal `make run` was typed in (they are in sessions of their own already)
+    c.LocalProcessSpawner.popen_kwargs = {"stdin": subprocess.DEVNULL}
 
 
 def server_token_scopes(spawner) -> list[str]:

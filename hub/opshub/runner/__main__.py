@@ -8,6 +8,7 @@ import base64
 import binascii
 import contextlib
 import datetime
+import fcntl
 import fnmatch
 import json
 import logging
@@ -16,6 +17,7 @@ import shutil
 import signal
 import sys
 import tarfile
+import time
 import uuid
 from asyncio.subprocess import PIPE
 from pathlib import Path
@@ -37,6 +39,7 @@ ACTIVITY_SECONDS = (
     10  # how often the hub hears the server is active while the run goes on (culler timeouts are minutes)
 )
 STOP_GRACE_SECONDS = 5  # after the hub's signal, how long the server waits for the run's process
+ABANDONED_SECONDS = 600  # a run folder nobody holds is removed once its lock is this old
 
 
 def credential_specs(spec: str) -> dict[str, dict]:
@@ -92,6 +95,36 @@ def asked_credentials(folder: Path, runbook: str) -> list[str]:
         return list(read_runbook_metadata(folder / "runbooks" / runbook, runbook)["credentials"])
     except RunbookMetadataError:
         return []
+
+
+def hold_folder(folder: Path) -> int:
+    """Mark the run's folder as in use for as long as this server lives: an exclusive lock on
+    `<folder>.lock` (beside it, out of the run's reach), released by the kernel however the server ends."""
+    descriptor = os.open(f"{folder}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def remove_abandoned_folders(runs: Path, older_than: float = ABANDONED_SECONDS) -> None:
+    """Folders of runs whose server died before it could remove them (killed, the machine restarted):
+    nobody holds their lock. (Young ones may belong to a server that has not locked its folder yet.)"""
+    for lock in runs.glob("*.lock"):
+        folder = lock.with_suffix("")
+        try:
+            if time.time() - lock.stat().st_mtime < older_than:
+                continue
+            descriptor = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its server still runs
+            os.close(descriptor)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(descriptor)
+        log.info("removed %s, left behind by a runner's server that ended without cleaning up", folder)
 
 
 def python_folders() -> list[Path]:
@@ -205,6 +238,8 @@ def main() -> None:
             folder = home / "runs" / run_id
             try:
                 (home / "runs").mkdir(mode=0o700, exist_ok=True)
+                state["lock"] = hold_folder(folder)
+                remove_abandoned_folders(home / "runs")
                 extract_runbooks(archive, folder / "runbooks")
             except tarfile.TarError as e:
                 raise tornado.web.HTTPError(400, f"the runbooks archive is not a tar: {e}") from None
@@ -220,6 +255,7 @@ def main() -> None:
                 self.finish({"run": run_id})
                 await asyncio.get_running_loop().run_in_executor(None, refuse, summary)
                 shutil.rmtree(folder, ignore_errors=True)
+                Path(f"{folder}.lock").unlink(missing_ok=True)
                 done.set()
                 return
             job.update(
@@ -239,6 +275,7 @@ def main() -> None:
         await asyncio.get_running_loop().run_in_executor(None, record_end_if_missing, code)
         # the run's record holds its executed notebook: nothing of it stays in the runner's home
         shutil.rmtree(folder, ignore_errors=True)
+        Path(f"{folder}.lock").unlink(missing_ok=True)
         done.set()
 
     async def report_activity() -> None:
