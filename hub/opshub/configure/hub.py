@@ -64,7 +64,8 @@ def apply_hub(c, settings: Settings, runtime) -> None:
     # Everything the hub must keep across restarts lives in the state folder.
     c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
-    # Stop users' servers with the hub: the embedded default must leave no stray processes.
+    # Ctrl-C stops users' servers with the hub: the embedded default leaves no stray processes.
+    # (SIGTERM, a restart, leaves them for the next start: opshub.hubapp.OpsHubApp.)
     c.JupyterHub.cleanup_servers = True
 
 
