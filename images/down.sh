@@ -1,6 +1,6 @@
 #!/bin/bash
 # `make down`: stop the Docker deployment. The hub stops every user's container first (they are
-# removed on stop); any container of this deployment still there afterwards is removed too.
+# removed on stop), on SIGINT; any container of this deployment still there afterwards is removed too.
 # Volumes (state, runbooks, homes) stay; `docker volume rm` them to start from scratch.
 set -euo pipefail
 here="$(dirname "$0")"
@@ -11,6 +11,14 @@ export OPSHUB_SOURCE="$(realpath "${OPSHUB_SOURCE:-$here/..}")"
 cd "$here"
 
 source ./compose.sh
+# Ctrl-C for the hub first (SIGINT): it stops every server it started, unattended runs first, each
+# recorded. (`compose down` sends SIGTERM, which the hub takes for a restart: it would leave the
+# servers running for its next start, and the network in use.)
+hub="$OPSHUB_NAME-hub"
+if [ "$(docker inspect --format '{{.State.Running}}' "$hub" 2>/dev/null)" = true ]; then
+  docker kill --signal SIGINT "$hub" >/dev/null
+  timeout 90 docker wait "$hub" >/dev/null || echo "down: the hub did not stop within 90 s of SIGINT" >&2
+fi
 compose down --timeout 90
 # Users' containers are on the deployment's network (which compose removed, unless one
 # still used it): anything DockerSpawner left is found by that network.
