@@ -24,6 +24,7 @@ from pathlib import Path
 import requests
 import yaml
 from opshub.accounts import account_name
+from opshub.contract import SYSTEM_ACCOUNTS
 from opshub.settings import EMBEDDED_SETTINGS
 
 from tests.helpers import ARTIFACTS, SHARED_NOTEBOOKS, VENV_BIN, ensure_debian_package, make_work_tree, open_folder
@@ -108,7 +109,11 @@ class Hub:
         settings["runbooks"].update(
             repository=str(self.shared / "runbooks.git"), mirror_from=str(self.upstream), mirror_interval=1
         )
-        settings.setdefault("spawner", {}).setdefault("local", {})["homes_dir"] = str(self.shared / "homes")
+        local = settings.setdefault("spawner", {}).setdefault("local", {})
+        local["homes_dir"] = str(self.shared / "homes")
+        # system accounts of its own: hubs of a test session run side by side (a session hub, module
+        # hubs), and a deployment refuses to start while another one's hub uses the same accounts
+        local["account_prefix"] = f"t{self.port}-"
         if configure:
             configure(settings)
         self.settings_file = root / "opshub.yaml"
@@ -124,13 +129,20 @@ class Hub:
     def per_person_accounts(self) -> bool:
         return os.geteuid() == 0 and not self.run_as  # `auto`, as in the embedded default
 
+    def account(self, user: str) -> str:
+        """The OS account of a hub user's servers (a person's, or a system account's such as opshub-runner)."""
+        if not self.per_person_accounts:
+            return pwd.getpwuid(os.geteuid()).pw_name if not self.run_as else self.run_as
+        settings = yaml.safe_load(self.settings_file.read_text())
+        return account_name(user, SYSTEM_ACCOUNTS, settings["spawner"]["local"].get("account_prefix", ""))
+
     def system_home(self, account: str) -> Path:
-        """The home of a system account's server (the dashboards server): its name, as its OS account's."""
-        return self.shared / "homes" / account
+        """The home of a system account's server (the dashboards server, the runner)."""
+        return self.shared / "homes" / (self.account(account) if self.per_person_accounts else account)
 
     def home(self, user: str) -> Path:
         if self.per_person_accounts:
-            return self.shared / "homes" / account_name(user)
+            return self.shared / "homes" / self.account(user)
         return self.shared / "homes" / user
 
     def start(self) -> None:

@@ -30,14 +30,15 @@ MAX_ACCOUNT_NAME = 32  # useradd's limit on Debian
 _VALID_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]*")
 
 
-def account_name(username: str, system_accounts=()) -> str:
+def account_name(username: str, system_accounts=(), prefix: str = "") -> str:
     """The OS account of a JupyterHub user: system accounts keep their name; a person's is
     `jupyter-<name>`, made safe for useradd, with a short hash when that changed or shortened it
-    (so `Bob.Smith` and `bob-smith` never share an account)."""
+    (so `Bob.Smith` and `bob-smith` never share an account). `prefix` (the deployment's
+    `spawner.local.account_prefix`) comes before either."""
     if username in system_accounts:
-        return username
+        return prefix + username
     safe = re.sub(r"[^a-z0-9_-]", "-", username.lower())
-    name = PERSON_PREFIX + safe
+    name = prefix + PERSON_PREFIX + safe
     if safe != username or len(name) > MAX_ACCOUNT_NAME:
         digest = hashlib.sha256(username.encode()).hexdigest()[:7]
         name = f"{name[: MAX_ACCOUNT_NAME - 8]}-{digest}"
@@ -93,6 +94,12 @@ class PerPersonSpawner(LocalProcessSpawner):
         help="JupyterHub users that are system accounts of the execution plane (their OS account is their name).",
     )
 
+    account_prefix = Unicode(
+        "",
+        config=True,
+        help="Put before every account's name (the deployment's spawner.local.account_prefix): deployments apart.",
+    )
+
     earlier_homes_dir = Unicode(
         "",
         config=True,
@@ -103,7 +110,7 @@ class PerPersonSpawner(LocalProcessSpawner):
 
     @property
     def account(self) -> str:
-        return account_name(self.user.name, self.system_accounts)
+        return account_name(self.user.name, self.system_accounts, self.account_prefix)
 
     @property
     def home(self) -> Path:

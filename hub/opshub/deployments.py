@@ -33,10 +33,10 @@ from pathlib import Path
 from .settings import SettingsError
 
 CLAIMS_DIR = Path("/var/lib/opshub/claims")
-ACCOUNTS_CLAIM = "system-accounts"  # one claim per machine: the accounts' names are the same for every deployment
+ACCOUNTS_CLAIM = "system-accounts"  # one claim per account prefix: deployments with one prefix share accounts
 DEPLOYMENT_ID_FILE = "deployment-id"
 DEPLOYMENT_ID = re.compile(r"[0-9a-f]{16}")
-_RELEASING: set[tuple[str, int]] = set()  # (claims folder, pid) whose release at exit is registered
+_RELEASING: set[tuple[str, str, int]] = set()  # (claims folder, claim, pid) whose release at exit is registered
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,11 @@ class AccountsClaimed(SettingsError):
                 f"this machine's system accounts ({accounts}) are in use by {holder.describe()}."
                 " Two deployments started as root would share those accounts and their homes (published"
                 " dashboards, interactive runs, people's files and processes), so this one does not start."
-                f" Stop that one first (Ctrl-C in its terminal, or kill {holder.pid}), or run this one in"
-                " containers (spawner.kind: docker, `make up`) or as a normal user (a single-person trial)."
+                f" Stop that one first (Ctrl-C in its terminal, or kill {holder.pid}), give this one accounts"
+                " of its own (spawner.local.account_prefix, such as `ops2-`), or run it in containers"
+                " (spawner.kind: docker, `make up`) or as a normal user (a single-person trial)."
             )
-        super().__init__(source, [f"spawner.local.accounts: {problem}"])
+        super().__init__(source, [f"spawner.local.account_prefix: {problem}"])
 
     def __str__(self) -> str:  # not "invalid settings": the settings are fine, the machine is taken
         return f"{self.source}: {self.problems[0]}"
@@ -169,17 +170,23 @@ def release(claims_dir: Path, mine: Claim, name: str = ACCOUNTS_CLAIM) -> bool:
         return True
 
 
+def accounts_claim(prefix: str) -> str:
+    """The claim's name for the accounts of `spawner.local.account_prefix` `prefix`: deployments with
+    different prefixes use different accounts, and claim them apart."""
+    return f"{ACCOUNTS_CLAIM}-{prefix.rstrip('-')}" if prefix else ACCOUNTS_CLAIM
+
+
 def claim_system_accounts(
-    state_dir: Path, url: str, source: str, accounts: str, claims_dir: Path = CLAIMS_DIR
+    state_dir: Path, url: str, source: str, accounts: str, claims_dir: Path = CLAIMS_DIR, name: str = ACCOUNTS_CLAIM
 ) -> Claim:
     """The start-up step: claim the system accounts for this hub's process, released when it ends."""
     mine = this_process(state_dir, url)
-    take(claims_dir, mine, source, accounts)
-    if (str(claims_dir), mine.pid) not in _RELEASING:
+    take(claims_dir, mine, source, accounts, name)
+    if (str(claims_dir), name, mine.pid) not in _RELEASING:
         # once per process: prepare() runs in `opshub hub`, then again in the JupyterHub it becomes (the
         # same process: atexit handlers do not survive exec, so it is JupyterHub's exit that releases it)
-        _RELEASING.add((str(claims_dir), mine.pid))
-        atexit.register(release, claims_dir, mine)
+        _RELEASING.add((str(claims_dir), name, mine.pid))
+        atexit.register(release, claims_dir, mine, name)
     return mine
 
 

@@ -20,7 +20,7 @@ from .configure import Runtime
 from .configure.services import database_url
 from .configure.spawner import homes_dir, local_accounts
 from .contract import SYSTEM_ACCOUNTS
-from .deployments import CLAIMS_DIR, claim_system_accounts, deployment_id
+from .deployments import CLAIMS_DIR, accounts_claim, claim_system_accounts, deployment_id
 from .runbooks.mirror import MirrorError, mirror
 from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, public_url, repository_url
 
@@ -257,9 +257,12 @@ def claim_accounts(settings: Settings, runtime: Runtime, claims_dir: Path | None
     holds them, when another one's hub is running."""
     if settings["spawner"]["kind"] != "local" or local_accounts(settings, runtime) != "per-person":
         return  # containers, pods and the single-account trial share no account with another deployment
-    accounts = ", ".join([f"{PERSON_PREFIX}<name>", *SYSTEM_ACCOUNTS])
+    prefix = settings["spawner"]["local"]["account_prefix"]
+    accounts = ", ".join([f"{prefix}{PERSON_PREFIX}<name>", *(prefix + name for name in SYSTEM_ACCOUNTS)])
     claims_dir = claims_dir or CLAIMS_DIR  # read now: tests point it at a folder of their own
-    claim_system_accounts(settings.state_dir, public_url(settings.data), settings.source, accounts, claims_dir)
+    claim_system_accounts(
+        settings.state_dir, public_url(settings.data), settings.source, accounts, claims_dir, accounts_claim(prefix)
+    )
 
 
 def prepare(settings: Settings) -> Runtime:
@@ -304,4 +307,5 @@ def prepare(settings: Settings) -> Runtime:
             raise SettingsError(settings.source, [f"runbooks.mirror_from: {e}"]) from None
     runtime = Runtime.of_this_machine(**found)
     check_accounts(settings, runtime)
+    claim_accounts(settings, runtime)  # last: a refused start leaves no claim behind
     return runtime

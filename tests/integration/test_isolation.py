@@ -34,11 +34,11 @@ def bobs_terminal(hub: Hub, servers):
         yield terminal
 
 
-def pid_of_server(user: str) -> int:
+def pid_of_server(hub: Hub, user: str) -> int:
     out = subprocess.run(["ps", "-eww", "-o", "pid=,user:32=,args="], capture_output=True, text=True).stdout
     for line in out.splitlines():
         pid, account, args = line.split(None, 2)
-        if account == f"jupyter-{user}" and "jupyterhub.singleuser" in args:
+        if account == hub.account(user) and "jupyterhub.singleuser" in args:
             return int(pid)
     raise AssertionError(f"no server process of {user}")
 
@@ -46,7 +46,7 @@ def pid_of_server(user: str) -> int:
 def test_a_persons_server_runs_under_their_own_account_never_root(hub, bobs_terminal):
     out, rc = bobs_terminal.run("id -u; id -un; echo $HOME")
     uid, name, home = out.split()
-    assert rc == 0 and uid != "0" and name == "jupyter-bob"
+    assert rc == 0 and uid != "0" and name == hub.account("bob") and name.endswith("jupyter-bob")
     assert home == str(hub.home("bob"))
     assert oct(hub.home("bob").stat().st_mode & 0o777) == "0o700"
     assert hub.home("bob").stat().st_uid == int(uid)
@@ -80,14 +80,16 @@ def test_another_persons_home_is_out_of_reach(hub, bobs_terminal):
 
 def test_other_processes_environments_are_out_of_reach(hub, bobs_terminal):
     """The hub's (OAuth and cookie secrets), the service's (metrics token), alice's server's (her token)."""
-    targets = {"hub": hub.proc.pid, "alice's server": pid_of_server("alice")}
+    targets = {"hub": hub.proc.pid, "alice's server": pid_of_server(hub, "alice")}
     service = subprocess.run(["pgrep", "-f", f"opshub.service .*{hub.state}"], capture_output=True, text=True)
     targets["opshub service"] = int(service.stdout.split()[0])
     for what, pid in targets.items():
         out, rc = bobs_terminal.run(f"cat /proc/{pid}/environ")
         assert rc != 0 and "Permission denied" in out, (what, out)
     # and his own, for contrast: the check can fail
-    out, rc = bobs_terminal.run(f"tr '\\0' '\\n' < /proc/{pid_of_server('bob')}/environ | grep -c JUPYTERHUB_API_TOKEN")
+    out, rc = bobs_terminal.run(
+        f"tr '\\0' '\\n' < /proc/{pid_of_server(hub, 'bob')}/environ | grep -c JUPYTERHUB_API_TOKEN"
+    )
     assert rc == 0 and out.strip() == "1"
 
 

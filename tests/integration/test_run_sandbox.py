@@ -207,7 +207,7 @@ def test_concurrent_runs_see_nothing_of_each_other_and_credentials_go_only_where
         what="the holder's first cell",
     )
     if hub.per_person_accounts:  # the holder's processes run on this machine, as the runner's account
-        wait_for(lambda: marker in processes_of("opshub-runner"), timeout=60, what="the holder's process")
+        wait_for(lambda: marker in processes_of(hub.account("opshub-runner")), timeout=60, what="the holder's process")
     looker = run(hub, tokens["alice"], "sandbox/looker.ipynb", marker=marker, files=hub.credential_files)
     looked = wait_for_status(hub, tokens["alice"], looker["id"], timeout=120)
     assert looked["status"] == "succeeded", looked["error_summary"]

@@ -1,8 +1,9 @@
 """Two deployments on one machine stay apart (issue 23, item 7), live.
 
-Started as root, every opshub on the machine runs servers under the same system accounts
-(`jupyter-<name>`, `opshub-runner`, `opshub-dashboards`): a second deployment refuses to start while
-another one's hub runs, naming it; and what people's servers keep for their deployment (the spool of
+Started as root, opshub runs servers under system accounts of the machine (`jupyter-<name>`,
+`opshub-runner`, `opshub-dashboards`, after `spawner.local.account_prefix`): a second deployment with
+the same accounts refuses to start while another one's hub runs, naming it (every test hub has accounts
+of its own, so the suite's hubs run side by side); and what people's servers keep for their deployment (the spool of
 interactive runs) is in a folder of that deployment's id. The rules one by one:
 tests/unit/test_deployments.py and tests/unit/test_recorder.py.
 """
@@ -20,20 +21,19 @@ as_root = pytest.mark.skipif(os.geteuid() != 0, reason="per-person accounts (and
 
 
 @as_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="the claim (opshub.startup.claim_accounts) is not called at the hub's start yet: the suite's"
-    " session hub (tests/conftest.py) runs while module hubs start, which it would refuse",
-)
 def test_a_second_deployment_refuses_to_start_while_the_first_runs(tmp_path):
-    first, second = Hub(tmp_path / "first"), Hub(tmp_path / "second")
+    def same_accounts(settings):  # (test hubs get accounts of their own otherwise: tests/livehub.py)
+        settings["spawner"]["local"]["account_prefix"] = "twin-"
+
+    first, second = Hub(tmp_path / "first", configure=same_accounts), Hub(tmp_path / "second", configure=same_accounts)
     first.start()
     try:
         with pytest.raises(RuntimeError, match="the hub exited with"):  # started, it would be Ctrl-C'd below
             second.start()
         said = second.log_file.read_text()
         assert f"state folder {first.state} at {first.url}/" in said, said
-        assert "system accounts (jupyter-<name>, opshub-dashboards, opshub-runner) are in use" in said, said
+        assert "system accounts (twin-jupyter-<name>, twin-opshub-dashboards, twin-opshub-runner) are in use" in said
+        assert "spawner.local.account_prefix" in said, said  # what to do
         assert "Stop that one first" in said, said
         assert requests.get(f"{first.url}/hub/api", timeout=10).status_code == 200  # the first goes on
     finally:

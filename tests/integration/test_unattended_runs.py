@@ -143,7 +143,7 @@ def test_an_operator_requests_a_run_and_the_runner_runs_it_in_its_own_account(hu
     assert "message: from the API" in text
     assert "hub variables: []" in text  # no hub token, no hub URL in the run's environment
     if hub.per_person_accounts:
-        assert "account: opshub-runner" in text
+        assert f"account: {hub.account('opshub-runner')}" in text
     assert CREDENTIAL not in text and "credential: [masked]" in printed(run)  # the credential reached it, masked
     assert run["reported_by"] == "opshub service" and not run["drift"]
     assert run["first_cell_at"] >= run["queued_at"] and run["ended_at"] >= run["first_cell_at"]

@@ -17,6 +17,15 @@ def test_a_person_gets_a_jupyter_account_and_system_accounts_keep_their_name():
     assert account_name("opshub-dashboards") == "jupyter-opshub-dashboards"
 
 
+def test_a_deployments_account_prefix_comes_before_every_account():
+    assert account_name("bob", prefix="ops2-") == "ops2-jupyter-bob"
+    assert account_name("opshub-runner", ["opshub-runner"], "ops2-") == "ops2-opshub-runner"
+    long = account_name("a-very-long-login-name-indeed", prefix="ops2-")
+    assert (
+        long.startswith("ops2-jupyter-") and len(long) <= 32 and long != account_name("a-very-long-login-name-indeed")
+    )
+
+
 @pytest.mark.parametrize("name", ["Bob.Smith@example.com", "root", "../alice", "x" * 60, "bob smith", "-bob"])
 def test_any_login_name_becomes_a_valid_distinct_account(name):
     account = account_name(name)

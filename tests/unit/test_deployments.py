@@ -24,6 +24,7 @@ from opshub.deployments import (
     DEPLOYMENT_ID_FILE,
     AccountsClaimed,
     Claim,
+    accounts_claim,
     deployment_id,
     process_start,
     read_claim,
@@ -83,7 +84,7 @@ def test_a_live_claim_of_another_deployment_refuses_naming_it(tmp_path, claims, 
         take(claims, mine(tmp_path), "/srv/this/opshub.yaml", ACCOUNTS)
     message = str(refused.value)
     assert isinstance(refused.value, SettingsError)  # what `opshub hub` and the hub's config print and exit on
-    assert message.startswith("/srv/this/opshub.yaml: spawner.local.accounts: ")
+    assert message.startswith("/srv/this/opshub.yaml: spawner.local.account_prefix: ")
     for part in (
         "state folder /srv/other/state",
         "at http://127.0.0.1:9100/",
@@ -91,6 +92,7 @@ def test_a_live_claim_of_another_deployment_refuses_naming_it(tmp_path, claims, 
         ACCOUNTS,
         "Stop that one first",
         f"kill {other_hub.pid}",
+        "accounts of its own (spawner.local.account_prefix",
         "spawner.kind: docker",
         "as a normal user",
     ):
@@ -240,3 +242,15 @@ def test_the_deployment_id_is_made_once_and_kept_private(tmp_path):
 def test_peoples_servers_are_told_their_deployment(settings):
     assert user_environment(settings, "0123456789abcdef")[DEPLOYMENT_ID_ENV] == "0123456789abcdef"
     assert DEPLOYMENT_ID_ENV not in user_environment(settings)  # no id (a hub that has none): as before
+
+
+def test_deployments_with_different_account_prefixes_claim_apart(tmp_path, claims, other_hub):
+    """Accounts of their own (spawner.local.account_prefix) are claimed under a name of their own: a
+    deployment with another prefix starts beside a live one; one with the same prefix is refused."""
+    assert accounts_claim("") == ACCOUNTS_CLAIM and accounts_claim("ops2-") == f"{ACCOUNTS_CLAIM}-ops2"
+    write(claims, claim_of(other_hub))  # the default accounts, held by a live hub
+    this = mine(tmp_path)
+    take(claims, this, "/srv/this/opshub.yaml", ACCOUNTS, accounts_claim("ops2-"))
+    assert read_claim(claims, accounts_claim("ops2-")) == this
+    with pytest.raises(AccountsClaimed):
+        take(claims, this, "/srv/this/opshub.yaml", ACCOUNTS)

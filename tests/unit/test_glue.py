@@ -15,6 +15,12 @@ def load_glue():
     return PyFileConfigLoader(GLUE.name, path=str(GLUE.parent)).load_config()
 
 
+@pytest.fixture(autouse=True)
+def claims_of_this_test(tmp_path, monkeypatch):
+    """The glue's prepare() claims the machine's system accounts as root: here in a folder of the test's own."""
+    monkeypatch.setattr("opshub.startup.CLAIMS_DIR", tmp_path / "claims")
+
+
 @pytest.fixture
 def embedded_here(open_tmp_path, monkeypatch):
     """`make run`'s folder: one other accounts can enter (the tests run as root in CI)."""

@@ -149,6 +149,7 @@ def apply_local(c, settings: Settings, runtime) -> None:
         c.JupyterHub.spawner_class = "opshub.accounts.PerPersonSpawner"
         c.PerPersonSpawner.homes_dir = str(homes)
         c.PerPersonSpawner.system_accounts = list(SYSTEM_ACCOUNTS)
+        c.PerPersonSpawner.account_prefix = settings["spawner"]["local"]["account_prefix"]
         # homes of the single-account layout (before per-person accounts) move to their owners
         c.PerPersonSpawner.earlier_homes_dir = str(settings.state_dir / "homes")
     else:
