@@ -23,13 +23,30 @@ One hub, `runner.max_concurrent` 2, runbooks committed to the team's repository 
 
 2 and 3 are measured while the schedule's fires come due, between them (the runner idle, no fire due
 for the next 20-30 s); the schedule is then removed (a commit), so the burst has the runner to itself.
+
+5. The sandbox's cost (its own two hubs, once 1-4 are done and their hub stopped): one hub with
+   `runner.sandbox: auto` (a bubblewrap sandbox per run) and one with `none`, both up at once on their
+   own ports, the one-cell runbook requested on each in turn (auto, none, auto, none, ...), one at a
+   time, each waited until it ends and its runner server is gone; one warm-up run per hub first,
+   discarded. Reported: medians of request -> first cell and request -> end, and their ratio
+   sandboxed/unsandboxed. Then bubblewrap's setup alone, as the runner's account: `bwrap ... /bin/true`
+   with the command opshub.sandbox.bwrap_command builds for a job (the runner's keep list, home, work
+   folder and --info-fd), and the runner's per-run check_bubblewrap() probe, each against plain
+   `/bin/true`, 50 times each, interleaved: medians and the difference in ms.
+
+`--only unattended` runs 1-4 alone, `--only sandbox` 5 alone; by default both.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import hashlib
+import json
+import os
+import pwd
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +59,8 @@ from pathlib import Path
 import nbformat
 import requests
 from nbformat.v4 import new_code_cell, new_notebook
+from opshub.contract import RUNNER_ACCOUNT
+from opshub.sandbox import bwrap_command
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -55,6 +74,8 @@ LATENCY_ALERTS = 20
 REQUESTS = 5
 BURST_NAMES, BURST_INSTANCES, BURST_DUPLICATES = 10, 5, 10
 BURST_THREADS = 16
+SANDBOX_REQUESTS = 5
+BWRAP_RUNS = 50
 SAMPLE_SECONDS = 0.2
 RUNNER_TRIGGERS = {"requested", "schedule", "alert"}
 ENDED = {"succeeded", "failed", "interrupted", "cancelled", "missed"}
@@ -380,12 +401,192 @@ class Bench:
 
 
 def hubs_running() -> set[int]:
-    """The pids of the opshub hubs on the machine (`opshub hub` execs `python -m jupyterhub -f ...`)."""
+    """The pids of the opshub hubs on the machine (`opshub hub` execs `python -m opshub.hubapp -f ...`;
+    before, `python -m jupyterhub -f ...`)."""
     out = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in out.splitlines() if " -m jupyterhub -f " in line}
+    marks = (" -m opshub.hubapp -f ", " -m jupyterhub -f ")
+    return {int(line.split()[0]) for line in out.splitlines() if any(m in line for m in marks)}
 
 
-def main() -> None:
+# -- 5 -----------------------------------------------------------------------------------------------------
+
+
+def probe_hub(sandbox: str) -> Hub:
+    """A hub whose runner runs with `runner.sandbox: <sandbox>`, with the one-cell runbook committed."""
+
+    def configure(settings):
+        settings["runner"] = {**settings.get("runner", {}), "max_concurrent": MAX_CONCURRENT, "sandbox": sandbox}
+
+    hub = Hub(Path(tempfile.mkdtemp(prefix=f"opshub-bench-sandbox-{sandbox}-")), configure=configure)
+    commit(hub, {ONE_CELL: RUNBOOKS[ONE_CELL]}, "the sandbox's probe runbook")
+    return hub
+
+
+def request_probe(bench: Bench) -> tuple[float, float]:
+    """One request of the one-cell runbook, waited until it ends and the runner's server is gone:
+    (first_cell_at - queued_at, ended_at - queued_at)."""
+
+    def requested():
+        response = requests.post(
+            f"{bench.api}/requests", json={"runbook": ONE_CELL, "parameters": {}}, headers=bench.bob, timeout=30
+        )
+        if response.status_code in (404, 503):  # the service has not read the runbook yet
+            return None
+        if response.status_code != 201:
+            raise AssertionError(f"POST api/requests: {response.status_code} {response.text[:300]}")
+        return response.json()
+
+    run = bench.wait_ended(wait_for(requested, timeout=60, interval=1, what=f"a request of {ONE_CELL}")["id"])
+    if run["status"] != "succeeded":
+        raise AssertionError(f"the requested run ended {run['status']}: {run['error_summary']}")
+    bench.quiet()
+    return seconds(run["first_cell_at"], run["queued_at"]), seconds(run["ended_at"], run["queued_at"])
+
+
+def owner(home: Path) -> dict:
+    """Popen's arguments that run a process as the owner of `home` (the runner's account, whatever
+    its name in this deployment), when that is another account than ours and we may switch to it."""
+    if os.geteuid() != 0 or not home.exists() or home.stat().st_uid == os.geteuid():
+        return {}
+    found = home.stat()
+    return {"user": found.st_uid, "group": found.st_gid, "extra_groups": []}
+
+
+def bwrap_setup(home: Path) -> dict[str, list[float]]:
+    """Seconds from start to exit of `/bin/true` alone, in the sandbox a job gets (bwrap_command with the
+    runner's keep list and --info-fd, read as the runner reads it) and in check_bubblewrap()'s probe,
+    which the runner also runs before each job; BWRAP_RUNS of each, interleaved, as the owner of the
+    runner's `home` (its account)."""
+    as_account = owner(home)
+    # the runner's keep list: python_folders() in `python -I`, as the runner's server starts
+    folders = subprocess.run(
+        [
+            str(VENV_BIN / "python"),
+            "-I",
+            "-c",
+            "import json; from opshub.runner.__main__ import python_folders;"
+            " print(json.dumps([str(p) for p in python_folders()]))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    keep = [Path(p) for p in json.loads(folders)]
+    work = Path(tempfile.mkdtemp(prefix="opshub-bench-bwrap-"))  # as a run's folder: its account's alone
+    if as_account:
+        os.chown(work, as_account["user"], as_account["group"])
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8"}
+    probe = bwrap_command(["/bin/true"], home=Path("/tmp/opshub-probe-home"), work=work)  # check_bubblewrap's
+
+    def plain() -> float:
+        began = time.perf_counter()
+        process = subprocess.Popen(["/bin/true"], stdin=subprocess.PIPE, cwd=work, env=env, **as_account)
+        process.communicate()
+        return time.perf_counter() - began
+
+    def job() -> float:
+        info_read, info_write = os.pipe()
+        command = bwrap_command(["/bin/true"], home=home, work=work, keep=keep, info_fd=info_write)
+        began = time.perf_counter()
+        try:
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, cwd=work, env=env, pass_fds=(info_write,), **as_account
+            )
+        finally:
+            os.close(info_write)
+        with os.fdopen(info_read) as info:
+            text = info.read()
+        process.communicate()
+        took = time.perf_counter() - began
+        if process.returncode != 0 or not text.strip():
+            raise AssertionError(f"bwrap ... /bin/true: exit {process.returncode}, info {text!r}")
+        return took
+
+    def probed() -> float:
+        began = time.perf_counter()
+        result = subprocess.run(probe, capture_output=True, text=True, timeout=30, cwd=work, env=env, **as_account)
+        took = time.perf_counter() - began
+        if result.returncode != 0:
+            raise AssertionError(f"check_bubblewrap's probe: exit {result.returncode}: {result.stderr.strip()}")
+        return took
+
+    times: dict[str, list[float]] = {"plain": [], "job": [], "probe": []}
+    try:
+        for measure in (plain, job, probed):  # warm-up, discarded
+            measure()
+        for _ in range(BWRAP_RUNS):
+            times["plain"].append(plain())
+            times["job"].append(job())
+            times["probe"].append(probed())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return times
+
+
+def sandbox_cost() -> None:
+    """5: two hubs up at once, `runner.sandbox` auto and none, requests alternating between them."""
+    hubs = {"auto": probe_hub("auto"), "none": probe_hub("none")}
+    began = time.monotonic()
+    measured: dict[str, list[tuple[float, float]]] = {kind: [] for kind in hubs}
+    others: set[int] = set()
+    try:
+        for hub in hubs.values():
+            hub.start()
+        ours = {hub.proc.pid for hub in hubs.values()}
+        benches = {kind: Bench(hub) for kind, hub in hubs.items()}
+        others |= hubs_running() - ours
+        for bench in benches.values():
+            request_probe(bench)  # warm-up, discarded
+        for _ in range(SANDBOX_REQUESTS):
+            for kind, bench in benches.items():
+                measured[kind].append(request_probe(bench))
+                others |= hubs_running() - ours
+        hubs_took = time.monotonic() - began
+    finally:
+        for hub in hubs.values():
+            hub.stop()
+    home = hubs["auto"].system_home(RUNNER_ACCOUNT)  # the runner's home, as its sandboxes hide it
+    setup = bwrap_setup(home)
+    others |= hubs_running()
+
+    first = {kind: statistics.median(v[0] for v in runs) for kind, runs in measured.items()}
+    end = {kind: statistics.median(v[1] for v in runs) for kind, runs in measured.items()}
+    print(
+        f"\n5. the sandbox's cost: request -> first cell on the runner ({ONE_CELL}), two hubs up at once,"
+        f" runner.sandbox auto (bubblewrap) and none; {SANDBOX_REQUESTS} requests each, one at a time,"
+        f" alternating auto, none, ...; one warm-up run each discarded ({hubs_took:.0f} s)"
+    )
+    print(f"   {'median':<30} {'auto':>9} {'none':>9} {'auto/none':>10} {'auto-none':>10}")
+    for label, values in (("first_cell_at - queued_at", first), ("ended_at - queued_at", end)):
+        print(
+            f"   {label:<30} {values['auto']:>7.2f} s {values['none']:>7.2f} s"
+            f" {values['auto'] / values['none']:>10.2f} {(values['auto'] - values['none']) * 1000:>7.0f} ms"
+        )
+    for kind, runs in measured.items():
+        print(
+            f"   each, {kind}: first cell {', '.join(f'{v[0]:.2f}' for v in runs)};"
+            f" end {', '.join(f'{v[1]:.2f}' for v in runs)} s"
+        )
+    ms = 1000
+    plain, job, probe = (statistics.median(setup[k]) * ms for k in ("plain", "job", "probe"))
+    who = pwd.getpwuid(owner(home).get("user", os.geteuid())).pw_name
+    print(f"   bubblewrap's setup alone (as {who}, {BWRAP_RUNS} runs each, interleaved; start to exit, median):")
+    print(f"   {'/bin/true':<52} {plain:>7.1f} ms")
+    print(f"   {'bwrap <a job sandbox> /bin/true (bwrap_command)':<52} {job:>7.1f} ms  (+{job - plain:.1f} ms)")
+    print(f"   {'bwrap <check_bubblewrap probe> /bin/true':<52} {probe:>7.1f} ms  (+{probe - plain:.1f} ms)")
+    print(
+        f"   (the runner starts both per run: about +{job + probe - 2 * plain:.0f} ms of bubblewrap per run,"
+        f" beside the {(first['auto'] - first['none']) * ms:+.0f} ms measured between the medians above)"
+    )
+    print(
+        f"   (other opshub hubs seen on the machine while it ran: {len(others)}; load average at the end"
+        f" {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores: expect noise of seconds per run)"
+    )
+
+
+def unattended() -> None:
+    """1-4, on one hub."""
+
     def configure(settings):
         settings.setdefault("dashboards", {})["git_sync_interval"] = 1
         settings["runner"] = {**settings.get("runner", {}), "max_concurrent": MAX_CONCURRENT}
@@ -425,6 +626,18 @@ def main() -> None:
         )
     finally:
         hub.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument(
+        "--only", choices=("unattended", "sandbox"), help="unattended: 1-4 alone; sandbox: 5 alone (default: both)"
+    )
+    only = parser.parse_args().only
+    if only != "sandbox":
+        unattended()
+    if only != "unattended":
+        sandbox_cost()
 
 
 if __name__ == "__main__":
