@@ -185,7 +185,8 @@ def test_a_killed_runner_server_takes_its_run_with_it_and_the_record_says_so(hub
     assert cancel.status_code in (200, 409), cancel.text  # 409: the runner recorded the loss first
     ended = wait_for_status(hub, bob, running["id"], timeout=90)
     assert ended["status"] == "interrupted", ended
-    assert "runner's server stopped" in ended["error_summary"]
+    # whichever sees it first: the runner's look at its servers, or the sweep of silent runs (30 s here)
+    assert "runner's server stopped" in ended["error_summary"] or "no heartbeat" in ended["error_summary"]
 
 
 def runner_server_pid(server: str) -> int:

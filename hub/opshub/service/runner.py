@@ -5,8 +5,9 @@ and removes the server when the run has ended (see opshub/runner/ for the server
 Every second (and at once when a run is queued) it claims what `max_concurrent` and the locks allow.
 A run whose server the hub cannot be asked to start (the hub restarts) goes back to the queue; one
 the spawner fails to start ends `failed`, saying why. Every 30 seconds it removes servers whose run
-has ended (a run cancelled while running, a service restarted while a run ended) and asks servers
-of runs being cancelled to stop.
+has ended (a run cancelled while running, a service restarted while a run ended), asks servers
+of runs being cancelled to stop, and records `interrupted` the runs whose server is gone (their
+sandbox went with it).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Runner:
         self.launching: dict[str, asyncio.Task] = {}  # run id -> its start
         self.stopping: set[str] = set()  # servers asked to stop
         self.waiting: dict[str, str] = {}  # run id -> the lock it waits for
+        self.missing: set[str] = set()  # running runs whose server the hub did not list at the last look
         self.paused_until = 0.0  # the hub was away: no claims before this (time.monotonic())
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -156,13 +158,15 @@ class Runner:
         for run_id in abandoned:
             if await loop.run_in_executor(None, self.queue.release, run_id):
                 log.warning("run %s goes back to the queue: its runner's server never came up", run_id)
-        # past its first cell, a run whose server is gone is gone too (its sandbox ends with the server)
-        lost = [
+        # past its first cell, a run whose server is gone is gone too (its sandbox ends with the server);
+        # seen gone twice in a row, so that a hub still taking over its servers after a restart is no loss
+        missing = {
             run.id
             for run in runs
             if run.runner_server not in servers and run.first_cell_at is not None and run.id not in self.launching
-        ]
-        for run_id in lost:
+        }
+        lost, self.missing = missing & self.missing, missing
+        for run_id in sorted(lost):
             ended = await loop.run_in_executor(None, self.queue.lost, run_id)
             if ended is not None:
                 log.warning("run %s: its runner's server is gone; recorded interrupted", run_id)
