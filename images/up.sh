@@ -24,6 +24,20 @@ for image in "${OPSHUB_HUB_IMAGE:-opshub/hub:latest}" "${ops_image:-opshub/ops:l
   fi
 done
 
+# Both images must carry the same opshub (images/build.sh labels them with the digest of the sources
+# they were built from): a hub image of one version with an ops image of another breaks live dashboards
+# and unattended runs, whose servers in the ops image talk to the hub's service.
+source_of() {  # empty for an image without the label (not built by images/build.sh: not ours to judge)
+  docker image inspect --format '{{index .Config.Labels "org.opshub.source"}}' "$1" 2>/dev/null | sed 's/^<no value>$//' || true
+}
+hub_source="$(source_of "${OPSHUB_HUB_IMAGE:-opshub/hub:latest}")"
+ops_source="$(source_of "${ops_image:-opshub/ops:latest}")"
+if [ -n "$hub_source" ] && [ -n "$ops_source" ] && [ "$hub_source" != "$ops_source" ]; then
+  echo "up: ${OPSHUB_HUB_IMAGE:-opshub/hub:latest} (opshub source $hub_source) and ${ops_image:-opshub/ops:latest}" \
+    "(opshub source $ops_source) were built from different sources: run \`make images\` again" >&2
+  exit 1
+fi
+
 compose up --detach
 url="http://${OPSHUB_BIND/0.0.0.0/127.0.0.1}:${OPSHUB_PORT}"
 for _ in $(seq 1 120); do

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.docker.engine import HUB_IMAGE, OPS_IMAGE, docker, running_engine
+from tests.docker.engine import HUB_IMAGE, OPS_IMAGE, docker, running_engine, source_label
 from tests.helpers import ARTIFACTS, ROOT, ensure_debian_package
 
 
@@ -31,6 +31,12 @@ def images(docker_engine):
         # developers iterating on the tests: use the images as they are (CI always builds)
         for image in (OPS_IMAGE, HUB_IMAGE):
             assert docker("image", "inspect", image, check=False).returncode == 0, f"{image} is missing"
+        # a pair built from different sources (the tree changed between the two builds) fails in ways
+        # far from the cause (live dashboards that never render): say so at once
+        sources = {image: source_label(image) for image in (OPS_IMAGE, HUB_IMAGE)}
+        assert len(set(sources.values())) == 1 and "" not in sources.values(), (
+            f"the images were not built from one source (labels {sources}): run `make images`"
+        )
         return {"ops": OPS_IMAGE, "hub": HUB_IMAGE}
     ensure_debian_package("debootstrap", "/usr/sbin/debootstrap")
     ARTIFACTS.mkdir(exist_ok=True)

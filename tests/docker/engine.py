@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 from pathlib import Path
 
 OPS_IMAGE = "opshub/ops:latest"
 HUB_IMAGE = "opshub/hub:latest"
+SOURCE_LABEL = "org.opshub.source"  # images/build.sh: the digest of the sources an image was built from
 
 
 def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -16,6 +18,12 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr or result.stdout}")
     return result
+
+
+def source_label(image: str) -> str:
+    """The digest of the opshub sources the image was built from ("" when it has none)."""
+    labels = json.loads(docker("image", "inspect", image).stdout)[0]["Config"]["Labels"] or {}
+    return labels.get(SOURCE_LABEL, "")
 
 
 def engine_answers() -> bool:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.docker.engine import docker, run_in_ops
+from tests.docker.engine import docker, run_in_ops, source_label
 
 pytestmark = pytest.mark.timeout(2700)  # a fresh machine builds the images in the first test
 
@@ -68,6 +68,14 @@ def test_ops_image_runs_as_non_root_with_a_healthcheck(images):
     assert result.stdout.split() == ["1000", "ops", "/home/ops", "home-writable"], result.stdout + result.stderr
     # no way to root inside: there is no sudo (DockerSpawner adds no-new-privileges on top)
     assert run_in_ops("bash", "-c", "command -v sudo").returncode != 0
+
+
+def test_both_images_carry_the_same_opshub(images):
+    """images/build.sh builds both images from one snapshot of the sources and labels each with its
+    digest (up.sh refuses a pair that differs): an ops image built before an edit and a hub image built
+    after it served no live dashboard (the service asked for a layout the dashboards server did not have)."""
+    sources = {name: source_label(image) for name, image in images.items()}
+    assert sources["ops"] and sources["ops"] == sources["hub"], sources
 
 
 def test_ops_image_has_the_kernels_and_no_news_prompt(images):
