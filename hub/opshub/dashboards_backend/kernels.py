@@ -112,8 +112,12 @@ class SandboxedKernelManager(ServerKernelManager):
             kw["cwd"] = str(self._sockets)  # bwrap's own; the kernel's is the dashboard's folder
         return await super()._async_launch_kernel(kernel_cmd, **kw)
 
-    def cleanup_resources(self, restart: bool = False) -> None:
-        super().cleanup_resources(restart=restart)
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        # a coroutine, as the async kernel manager's is: its shutdown awaits it, and so do Voila's
+        # executor and nbclient (as `cleanup_resources`) when a kernel died before it answered
+        await super()._async_cleanup_resources(restart=restart)
         if self.sealed and not restart:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self._sockets)
+
+    cleanup_resources = _async_cleanup_resources
