@@ -16,8 +16,12 @@ source ./compose.sh
 # servers running for its next start, and the network in use.)
 hub="$OPSHUB_NAME-hub"
 if [ "$(docker inspect --format '{{.State.Running}}' "$hub" 2>/dev/null)" = true ]; then
+  since="$(date +%s)"
   docker kill --signal SIGINT "$hub" >/dev/null
   timeout 90 docker wait "$hub" >/dev/null || echo "down: the hub did not stop within 90 s of SIGINT" >&2
+  # what the hub said as it stopped (tini passed the signal on): the runs it interrupted, if any
+  docker logs --since "$since" "$hub" 2>&1 |
+    grep -E 'Received signal|opshub: interrupting|Cleaning up single-user|Leaving single-user' | sed 's/^/down: hub: /' >&2 || true
 fi
 compose down --timeout 90
 # Users' containers are on the deployment's network (which compose removed, unless one

@@ -359,7 +359,9 @@ def test_make_down_leaves_no_containers(deployment):
     deployment.open_lab(session, "bob", timeout=240)  # a server running when the deployment stops
     down = deployment.make("down")
     assert down.returncode == 0, down.stdout + down.stderr
-    # the hub stopped (and so removed) the users' containers itself, before down.sh's safety net
+    # the hub got Ctrl-C (SIGINT, passed on by tini) and stopped (and so removed) the users' containers
+    # itself, before down.sh's safety net; SIGTERM would have left them running for its next start
+    assert "Received signal SIGINT" in down.stderr and "Cleaning up single-user servers" in down.stderr, down.stderr
     assert "removing containers left" not in down.stdout + down.stderr
     assert names_of_this_deployment() == []
     assert docker("network", "inspect", NAME, check=False).returncode != 0
