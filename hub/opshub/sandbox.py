@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,6 +44,14 @@ FRESH_FOLDERS = ("/tmp", "/var/tmp", "/run", "/home")
 
 class SandboxUnavailable(RuntimeError):
     """bubblewrap is missing or cannot create a sandbox here; the message says what to do."""
+
+
+def python_folders() -> list[Path]:
+    """This Python and opshub's code, which a sandbox must keep seeing where a fresh folder above hides
+    them (a checkout under /home or /tmp; an editable install's package is on no `sys.path` entry)."""
+    opshub = Path(__file__).resolve().parent
+    folders = {Path(sys.prefix), Path(sys.base_prefix), opshub, *(Path(p) for p in sys.path if p)}
+    return sorted(folder for folder in folders if folder.is_dir())
 
 
 def bwrap_path() -> str:

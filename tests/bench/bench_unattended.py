@@ -464,7 +464,7 @@ def bwrap_setup(home: Path) -> dict[str, list[float]]:
             str(VENV_BIN / "python"),
             "-I",
             "-c",
-            "import json; from opshub.runner.__main__ import python_folders;"
+            "import json; from opshub.sandbox import python_folders;"
             " print(json.dumps([str(p) for p in python_folders()]))",
         ],
         capture_output=True,

@@ -27,7 +27,7 @@ from traitlets.config import Config
 
 from ..archive import extract_runbooks
 from ..hardening import keep_memory_private
-from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV, SandboxUnavailable, check_bubblewrap
+from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV, SandboxUnavailable, check_bubblewrap, python_folders
 from . import (
     API_PATH,
     BASE_URL_ENV,
@@ -82,8 +82,6 @@ class RepollingKernelClient(AsyncKernelClient):
 def backend_config(sealed: bool, home: Path, published: Path, sockets: Path) -> Config:
     """The backend's Voila configuration beyond its command line: each dashboard's kernels sealed
     in a sandbox of their own (kernels.py) unless `sealed` is False."""
-    from .kernels import python_folders
-
     config = Config()
     config.AsyncKernelManager.client_factory = RepollingKernelClient  # what Voila's executor uses
     config.AsyncMappingKernelManager.kernel_manager_class = "opshub.dashboards_backend.kernels.SandboxedKernelManager"
@@ -91,7 +89,7 @@ def backend_config(sealed: bool, home: Path, published: Path, sockets: Path) -> 
     config.SandboxedKernelManager.home = str(home)
     config.SandboxedKernelManager.published = str(published)
     config.SandboxedKernelManager.sockets_root = str(sockets)
-    config.SandboxedKernelManager.read_only = [*python_folders(), str(home / "runbooks")]
+    config.SandboxedKernelManager.read_only = [*(str(f) for f in python_folders()), str(home / "runbooks")]
     return config
 
 

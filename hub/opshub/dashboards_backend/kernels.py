@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -35,12 +34,6 @@ from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
 from traitlets import Bool, List, Unicode
 
 from ..sandbox import bwrap_command
-
-
-def python_folders() -> list[str]:
-    """This Python and opshub, which a sandbox must keep seeing if they live under a home it hides."""
-    folders = {Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in sys.path if p)}
-    return sorted(str(folder) for folder in folders if folder.is_dir())
 
 
 def sealed_kernel_command(

@@ -9,7 +9,6 @@ import binascii
 import contextlib
 import datetime
 import fcntl
-import fnmatch
 import json
 import logging
 import os
@@ -29,8 +28,17 @@ from ..hardening import keep_memory_private
 from ..runbooks.client import ServiceError
 from ..runbooks.headless import EXIT_SIGNAL_BASE
 from ..runbooks.metadata import RunbookMetadataError, read_runbook_metadata
-from ..sandbox import BUBBLEWRAP, SANDBOX_ENV, SandboxUnavailable, bwrap_command, check_bubblewrap, sandbox_pid
+from ..sandbox import (
+    BUBBLEWRAP,
+    SANDBOX_ENV,
+    SandboxUnavailable,
+    bwrap_command,
+    check_bubblewrap,
+    python_folders,
+    sandbox_pid,
+)
 from . import CREDENTIALS_ENV, JOB_PATH
+from .credentials import granted
 from .job import RunnerReporter
 
 log = logging.getLogger("opshub.runner")
@@ -51,16 +59,6 @@ def credential_specs(spec: str) -> dict[str, dict]:
         log.error("%s is not JSON: no credentials", CREDENTIALS_ENV)
         return {}
     return specs if isinstance(specs, dict) else {}
-
-
-def granted(specs: dict[str, dict], runbook: str) -> list[str]:
-    """The credentials `runbook` (its path in the repository) may have: those one of whose `runbooks`
-    patterns matches its path (fnmatch: `*` also matches `/`, so `patching/*` is the folder's)."""
-    return sorted(
-        name
-        for name, spec in specs.items()
-        if any(fnmatch.fnmatchcase(runbook, str(pattern)) for pattern in spec.get("runbooks") or [])
-    )
 
 
 def read_credentials(specs: dict[str, dict], names: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -125,12 +123,6 @@ def remove_abandoned_folders(runs: Path, older_than: float = ABANDONED_SECONDS) 
         lock.unlink(missing_ok=True)
         os.close(descriptor)
         log.info("removed %s, left behind by a runner's server that ended without cleaning up", folder)
-
-
-def python_folders() -> list[Path]:
-    """This Python and opshub, which the sandbox must keep seeing if they live under a home it hides."""
-    folders = {Path(sys.prefix), Path(sys.base_prefix), *(Path(p) for p in sys.path if p)}
-    return sorted(folder for folder in folders if folder.is_dir())
 
 
 def job_environment(home: Path, credentials: dict[str, str]) -> dict[str, str]:
