@@ -24,7 +24,7 @@ import copy
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from . import startup
 from .configure import Runtime, apply_all
 from .configure.services import service_arguments
 from .contract import RUNNER_ACCOUNT, SERVICE_NAME, SERVICE_URL_ENV, service_prefix
+from .runner.credentials import granted
 from .settings import OAUTH_PROVIDERS, Settings, SettingsError, _is_url, schema, validate
 
 VALUES_KEY = "jupyterhub.custom.opshub"  # where the settings live in the wrapper chart's values
@@ -63,6 +64,7 @@ KUBESPAWNER_TRAITS = ("cmd", "default_url", "start_timeout", "http_timeout", "en
 # the chart's values set the ops image's home, /home/ops.
 Z2JH_HOME_MOUNT_PATH = "/home/jovyan"
 RUN_HOME_VOLUME = "opshub-run-home"  # the runner's pods' emptyDir
+CREDENTIAL_VOLUME = "opshub-credential"  # a runner's pod's secret volumes: opshub-credential-0, -1...
 # Everything in which the hub's config differs from the other modes, by section and trait.
 # (KubeSpawner.pre_spawn_hook is this mode's alone: RunnerPods, around the other modes' Spawner hook.)
 MODE_SPECIFIC = {
@@ -219,24 +221,58 @@ def ephemeral_home(spawner, home: str) -> None:
     spawner.storage_pvc_ensure = False
 
 
+def credential_secrets(spawner, credentials: dict[str, dict]) -> None:
+    """A runner's pod: each credential granted to its run's runbook (the one the service named when it
+    asked for the server, `user_options` `{"runbook": path}`) that names a `kubernetes_secret`, as a
+    secret volume of that one key, mounted read-only at the credential's `file`. No runbook: none."""
+    options = getattr(spawner, "user_options", None)
+    runbook = options.get("runbook") if isinstance(options, dict) else None
+    if not isinstance(runbook, str) or not runbook:
+        return
+    volumes, mounts = _as_list(spawner.volumes), _as_list(spawner.volume_mounts)
+    for index, name in enumerate(granted(credentials, runbook)):
+        secret = credentials[name].get("kubernetes_secret")
+        if not secret:
+            continue
+        volume = f"{CREDENTIAL_VOLUME}-{index}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": secret["name"],
+                    "items": [{"key": secret["key"], "path": "credential"}],
+                    "defaultMode": 0o444,
+                },
+            }
+        )
+        mounts.append(
+            {"name": volume, "mountPath": credentials[name]["file"], "subPath": "credential", "readOnly": True}
+        )
+    spawner.volumes, spawner.volume_mounts = volumes, mounts
+
+
 @dataclass(frozen=True)
 class RunnerPods:
     """KubeSpawner's `pre_spawn_hook` here: opshub's own hook of every mode (SystemServers: the system
-    accounts' commands and environments), then, for a runner's pod, an emptyDir home (`ephemeral_home`)."""
+    accounts' commands and environments), then, for a runner's pod, an emptyDir home (`ephemeral_home`)
+    and the credentials granted to its run's runbook (`credential_secrets`)."""
 
     hook: Callable
     home: str
+    credentials: dict = field(default_factory=dict)  # runner.credentials
 
     def __call__(self, spawner) -> None:
         self.hook(spawner)
         if spawner.user.name == RUNNER_ACCOUNT:
             ephemeral_home(spawner, self.home)
+            credential_secrets(spawner, self.credentials)
 
 
 def runner_pods(ours: Config, get_config: Callable) -> RunnerPods:
     """The hook, with the home where z2jh mounts the users' storage (`singleuser.storage.homeMountPath`)."""
     home = get_config("singleuser.storage.homeMountPath") or Z2JH_HOME_MOUNT_PATH
-    return RunnerPods(ours.Spawner.pre_spawn_hook, str(home).rstrip("/") or "/")
+    hook = ours.Spawner.pre_spawn_hook
+    return RunnerPods(hook, str(home).rstrip("/") or "/", getattr(hook, "credentials", {}))
 
 
 def hub_config_conflicts(hub_config: Any, ours: Config) -> list[str]:

@@ -472,3 +472,61 @@ def test_the_runners_home_replaces_volumes_given_in_kubespawners_dict_form_too()
     assert spawner.volumes == [SHARED_DATA, {"name": kubernetes.RUN_HOME_VOLUME, "emptyDir": {}}]
     assert spawner.volume_mounts == [SHARED_DATA_MOUNT, {"name": kubernetes.RUN_HOME_VOLUME, "mountPath": "/home/ops"}]
     assert spawner.storage_pvc_ensure is False
+
+
+def test_a_runs_pod_mounts_only_the_credentials_granted_to_its_runbook(chart, in_hub_pod, monkeypatch):
+    """`runner.credentials.NAME.kubernetes_secret`: the key of a Secret, mounted read-only at `file` into the
+    pod of a run whose runbook (the service's `user_options`) is granted NAME; another runbook's pod, a
+    server started without a runbook, and people's pods get none of it."""
+    monkeypatch.setenv("OPSHUB_DEMO_PASSWORD", "demo-password-long-enough")
+    values = copy.deepcopy(MINIMAL)
+    values["jupyterhub"]["custom"]["opshub"]["runner"] = {
+        "credentials": {
+            "SSH_KEY": {
+                "file": "/run/opshub-credentials/ssh-key",
+                "runbooks": ["patching/*"],
+                "kubernetes_secret": {"name": "opshub-runner-credentials", "key": "ssh-key"},
+            },
+            "CLOUD_TOKEN": {
+                "file": "/run/opshub-credentials/cloud-token",
+                "runbooks": ["cloud/*", "patching/*"],
+                "kubernetes_secret": {"name": "cloud", "key": "token"},
+            },
+        }
+    }
+    get_config, get_name = z2jh(chart, values, prefix="")
+    c = kubernetes.configure_hub(with_z2jh_storage(z2jh_config("/", ""), get_config), get_config, get_name)
+
+    def started(user: str, server: str, options) -> SimpleNamespace:
+        spawner = kube_spawner(c, user, server)
+        if options is not None:
+            spawner.user_options = options
+        spawner.pre_spawn_hook(spawner)
+        return spawner
+
+    def credentials(spawner) -> dict[str, dict]:
+        """mount path -> the secret's volume source, for the credential volumes."""
+        sources = {v["name"]: v.get("secret") for v in spawner.volumes}
+        return {
+            m["mountPath"]: {**sources[m["name"]], "readOnly": m.get("readOnly"), "subPath": m.get("subPath")}
+            for m in spawner.volume_mounts
+            if m["name"].startswith(kubernetes.CREDENTIAL_VOLUME)
+        }
+
+    def secret(name: str, key: str) -> dict:
+        items = [{"key": key, "path": "credential"}]
+        return {"secretName": name, "items": items, "defaultMode": 0o444, "readOnly": True, "subPath": "credential"}
+
+    patching = started("opshub-runner", "run-1", {"runbook": "patching/web/rolling.ipynb"})
+    assert credentials(patching) == {
+        "/run/opshub-credentials/ssh-key": secret("opshub-runner-credentials", "ssh-key"),
+        "/run/opshub-credentials/cloud-token": secret("cloud", "token"),
+    }
+    assert {v["name"] for v in patching.volumes} == {m["name"] for m in patching.volume_mounts}
+    assert mounted_at(patching, "/home/ops") == [{"name": kubernetes.RUN_HOME_VOLUME, "emptyDir": {}}]
+    cloud = started("opshub-runner", "run-2", {"runbook": "cloud/rotate.ipynb"})
+    assert credentials(cloud) == {"/run/opshub-credentials/cloud-token": secret("cloud", "token")}
+    for options in ({"runbook": "host-health-check.ipynb"}, {}, None):
+        assert credentials(started("opshub-runner", "run-3", options)) == {}, options
+    bob = started("bob", "", {"runbook": "patching/web/rolling.ipynb"})
+    assert not [v for v in bob.volumes if "secret" in v] and credentials(bob) == {}

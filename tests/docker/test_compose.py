@@ -32,24 +32,46 @@ VOLUMES = [f"{NAME}-state", f"{NAME}-runbooks", f"{NAME}-home-alice", f"{NAME}-h
 VOLUMES += [f"{NAME}-home-opshub-2ddashboards"]  # the dashboards server's (DockerSpawner's escaped name)
 HOME = "/home/ops"  # the ops image's user's home (spawner.docker.home_dir)
 
+# A credential granted to the first sandbox runbook only (runner.credentials, docker_source): mounted
+# read-only at CREDENTIAL_FILE in that run's container, and in no other.
+CREDENTIAL = "PLANT_TOKEN"
+CREDENTIAL_FILE = "/run/opshub-credentials/plant-token"
+CREDENTIAL_VALUE = "docker-credential-for-the-plant-runbook-only-7f3a"
 # Two runbooks for the runner's containers: the first leaves files in every place a run can write that
-# could outlive it (its home, /tmp), the second looks for them. Each sleeps so its container can be
-# inspected while it runs.
-PLANT = """
+# could outlive it (its home, /tmp), the second looks for them. Each prints the credential and what it
+# finds at its file, and sleeps so its container can be inspected while it runs.
+LOOK_FOR_THE_CREDENTIAL = f"""
+print("credential:", os.environ.get("{CREDENTIAL}"))
+try:
+    print("credential file:", open("{CREDENTIAL_FILE}").read())
+except OSError as e:
+    print("credential file: unreadable,", e.strerror)
+"""
+PLANT = (
+    """
 import os, pathlib, socket, time
 for place in (pathlib.Path.home() / "planted", pathlib.Path("/tmp/planted")):
     place.write_text("left by the first run")
     print("planted:", place)
 print("home:", pathlib.Path.home(), "uid:", os.getuid(), "host:", socket.gethostname())
+"""
+    + LOOK_FOR_THE_CREDENTIAL
+    + """
 time.sleep(seconds)
 """
-LOOK = """
+)
+LOOK = (
+    """
 import os, pathlib, socket, time
 found = [str(p) for p in (pathlib.Path.home() / "planted", pathlib.Path("/tmp/planted")) if p.exists()]
 print("found:", found)
 print("home:", pathlib.Path.home(), "uid:", os.getuid(), "host:", socket.gethostname())
+"""
+    + LOOK_FOR_THE_CREDENTIAL
+    + """
 time.sleep(seconds)
 """
+)
 
 
 def runbook(code: str) -> str:
@@ -119,6 +141,15 @@ def deployment(images, compose, tmp_path_factory):
         runbooks_volume=f"{NAME}-runbooks",
     )
     folder = tmp_path_factory.mktemp("compose")
+    credential = folder / "plant-token"  # on the Docker host: this machine
+    credential.write_text(CREDENTIAL_VALUE + "\n")
+    credential.chmod(0o444)  # the ops image's user (1000) reads it through the mount
+    settings["runner"] = {
+        **settings.get("runner", {}),
+        "credentials": {
+            CREDENTIAL: {"file": CREDENTIAL_FILE, "runbooks": ["sandbox-plant.ipynb"], "docker_source": str(credential)}
+        },
+    }
     settings_file = folder / "opshub.yaml"
     settings_file.write_text(yaml.safe_dump(settings))
     env = {
@@ -261,7 +292,8 @@ def run_in_a_runner_container(deployment, tokens, runbook: str) -> tuple[dict, d
 
     # the runbook sleeps 20 s after it starts: its container runs long enough to be looked at
     info = wait_for(inspected, timeout=60, interval=0.3, what=f"the running container {container} to inspect")
-    inside = deployment.exec(container, "sh", "-c", "id -u; ls -d /var/run/docker.sock /srv/opshub/state 2>&1")
+    look = f"id -u; ls -d /var/run/docker.sock /srv/opshub/state 2>&1; cat {CREDENTIAL_FILE} 2>&1"
+    inside = deployment.exec(container, "sh", "-c", look)
     assert inside.stdout.strip(), f"cannot look inside {container}: {inside.stderr}"
 
     def ended():
@@ -279,7 +311,9 @@ def test_each_requested_run_runs_in_a_fresh_runner_container_that_keeps_nothing(
     looked at while its run runs: the image's user (not root), no-new-privileges, the deployment's network,
     no Docker socket, no hub state, and no home volume (none mounted at the home, none of the people's home
     volumes, not the runbooks volume). Two runs in a row get two containers, and the second finds nothing of
-    what the first left in its home or /tmp."""
+    what the first left in its home or /tmp. The credential granted to the first runbook only is mounted
+    read-only in the first run's container (the run gets it, masked in its record), and is nowhere in the
+    second's: neither mounted nor given."""
     tokens = deployment.tokens(users=["bob", "carol"])
     first, first_info, first_inside = run_in_a_runner_container(deployment, tokens, "sandbox-plant.ipynb")
     second, second_info, second_inside = run_in_a_runner_container(deployment, tokens, "sandbox-look.ipynb")
@@ -293,6 +327,17 @@ def test_each_requested_run_runs_in_a_fresh_runner_container_that_keeps_nothing(
     assert f"home: {HOME} " in looked, looked  # the second run looked in the same places
     found = re.search(r"found: \[[^\]]*\]", looked)
     problems = [] if found and found[0] == "found: []" else [f"the second run found what the first left: {found}"]
+    # the credential: the granted run read it from its variable and its file, both masked in the record
+    if CREDENTIAL_VALUE in planted or CREDENTIAL_VALUE in looked:
+        problems.append("the credential's value is in a run's record")
+    if "credential: [masked]" not in planted or "credential file: [masked]" not in planted:
+        problems.append(f"the granted run did not get the credential: {planted[-1500:]}")
+    if "credential: None" not in looked or "credential file: unreadable, No such file" not in looked:
+        problems.append(f"the other run found the credential: {looked[-1500:]}")
+    if CREDENTIAL_VALUE not in first_inside:
+        problems.append(f"the granted run's container has no credential at {CREDENTIAL_FILE}: {first_inside!r}")
+    if CREDENTIAL_VALUE in second_inside or "No such file" not in second_inside.splitlines()[-1]:
+        problems.append(f"the other run's container has something at {CREDENTIAL_FILE}: {second_inside!r}")
     if first_info["Id"] == second_info["Id"]:
         problems.append("the second run got the first run's container")
     for info, inside in ((first_info, first_inside), (second_info, second_inside)):
@@ -306,7 +351,7 @@ def test_each_requested_run_runs_in_a_fresh_runner_container_that_keeps_nothing(
             ),
             "not privileged": not info["HostConfig"]["Privileged"],
             "only the deployment's network": list(info["NetworkSettings"]["Networks"]) == [NAME],
-            "no Docker socket, no hub state inside": inside.count("No such file or directory") == 2,
+            "no Docker socket, no hub state inside": "\n".join(inside.splitlines()[1:3]).count("No such file") == 2,
             "no Docker socket mounted": not [
                 m for m in mounts if "docker.sock" in (m.get("Source") or "") + m["Destination"]
             ],
@@ -315,10 +360,16 @@ def test_each_requested_run_runs_in_a_fresh_runner_container_that_keeps_nothing(
             ],
             "no people's home volume": not [m for m in mounts if (m.get("Name") or "").startswith(f"{NAME}-home-")],
             "not the runbooks volume": not [m for m in mounts if m.get("Name") == f"{NAME}-runbooks"],
-            # this deployment has no extra volumes (spawner.docker.volumes): nothing at all is mounted
-            "no mounts at all": mounts == [],
         }
         problems += [f"{name}: {check} ({inside.strip()!r}, {mounts})" for check, ok in checks.items() if not ok]
+    # this deployment has no extra volumes (spawner.docker.volumes): the granted run's container mounts its
+    # credential alone, read-only, and the other run's container mounts nothing at all
+    granted_mount = {"Type": "bind", "Destination": CREDENTIAL_FILE, "RW": False}
+    first_mounts = [{k: m.get(k) for k in granted_mount} for m in first_info["Mounts"]]
+    if first_mounts != [granted_mount] or not first_info["Mounts"][0]["Source"].endswith("/plant-token"):
+        problems.append(f"the granted run's container mounts {first_info['Mounts']}, not its credential alone")
+    if second_info["Mounts"] != []:
+        problems.append(f"the other run's container mounts {second_info['Mounts']}")
     assert problems == [], "\n".join(problems)
 
 

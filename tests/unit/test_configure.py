@@ -249,3 +249,81 @@ def test_apply_all_is_pure(settings):
     # it only sets: applying twice to the same config changes nothing
     apply_all(first, settings, RUNTIME)
     assert first == second
+
+
+def docker_server(user: str, name: str = "", user_options=None) -> SimpleNamespace:
+    server = SimpleNamespace(user=SimpleNamespace(name=user), name=name, cmd=None, environment=None, volumes=None)
+    if user_options is not None:
+        server.user_options = user_options
+    return server
+
+
+def test_in_docker_a_runs_container_mounts_only_the_credentials_granted_to_its_runbook(settings):
+    """The service names the run's runbook when it asks for the server (user_options); the hook mounts,
+    read-only at each `file`, the `docker_source` of exactly the credentials granted to it. Another
+    runbook gets none of them, a server started without a runbook none at all, and people's containers
+    keep the deployment's volumes, with no credential."""
+    settings["spawner"]["kind"] = "docker"
+    settings["spawner"]["docker"]["volumes"] = {"/srv/shared-ca": "/etc/ssl/team-ca:ro"}
+    settings["runner"]["credentials"] = {
+        "SSH_KEY": {
+            "file": "/run/opshub-credentials/ssh-key",
+            "runbooks": ["patch-*.ipynb", "patching/*"],
+            "docker_source": "/srv/opshub/credentials/ssh-key",
+        },
+        "CLOUD_TOKEN": {
+            "file": "/run/opshub-credentials/cloud-token",
+            "runbooks": ["cloud/*"],
+            "docker_source": "/srv/opshub/credentials/cloud-token",
+        },
+        "DB_PASSWORD": {"file": "/run/opshub-credentials/db", "runbooks": ["patch-*.ipynb"]},  # none to mount
+    }
+    c = Config()
+    apply_spawner(c, settings, RUNTIME)
+    hook = c.Spawner.pre_spawn_hook
+    shared = {"/srv/shared-ca": {"bind": "/etc/ssl/team-ca", "mode": "ro"}}
+    ssh_key = {"/srv/opshub/credentials/ssh-key": {"bind": "/run/opshub-credentials/ssh-key", "mode": "ro"}}
+    cloud = {"/srv/opshub/credentials/cloud-token": {"bind": "/run/opshub-credentials/cloud-token", "mode": "ro"}}
+
+    def mounted(server):
+        hook(server)
+        return server.volumes
+
+    assert mounted(docker_server("opshub-runner", "run-1", {"runbook": "patch-server-stack.ipynb"})) == {
+        **shared,
+        **ssh_key,
+    }
+    assert mounted(docker_server("opshub-runner", "run-2", {"runbook": "patching/web/rolling.ipynb"})) == {
+        **shared,
+        **ssh_key,
+    }
+    assert mounted(docker_server("opshub-runner", "run-3", {"runbook": "cloud/rotate.ipynb"})) == {**shared, **cloud}
+    # another runbook, a look-alike, no runbook, no user_options at all: no credential
+    assert mounted(docker_server("opshub-runner", "run-4", {"runbook": "host-health-check.ipynb"})) == shared
+    assert mounted(docker_server("opshub-runner", "run-5", {"runbook": "PATCH-server-stack.ipynb"})) == shared
+    assert mounted(docker_server("opshub-runner", "run-6", {})) == shared
+    assert mounted(docker_server("opshub-runner", "run-7", {"runbook": ["patch-server-stack.ipynb"]})) == shared
+    assert mounted(docker_server("opshub-runner", "run-8", None)) == shared
+    # the hook's own dict is never changed by a run's mounts: the next run starts from the shared ones
+    assert mounted(docker_server("opshub-runner", "run-9", {"runbook": "x.ipynb"})) == shared
+    # people's servers and the dashboards server: DockerSpawner's volumes as configured, untouched
+    for user in ("bob", "opshub-dashboards"):
+        person = docker_server(user, "", {"runbook": "patch-server-stack.ipynb"})
+        hook(person)
+        assert person.volumes is None, user
+    people = c.DockerSpawner.volumes
+    assert not [source for source in people if "credentials" in source], people
+
+
+def test_a_credential_s_docker_source_is_a_host_path_and_errors_name_the_key(tmp_path):
+    import yaml
+    from opshub.settings import SettingsError, validate
+
+    data = yaml.safe_load(Path(EMBEDDED_SETTINGS).read_text())
+    base = {"SSH_KEY": {"file": "/run/opshub-credentials/ssh-key", "runbooks": ["*"]}}
+    data.setdefault("runner", {})["credentials"] = base
+    filled = validate(data, cwd=tmp_path)
+    assert filled["runner"]["credentials"]["SSH_KEY"].get("docker_source", "") == ""
+    base["SSH_KEY"]["docker_source"] = "relative/ssh-key"
+    with pytest.raises(SettingsError, match=r"runner\.credentials\.SSH_KEY\.docker_source"):
+        validate(data, cwd=tmp_path)

@@ -14,11 +14,11 @@ from opshub.runbooks.params import parse_parameters
 from opshub.runner.__main__ import (
     credential_refusals,
     credential_specs,
-    granted,
     job_environment,
     read_credentials,
     remove_abandoned_folders,
 )
+from opshub.runner.credentials import granted  # the one rule: the runner's and the hub's spawner's
 from opshub.runner.job import parameter_pairs
 
 
@@ -111,3 +111,40 @@ def test_folders_of_runs_whose_server_died_are_removed_and_held_ones_kept(tmp_pa
     assert sorted(p.name for p in runs.iterdir()) == ["held", "held.lock", "young", "young.lock"]
     remove_abandoned_folders(runs)  # its server gone now
     assert sorted(p.name for p in runs.iterdir()) == ["young", "young.lock"]
+
+
+def test_the_service_names_the_runs_runbook_when_it_asks_the_hub_for_its_server():
+    """The service's start of a run's server sends `{"runbook": path}` as the spawner's user_options (the
+    body of POST /hub/api/users/opshub-runner/servers/<name>): the hub's spawner mounts into the run's
+    container only the credentials granted to that runbook (tests/unit/test_configure.py)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from opshub.service.hub_api import HubApi
+    from opshub.service.runner import Runner
+
+    sent = []
+
+    class Client:
+        async def fetch(self, url, **kwargs):
+            sent.append((kwargs["method"], url, kwargs["body"]))
+            if kwargs["method"] == "GET":
+                servers = {"run-0b0e": {"ready": True}}
+                return SimpleNamespace(code=200, body=json.dumps({"servers": servers}).encode())
+            return SimpleNamespace(code=202, body=b"")
+
+    async def start():
+        hub = HubApi("http://hub:8081/hub/api", "service-token", client=Client())
+        runner = Runner(None, hub, "http://proxy:8000", "/", lambda commit: b"", max_concurrent=1)
+        run = SimpleNamespace(id="0b0e", runbook="patching/web/rolling.ipynb", runner_server="run-0b0e")
+        await runner._start_server(run)
+        await hub.start_server("opshub-dashboards")  # a server with no options: an empty body, as before
+
+    asyncio.run(start())
+    assert sent[0] == (
+        "POST",
+        "http://hub:8081/hub/api/users/opshub-runner/servers/run-0b0e",
+        json.dumps({"runbook": "patching/web/rolling.ipynb"}),
+    )
+    assert sent[1][0] == "GET"
+    assert sent[2] == ("POST", "http://hub:8081/hub/api/users/opshub-dashboards/server", "{}")

@@ -28,6 +28,7 @@ from ..contract import (
 )
 from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
 from ..runner import CREDENTIALS_ENV
+from ..runner.credentials import granted
 from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV
 from ..settings import Settings, repository_url
 from .hub import NamedServersOnlyFor
@@ -180,6 +181,7 @@ class SystemServers:
     commands: dict[str, list[str]]
     environments: dict[str, dict[str, str]]
     docker_volumes: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's, per account
+    credentials: dict[str, dict] = field(default_factory=dict)  # runner.credentials
 
     def __call__(self, spawner) -> None:
         name = spawner.user.name
@@ -196,7 +198,25 @@ class SystemServers:
             spawner.cmd = self.commands[name]
             spawner.environment = self.environments[name]
         if name in self.docker_volumes:
-            spawner.volumes = self.docker_volumes[name]
+            volumes = dict(self.docker_volumes[name])
+            if name == RUNNER_ACCOUNT:
+                volumes.update(self.credential_mounts(spawner))
+            spawner.volumes = volumes
+
+    def credential_mounts(self, spawner) -> dict[str, dict]:
+        """A run's container gets the credentials granted to its runbook, the one the service named
+        when it asked for the server (`user_options`, `{"runbook": path}`; only the service and admins
+        may start the runner's servers), each file read-only at its `file`; without a runbook, none."""
+        options = getattr(spawner, "user_options", None)
+        options = options if isinstance(options, dict) else {}
+        runbook = options.get("runbook")
+        if not isinstance(runbook, str) or not runbook:
+            return {}
+        return {
+            self.credentials[name]["docker_source"]: {"bind": self.credentials[name]["file"], "mode": "ro"}
+            for name in granted(self.credentials, runbook)
+            if self.credentials[name].get("docker_source")
+        }
 
 
 def runner_sandbox(settings: Settings) -> str:
@@ -241,6 +261,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
         },
         environments={DASHBOARDS_ACCOUNT: backend, RUNNER_ACCOUNT: runner},
         docker_volumes=volumes,
+        credentials=settings["runner"]["credentials"],
     )
 
 

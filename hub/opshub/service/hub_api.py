@@ -37,9 +37,14 @@ class HubApi:
             )
         return json.loads(response.body).get("servers", {})
 
-    async def start_server(self, account: str, name: str = "") -> httpclient.HTTPResponse:
+    async def start_server(
+        self, account: str, name: str = "", user_options: dict | None = None
+    ) -> httpclient.HTTPResponse:
+        """Start a server; `user_options` (the JSON body) become the spawner's `user_options`: a runner's
+        server is told its run's runbook, `{"runbook": path}`, so the hub's spawner mounts only the
+        credentials granted to it (configure/spawner.py `SystemServers`)."""
         path = f"users/{quote(account)}/servers/{quote(name)}" if name else f"users/{quote(account)}/server"
-        return await self.call("POST", path, {})
+        return await self.call("POST", path, user_options or {})
 
     async def remove_server(self, account: str, name: str) -> httpclient.HTTPResponse:
         """Stop a named server and forget it (its record in the hub goes too)."""

@@ -201,7 +201,8 @@ class Runner:
             self.wake()
 
     async def _start_server(self, run: Run) -> None:
-        response = await self.hub.start_server(RUNNER_ACCOUNT, run.runner_server)
+        # the runbook: the hub's spawner mounts into the run's container only the credentials granted to it
+        response = await self.hub.start_server(RUNNER_ACCOUNT, run.runner_server, {"runbook": run.runbook})
         if response.code not in (201, 202):
             raise RunnerStartFailed(f"the hub answered {response.code}: {_message(response)}")
         loop = asyncio.get_running_loop()
