@@ -118,6 +118,7 @@ def test_the_service_names_the_runs_runbook_when_it_asks_the_hub_for_its_server(
     body of POST /hub/api/users/opshub-runner/servers/<name>): the hub's spawner mounts into the run's
     container only the credentials granted to that runbook (tests/unit/test_configure.py)."""
     import asyncio
+    import concurrent.futures
     from types import SimpleNamespace
 
     from opshub.service.hub_api import HubApi
@@ -140,7 +141,9 @@ def test_the_service_names_the_runs_runbook_when_it_asks_the_hub_for_its_server(
         await runner._start_server(run)
         await hub.start_server("opshub-dashboards")  # a server with no options: an empty body, as before
 
-    asyncio.run(start())
+    # in a thread of its own: an earlier test of the session may have left an event loop running here
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, start()).result(timeout=30)
     assert sent[0] == (
         "POST",
         "http://hub:8081/hub/api/users/opshub-runner/servers/run-0b0e",
