@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pytest
 import yaml
 from opshub.configure import Runtime, apply_all
@@ -69,6 +72,66 @@ def test_extra_volumes_limits_and_culling_off():
     assert c.DockerSpawner.mem_limit is None and c.DockerSpawner.cpu_limit is None
     assert all(s["name"] != "idle-culler" for s in c.JupyterHub.services)
     assert all(r["name"] != "opshub-idle-culler" for r in c.JupyterHub.load_roles)
+
+
+# What bubblewrap needs beyond Docker's default seccomp profile to seal a dashboard's kernels without any
+# capability (hub/opshub/configure/dashboards-seccomp.json; images/ops/README.md): each was tried left out,
+# and bwrap failed without it in a container of the ops image.
+BWRAP_SYSCALLS = ["clone", "mount", "pivot_root", "sethostname", "umount2", "unshare"]
+
+
+def test_only_the_dashboards_server_s_container_may_create_bubblewrap_s_namespaces():
+    """The dashboards server's container: Docker's default seccomp profile plus the few syscalls of
+    bwrap, /proc unmasked (a sandbox's own /proc needs it), no-new-privileges, no capability added.
+    People's and runs' containers: Docker's defaults and no-new-privileges, nothing more."""
+    c = apply_all(Config(), load_settings(DOCKER_SETTINGS, cwd="/"), RUNTIME)
+    hook = c.Spawner.pre_spawn_hook
+    assert c.DockerSpawner.extra_host_config == {"security_opt": ["no-new-privileges"]}
+
+    def host_config(user, name=""):
+        server = SimpleNamespace(user=SimpleNamespace(name=user), name=name, cmd=None, environment=None, volumes=None)
+        hook(server)
+        return getattr(server, "extra_host_config", None)
+
+    assert host_config("bob") is None and host_config("opshub-runner", "run-1") is None  # the common config
+    options = host_config("opshub-dashboards")["security_opt"]
+    assert options[:2] == ["no-new-privileges", "systempaths=unconfined"] and len(options) == 3
+    assert not [o for o in options if o in ("seccomp=unconfined", "apparmor=unconfined", "privileged")]
+    assert options[2].startswith("seccomp={")
+    profile = json.loads(options[2].removeprefix("seccomp="))
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    ours = [rule for rule in profile["syscalls"] if rule.get("comment", "").startswith("opshub:")]
+    assert [rule["names"] for rule in ours] == [BWRAP_SYSCALLS] and ours[0]["action"] == "SCMP_ACT_ALLOW"
+    assert not ours[0].get("args") and not ours[0].get("includes") and not ours[0].get("excludes")
+    # the rest is Docker's default: namespaces, mounts, setns, bpf... only with CAP_SYS_ADMIN, which the
+    # container does not have
+    rest = [rule for rule in profile["syscalls"] if rule not in ours]
+    admin = next(
+        rule for rule in rest if rule.get("includes", {}).get("caps") == ["CAP_SYS_ADMIN"] and "bpf" in rule["names"]
+    )
+    assert {"setns", "unshare", "mount", "clone3"} <= set(admin["names"])
+    unconditional = {
+        name
+        for rule in rest
+        if rule["action"] == "SCMP_ACT_ALLOW"
+        and not rule.get("includes")
+        and not rule.get("excludes")
+        and not rule.get("args")
+        for name in rule["names"]
+    }
+    assert not unconditional & {*BWRAP_SYSCALLS, "setns", "bpf", "keyctl", "add_key", "kexec_load"}
+    assert {"read", "write", "openat", "execve"} <= unconditional
+    # the same text as the file shipped with opshub, which the ops image's README describes
+    assert profile == json.loads((ROOT / "hub" / "opshub" / "configure" / "dashboards-seccomp.json").read_text())
+
+
+def test_without_a_sandbox_the_dashboards_server_gets_docker_s_defaults_too():
+    data = docker_data()
+    data["runner"] = {**data.get("runner", {}), "sandbox": "none"}
+    c = configured(data)
+    server = SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards"), name="", cmd=None, environment=None)
+    c.Spawner.pre_spawn_hook(server)
+    assert server.environment["OPSHUB_SANDBOX"] == "none" and not hasattr(server, "extra_host_config")
 
 
 def test_local_and_kubernetes_kinds_are_untouched_by_docker_settings(tmp_path):

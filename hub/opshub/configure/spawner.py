@@ -111,12 +111,28 @@ def apply_docker(c, settings: Settings) -> None:
     c.DockerSpawner.mem_limit = docker["mem_limit"] or None
     c.DockerSpawner.cpu_limit = docker["cpu_limit"] or None
     # No setuid escalation inside (the image's user is not root and stays so).
-    c.DockerSpawner.extra_host_config = {"security_opt": ["no-new-privileges"]}
+    c.DockerSpawner.extra_host_config = {"security_opt": list(DOCKER_SECURITY_OPT)}
     c.Spawner.cmd = IMAGE_CMD
     # The users' containers reach the hub's API by the hub container's name on the network, so
     # the API listens on the container's interfaces (the container is the boundary, not loopback).
     c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{hub['port'] + 1}"
     c.JupyterHub.hub_connect_url = f"http://{docker['hub_host']}:{hub['port'] + 1}"
+
+
+# Every container's options beyond Docker's defaults: no setuid escalation inside.
+DOCKER_SECURITY_OPT = ("no-new-privileges",)
+# Docker's default seccomp profile plus what bubblewrap needs to seal each live dashboard's kernels in
+# namespaces of their own without any capability (images/ops/README.md says what it adds and why).
+DASHBOARDS_SECCOMP_PROFILE = Path(__file__).with_name("dashboards-seccomp.json")
+
+
+def dashboards_security_opt() -> list[str]:
+    """The dashboards server's container options (only its container's): the seccomp profile above,
+    given as its JSON text (the Engine API wants the content, not a path), and `/proc` unmasked, as
+    the kernel mounts a new `/proc` for a sandbox's own process namespace only where the container's
+    is fully visible (no path of it masked). Its user stays 1000 with no capability, no-new-privileges."""
+    profile = json.loads(DASHBOARDS_SECCOMP_PROFILE.read_text())
+    return [*DOCKER_SECURITY_OPT, "systempaths=unconfined", "seccomp=" + json.dumps(profile, separators=(",", ":"))]
 
 
 def docker_service_api_url(settings: Settings) -> str:
@@ -181,6 +197,7 @@ class SystemServers:
     commands: dict[str, list[str]]
     environments: dict[str, dict[str, str]]
     docker_volumes: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's, per account
+    docker_host_config: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's extra_host_config, per account
     credentials: dict[str, dict] = field(default_factory=dict)  # runner.credentials
 
     def __call__(self, spawner) -> None:
@@ -202,6 +219,8 @@ class SystemServers:
             if name == RUNNER_ACCOUNT:
                 volumes.update(self.credential_mounts(spawner))
             spawner.volumes = volumes
+        if name in self.docker_host_config:
+            spawner.extra_host_config = json.loads(json.dumps(self.docker_host_config[name]))  # a copy of its own
 
     def credential_mounts(self, spawner) -> dict[str, dict]:
         """A run's container gets the credentials granted to its runbook, the one the service named
@@ -247,13 +266,17 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
     }
     if "PATH" in environment:
         backend["PATH"] = runner["PATH"] = environment["PATH"]
-    volumes = {}
+    volumes, host_config = {}, {}
     if settings["spawner"]["kind"] == "docker":
         # a fresh container per run, with no home volume (nor the runbooks': the job brings them)
         # that one run could leave something in for the next; the deployment's own extra mounts stay
         volumes[RUNNER_ACCOUNT] = {
             source: target for source, target in docker_volumes(settings).items() if source in extra_volumes(settings)
         }
+        if backend[SANDBOX_ENV] != NONE:
+            # the dashboards server's container alone may create the user namespaces of bubblewrap's
+            # sandboxes, one per kernel (every other container keeps Docker's default profile)
+            host_config[DASHBOARDS_ACCOUNT] = {"security_opt": dashboards_security_opt()}
     return SystemServers(
         commands={
             DASHBOARDS_ACCOUNT: [*python, "-I", "-m", "opshub.dashboards_backend"],
@@ -261,6 +284,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
         },
         environments={DASHBOARDS_ACCOUNT: backend, RUNNER_ACCOUNT: runner},
         docker_volumes=volumes,
+        docker_host_config=host_config,
         credentials=settings["runner"]["credentials"],
     )
 
