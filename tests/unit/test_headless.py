@@ -445,11 +445,13 @@ def test_run_refuses_undeclared_parameters_with_exit_2_listing_the_declared_ones
     recorder = CallRecorder()
     code, out, err = _run(runbooks, "health", 'hosts=["a"]', "host=b", recorder=recorder)
     assert code == 2 and recorder.calls == [] and out == ""
-    assert "health.ipynb does not declare the parameter host." in err
-    assert 'hosts = ["localhost"]' in err and "retries = 3" in err and "# per host" in err
+    assert "health.ipynb: parameter host is not a parameter of this runbook" in err
+    assert 'hosts (list of string; default ["localhost"])' in err and "retries (integer; default 3): per host" in err
 
     code, _, err = _run(runbooks, "health", "hosts=[a, b]", recorder=recorder)
-    assert code == 2 and recorder.calls == [] and "not valid JSON" in err
+    assert code == 2 and recorder.calls == [] and "parameter hosts: '[a, b]' is not a JSON list" in err
+    code, _, err = _run(runbooks, "health", "retries=three", recorder=recorder)
+    assert code == 2 and recorder.calls == [] and "parameter retries: 'three' is not a whole number" in err
 
 
 def test_run_refuses_a_runbook_whose_kernel_is_not_installed(runbooks):

@@ -21,7 +21,8 @@ from tests.helpers import SHARED_NOTEBOOKS, make_work_tree
 
 
 def notebook(**opshub) -> dict:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('patching')")])
+    parameters = nbformat.v4.new_code_cell('stack = "lab"\ndry_run = True\nhost = ""', metadata={"tags": ["parameters"]})
+    nb = nbformat.v4.new_notebook(cells=[parameters, nbformat.v4.new_code_cell("print('patching')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["opshub"] = opshub
     return json.loads(nbformat.writes(nb))
@@ -43,6 +44,7 @@ def test_defaults_are_filled_in_and_dashboard_true_is_an_object():
         "description": "",
         "changes_systems": False,
         "dashboard": None,
+        "parameters": None,
         "credentials": [],
         "locks": [],
         "schedules": [],

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-from opshub.runbooks.params import parse_parameters
 from opshub.runner.__main__ import (
     credential_refusals,
     credential_specs,
@@ -19,7 +17,6 @@ from opshub.runner.__main__ import (
     remove_abandoned_folders,
 )
 from opshub.runner.credentials import granted  # the one rule: the runner's and the hub's spawner's
-from opshub.runner.job import parameter_pairs
 
 
 def test_credentials_go_only_to_the_runbooks_granted_them_and_unreadable_ones_are_named(tmp_path):
@@ -60,14 +57,6 @@ def test_the_runs_environment_has_its_credentials_masked_and_nothing_of_the_hub(
     assert not [name for name in env if name.startswith("JUPYTERHUB")]
     assert env["SSH_KEY"] == "k" and env["HOME"] == str(tmp_path)
     assert env["OPSHUB_SECRET_NAMES"].split(",") == ["DEPLOY_KEY", "SSH_KEY"]
-
-
-@pytest.mark.parametrize(
-    "parameters",
-    [{"stack": "web", "dry_run": False, "hosts": ["a", "b"], "n": 3, "ratio": 1.5, "none": None, "code": "007"}],
-)
-def test_parameters_reach_the_run_as_they_were_requested(parameters):
-    assert parse_parameters(parameter_pairs(parameters)) == parameters
 
 
 def test_the_runners_processes_keep_their_memory_private():

@@ -188,7 +188,7 @@ def test_a_fire_s_run_says_what_fired_it_at_the_branch_s_commit(repository, stor
     assert (web.status, web.due_at, web.queued_at) == ("queued", at(10), at(10))
     key = re.fullmatch(r"schedule ([0-9a-f]{12})", unnamed.requested_by)[1]
     assert unnamed.fire_key == f"patch.ipynb#{key}@2025-03-01T10:00:00+00:00"
-    assert unnamed.parameters == {} and unnamed.locks == ["stack:lab"]
+    assert unnamed.parameters == {"stack": "lab", "dry_run": True} and unnamed.locks == ["stack:lab"]
 
     # 03:00 in Berlin on 2 March is 02:00 UTC (CET); the key holds the UTC time
     tick(service, clock, at(2, 0, 5, day=2))
@@ -330,24 +330,19 @@ def test_two_service_processes_ticking_at_the_same_moment_record_one_run_per_fir
             s.close()
 
 
-def test_a_schedule_with_parameters_the_runbook_does_not_declare_is_recorded_failed(repository, store, clock):
+def test_a_schedule_with_parameters_the_runbook_does_not_allow_is_refused_before_it_fires(repository, store, clock):
     wrong = hourly(name="paint", parameters={"colour": "red"})
-    catalog = repository.create({"patch.ipynb": runbook({"schedules": [wrong]})})
+    worse = hourly(name="typo", parameters={"dry_run": "maybe"})
+    catalog = repository.create({"patch.ipynb": runbook({"schedules": [wrong, worse]})})
     service = Service(store, catalog)
     tick(service, clock, at(9, 30))
-
-    tick(service, clock, at(10))
     tick(service, clock, at(10, 0, 1))
 
-    (failed,) = fires_of(store)
-    assert (failed.status, failed.due_at, failed.ended_at) == ("failed", at(10), at(10))
-    assert failed.fire_key == "patch.ipynb#paint@2025-03-01T10:00:00+00:00"
-    assert failed.error_summary.startswith("Not run: patch.ipynb does not declare the parameter colour.")
-    assert 'stack = "lab"' in failed.error_summary  # what it does declare
-    assert service.stats.finished[("patch.ipynb", "failed", "schedule")] == 1
-    assert service.queue.queued_count() == 0
-    (row,) = service.scheduler.overview(at(10, 0, 1))
-    assert (row["last_status"], row["last_run"]) == ("failed", failed.id)
+    assert fires_of(store) == [] and service.scheduler.overview(at(10, 0, 1)) == []
+    problem = catalog.invalid()["patch.ipynb"]
+    assert "opshub.schedules[0].parameters: parameter colour is not a parameter of this runbook" in problem
+    assert "(the parameters that can be set: stack, dry_run)" in problem
+    assert "opshub.schedules[1].parameters: parameter dry_run: 'maybe' is not true or false" in problem
 
 
 def test_a_schedule_whose_lock_cannot_be_worked_out_is_recorded_failed(repository, store, clock):
@@ -457,7 +452,7 @@ def test_a_request_is_queued_at_the_branch_s_commit_with_its_locks(unattended, p
 def test_locks_come_from_the_declared_defaults_when_the_parameter_is_not_given(unattended, store):
     run = unattended.request("patch.ipynb", {}, "bob")
     assert store.get_run(run.id).locks == ["stack:lab"]
-    assert store.get_run(run.id).parameters == {}  # the runbook's own default applies when it runs
+    assert store.get_run(run.id).parameters == {"stack": "lab", "dry_run": True}  # every value that applies
     assert unattended.request("status.ipynb", {}, "bob").locks == []
 
 
@@ -474,8 +469,8 @@ def test_a_request_with_an_undeclared_parameter_is_refused_with_the_declared_one
     refusal = refused(lambda: unattended.request("patch.ipynb", {"stack": "web", "stak": "db"}, "bob"))
     assert refusal.status == 400
     message = str(refusal)
-    assert "patch.ipynb does not declare the parameter stak." in message
-    assert 'stack = "lab"' in message and "# the stack to patch" in message and "dry_run = True" in message
+    assert "patch.ipynb: parameter stak is not a parameter of this runbook" in message
+    assert "(the parameters that can be set: stack, dry_run)" in message
     for parameters in (["stack"], "stack=web", None):
         assert refused(lambda p=parameters: unattended.request("patch.ipynb", p, "bob")).status == 400
     assert store.list_runs() == ([], 0)
@@ -510,7 +505,7 @@ def test_a_request_at_an_older_commit_uses_that_commit_s_runbook(unattended, pat
 
     assert run.runbook_commit == old and run.locks == ["stack:web"]  # the old commit's locks
     refusal = refused(lambda: unattended.request("patch.ipynb", {"host": "web2"}, "bob", commit=old))
-    assert refusal.status == 400 and "does not declare the parameter host" in str(refusal)
+    assert refusal.status == 400 and "parameter host is not a parameter of this runbook" in str(refusal)
     latest = unattended.request("patch.ipynb", {"host": "web2"}, "bob")
     assert latest.runbook_commit == new and latest.locks == ["host:web2"]
 
@@ -549,4 +544,4 @@ def test_an_alert_queues_one_run_while_it_has_one(unattended, store, clock):
     assert (run.trigger, run.user, run.requested_by) == ("alert", "opshub-runner", "alert HostDown fp1")
     assert run.alert_fingerprint == "fp1" and run.locks == ["stack:web"] and run.due_at == clock.current
     assert unattended.alert("patch.ipynb", "HostDown", "fp1", {"stack": "web"}, clock.current) is None
-    assert json.loads(json.dumps(store.get_run(run.id).parameters)) == {"stack": "web"}
+    assert json.loads(json.dumps(store.get_run(run.id).parameters)) == {"stack": "web", "dry_run": True}

@@ -90,9 +90,19 @@ class RunbookCatalog:
 
     def _check_metadata(self, ref: str, names: list[str]) -> None:
         metadata, invalid = {}, {}
+        files: dict[str, str] = {}
+
+        def read_file(path: str) -> str:  # for choices from a file: the schedules' values are checked now
+            if path not in files:
+                try:
+                    files[path] = self.show(ref, path)
+                except subprocess.CalledProcessError:
+                    raise LookupError(f"the repository has no file {path}") from None
+            return files[path]
+
         for name, text in zip(names, self._contents(ref, names), strict=True):
             try:
-                metadata[name] = runbook_metadata(json.loads(text), name)
+                metadata[name] = runbook_metadata(json.loads(text), name, read_file)
             except ValueError as e:  # not JSON, or RunbookMetadataError
                 problem = str(e) if isinstance(e, RunbookMetadataError) else f"{name}: not notebook JSON: {e}"
                 invalid[name] = problem

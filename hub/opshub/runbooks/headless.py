@@ -36,9 +36,10 @@ from .execute import DEFAULT_HEARTBEAT_SECONDS, Heartbeat, Stopper, execute_note
 from .gitstate import git_state
 from .masking import mask_notebook, mask_obj, secrets_for
 from .metadata import RunbookMetadataError, read_runbook_metadata
-from .params import UsageError, check_parameters, declared_parameters, parse_parameters
+from .params import UsageError, declared_parameters
 from .results import error_summary, failed_cell_index
 from .terminal import Terminal, format_duration
+from .typed_parameters import ParameterError, RepositoryFiles, describe_for_help, parameters_of, resolve
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -192,10 +193,12 @@ def run_runbook(
     out: TextIO | None = None,
     err: TextIO | None = None,
     commit: str | None = None,
+    values: dict[str, Any] | None = None,
 ) -> int:
     """Run `runbook` headless, recorded; return the exit code (see the module docstring and EXIT_*).
 
-    `parameters` are (NAME, VALUE) text pairs as given to `-p`. `recorder` defaults to
+    `parameters` are (NAME, VALUE) text pairs as given to `-p`; `values` instead are typed values (the
+    runner's job, checked by the service). `recorder` defaults to
     `make_recorder(open_store=open_store)`. `commit` says which commit `runbooks_dir` holds when it
     is not a git checkout (the runner's copy of the repository at that commit: no drift).
     Secrets are taken from the process environment, which the kernel inherits, and from the kernel's own
@@ -204,9 +207,9 @@ def run_runbook(
     out = out or sys.stdout
     err = err or sys.stderr
     pairs = [tuple(pair) for pair in parameters]
-    terminal = Terminal(out, err, secrets_for(os.environ, {name: value for name, value in pairs}))
+    terminal = Terminal(out, err, secrets_for(os.environ, values or {name: value for name, value in pairs}))
     try:
-        plan = _prepare(runbook, pairs, output, runbooks_dir, commit)
+        plan = _prepare(runbook, pairs, output, runbooks_dir, commit, values)
         if recorder is None:
             recorder = make_recorder(open_store=open_store)
     except UsageError as e:
@@ -230,20 +233,28 @@ class _Plan:
     drift: bool = True
 
 
-def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = None) -> _Plan:
-    """Everything checked before the run is recorded. Raises UsageError."""
+def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = None, values=None) -> _Plan:
+    """Everything checked before the run is recorded. Raises UsageError.
+
+    `pairs` are `-p NAME VALUE` text, read for each parameter's type; `values` (the runner's job) are typed
+    values that the service checked already, checked again here against the same runbook."""
     folder = Path(runbooks_dir).expanduser() if runbooks_dir else default_runbooks_dir()
     path, name = resolve_runbook(folder, runbook)
     try:
-        read_runbook_metadata(path, name)  # wrong metadata (a misspelt changes_systems...) is fixed before runs
+        # wrong metadata (a misspelt changes_systems...) is fixed before runs
+        metadata = read_runbook_metadata(path, name, RepositoryFiles(folder))
     except RunbookMetadataError as e:
         raise UsageError(str(e)) from None
-    parameters = parse_parameters(pairs)
     try:
         declared = declared_parameters(path)
     except Exception as e:  # not a notebook papermill can read
         raise UsageError(f"cannot read {name}: {e}") from None
-    check_parameters(name, parameters, declared)
+    given = values if values is not None else {pair_name: text for pair_name, text in pairs}
+    typed = parameters_of(metadata, declared)
+    try:
+        parameters = resolve(typed, given, RepositoryFiles(folder), text=values is None)
+    except ParameterError as e:
+        raise UsageError(f"{name}: {e}\n{describe_for_help(name, typed)}") from None
     kernel_name = _kernel_name(path, name)
     if output is not None:
         output = Path(output).expanduser().absolute()

@@ -36,7 +36,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from .triggers import check_triggers
+from .params import cell_parameters
+from .triggers import check_triggers, template_names
+from .typed_parameters import Parameter, ParameterError, ReadFile, declaration_problems, parameters_of, resolve
 
 # The dashboard names the service accepts (opshub.service.dashboards.SLUG, which checks again on publish).
 DASHBOARD_NAME = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
@@ -44,9 +46,42 @@ DASHBOARD_NAME = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 SCHEDULE_NAME = "^[a-z0-9][a-z0-9-]{0,63}$"
 # A credential's name: the environment variable a run gets (settings: runner.credentials).
 CREDENTIAL_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
-PARAMETERS = {
+RUN_VALUES = {
     "type": "object",
-    "description": "The run's parameters by name (any JSON values), as `opshub run -p NAME VALUE` would give them.",
+    "description": "The run's parameters by name, checked against the runbook's parameters as any request is.",
+}
+# A path inside the repository: relative, no `..` (the choices of a parameter come from such a file).
+REPOSITORY_PATH = r"^(?!/)(?!.*(^|/)\.\.(/|$))[^\x00]+$"
+PARAMETER = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "type": {
+            "enum": ["string", "integer", "number", "boolean", "list", "secret"],
+            "description": "What the value is. `list`: a list of strings. `secret`: the name of a secret "
+            "(an environment variable such as a runner credential), never its value. Left out: the type of "
+            "the default in the parameters cell.",
+        },
+        "description": {"type": "string", "description": "Shown under the field in every form, and in --help."},
+        "default": {"description": "The default; it must be the one the parameters cell sets."},
+        "multiple": {"type": "boolean", "description": "The value is a list (a multi-select with choices)."},
+        "choices": {"type": "array", "minItems": 1, "description": "The values allowed (a dropdown)."},
+        "choices_from": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["file"],
+            "description": "The values allowed, read from a YAML or JSON file of the repository at the run's "
+            "commit: the keys (or items) of the mapping (or list) at `path`. A path part `{stack}` is the "
+            "value of the parameter `stack`, so the choices follow it.",
+            "properties": {
+                "file": {"type": "string", "pattern": REPOSITORY_PATH, "description": "From the repository's root."},
+                "path": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+        },
+        "pattern": {"type": "string", "minLength": 1, "description": "A regular expression the whole value matches."},
+        "min": {"type": "number", "description": "The smallest number allowed."},
+        "max": {"type": "number", "description": "The largest number allowed."},
+    },
 }
 
 SCHEMA: dict[str, Any] = {
@@ -73,6 +108,14 @@ SCHEMA: dict[str, Any] = {
                 "title": {"type": "string", "minLength": 1, "maxLength": 255},
                 "description": {"type": "string"},
             },
+        },
+        "parameters": {
+            "type": "object",
+            "propertyNames": {"pattern": CREDENTIAL_NAME},
+            "additionalProperties": PARAMETER,
+            "description": "The parameters anyone may set, with their types and the values allowed "
+            "(hub/docs/runbooks.md). Parameters of the cell left out keep their default in every run. "
+            "Without this key every parameter of the cell may be set, typed by its default.",
         },
         "credentials": {
             "type": "array",
@@ -106,7 +149,7 @@ SCHEMA: dict[str, Any] = {
                         "minLength": 1,
                         "description": "The IANA time zone the cron is read in; UTC if left out.",
                     },
-                    "parameters": PARAMETERS,
+                    "parameters": RUN_VALUES,
                 },
             },
         },
@@ -126,7 +169,7 @@ SCHEMA: dict[str, Any] = {
                         '`severity="critical"`, `team=~"ops|infra"` (regexes match the whole value).',
                     },
                     "parameters": {
-                        **PARAMETERS,
+                        **RUN_VALUES,
                         "description": "The run's parameters: text is a template over the alert's labels "
                         "(`{instance}`), other values are constants.",
                     },
@@ -140,6 +183,7 @@ DEFAULTS: dict[str, Any] = {
     "description": "",
     "changes_systems": False,
     "dashboard": None,
+    "parameters": None,
     "credentials": [],
     "locks": [],
     "schedules": [],
@@ -152,6 +196,7 @@ _PATTERNS = {
     DASHBOARD_NAME: "must be 1 to 64 lowercase letters, digits and dashes, starting and ending with a letter or digit",
     SCHEDULE_NAME: "must be 1 to 64 lowercase letters, digits and dashes, starting with a letter or digit",
     CREDENTIAL_NAME: "must be a variable name: letters, digits and underscores, not starting with a digit",
+    REPOSITORY_PATH: "must be a path inside the repository (relative, without ..)",
 }
 _REQUIREMENTS = {"minLength": "must not be empty", "maxLength": "must be at most 255 characters"}
 
@@ -160,12 +205,14 @@ class RunbookMetadataError(ValueError):
     """A runbook's `opshub` metadata is wrong; the message names the notebook and each wrong key."""
 
 
-def runbook_metadata(notebook: Mapping[str, Any], where: str) -> dict[str, Any]:
+def runbook_metadata(notebook: Mapping[str, Any], where: str, read_file: ReadFile | None = None) -> dict[str, Any]:
     """The `opshub` metadata of `notebook` (a notebook as parsed JSON), checked, with defaults.
 
     `where` names the notebook in messages (its path). A notebook without `opshub` metadata gets the
     defaults: it is not a runbook that declares anything. `dashboard` comes back as None or an object
-    (`true` is `{}`, `false` is None).
+    (`true` is `{}`, `false` is None). The parameters of its schedules and alerts are checked against the
+    runbook's parameters; `read_file` reads the repository's files at the same commit, for choices taken
+    from a file (without it those choices are checked when a run is queued).
     """
     metadata = notebook.get("metadata", {}) if isinstance(notebook, Mapping) else None
     if not isinstance(metadata, Mapping):
@@ -174,6 +221,11 @@ def runbook_metadata(notebook: Mapping[str, Any], where: str) -> dict[str, Any]:
     problems = [_describe(error) for error in _VALIDATOR.iter_errors(declared)]
     if isinstance(declared, Mapping):
         problems += check_triggers(declared)
+    if not problems:
+        cell = cell_parameters(notebook)
+        problems += declaration_problems(declared, cell)
+        if not problems and cell is not None:
+            problems += trigger_value_problems(declared, parameters_of(declared, cell), read_file)
     if problems:
         raise RunbookMetadataError(f"{where}: " + "; ".join(sorted(problems)))
     result = {**copy.deepcopy(DEFAULTS), **declared}
@@ -182,14 +234,40 @@ def runbook_metadata(notebook: Mapping[str, Any], where: str) -> dict[str, Any]:
     return result
 
 
-def read_runbook_metadata(path: Path | str, where: str | None = None) -> dict[str, Any]:
+def trigger_value_problems(
+    metadata: Mapping[str, Any], parameters: Mapping[str, Parameter], read_file: ReadFile | None
+) -> list[str]:
+    """The values of `metadata`'s schedules and alerts that the runbook's parameters do not allow, each
+    naming its key. An alert's templates (`{instance}`) are filled in when it fires: only their names
+    are checked here."""
+    problems = []
+    for kind in ("schedules", "alerts"):
+        for i, entry in enumerate(metadata.get(kind) or []):
+            key, given = f"opshub.{kind}[{i}].parameters", dict(entry.get("parameters") or {})
+            for name in [name for name, value in given.items() if kind == "alerts" and _is_template(value)]:
+                del given[name]  # filled in when the alert fires, and checked then
+                if name not in parameters or not parameters[name].settable:
+                    problems.append(f"{key}: parameter {name} cannot be set by an alert (it is not declared)")
+            try:
+                resolve(parameters, given, read_file)
+            except ParameterError as e:
+                problems += [f"{key}: {problem}" for problem in e.problems if "cannot be read here" not in problem]
+    return problems
+
+
+def _is_template(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(item, str) and template_names(item) for item in items)
+
+
+def read_runbook_metadata(path: Path | str, where: str | None = None, read_file: ReadFile | None = None) -> dict:
     """`runbook_metadata` of the notebook file at `path`; a file that is not notebook JSON is an error too."""
     where = where or Path(path).name
     try:
         notebook = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise RunbookMetadataError(f"{where}: cannot read it as a notebook: {e}") from None
-    return runbook_metadata(notebook, where)
+    return runbook_metadata(notebook, where, read_file)
 
 
 def _describe(error) -> str:

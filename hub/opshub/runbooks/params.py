@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import io
 import json
 import logging
 import math
+import tokenize
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,34 +35,64 @@ class DeclaredParameter:
 
 
 def declared_parameters(path: Path) -> dict[str, DeclaredParameter]:
-    """The parameters `path` declares, in order, as papermill's inspection finds them.
+    """The parameters the notebook at `path` sets in its `parameters` cell, in order.
 
-    papermill skips assignments whose value contains '=' (it warns "Unable to parse line": the shipped
-    patch-server-stack's `ssh_options = "-o BatchMode=yes ..."`), so for Python notebooks the names
-    assigned at the top level of the parameters cell are added from Python's own parser.
-    """
+    Python notebooks are read by `cell_parameters`; others by papermill's inspection."""
     import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    found = cell_parameters(nb)
+    if found is not None:
+        return found
     import papermill
 
     with quiet_papermill():
         inspected = papermill.inspect_notebook(str(path))
-    declared = {
+    return {
         name: DeclaredParameter(name, str(info.get("default", "")), str(info.get("help") or ""))
         for name, info in inspected.items()
     }
-    nb = nbformat.read(str(path), as_version=4)
-    language = nb.metadata.get("kernelspec", {}).get("language") or nb.metadata.get("language_info", {}).get("name")
-    if language == "python":
-        for cell in nb.cells:
-            if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
-                for name, default in python_assignments(cell.source):
-                    declared.setdefault(name, DeclaredParameter(name, default))
-                break
-    return declared
 
 
-def python_assignments(source: str) -> list[tuple[str, str]]:
-    """(name, value source) of each top-level `name = value` (or `name: type = value`) in Python `source`."""
+def cell_parameters(notebook: Mapping[str, Any]) -> dict[str, DeclaredParameter] | None:
+    """The `name = default  # help` lines of a Python notebook's `parameters` cell (a notebook as parsed
+    JSON); {} when it has no such cell, None when it is not a Python notebook.
+
+    Every top-level assignment counts, as papermill's injection overrides any of them (papermill's own
+    inspection skips values containing '=', such as the patching runbook's `ssh_options`)."""
+    metadata = notebook.get("metadata") or {}
+    language = (metadata.get("kernelspec") or {}).get("language") or (metadata.get("language_info") or {}).get("name")
+    if language not in (None, "python"):
+        return None
+    for cell in notebook.get("cells") or []:
+        if not isinstance(cell, Mapping) or cell.get("cell_type") != "code":
+            continue
+        if "parameters" not in ((cell.get("metadata") or {}).get("tags") or []):
+            continue
+        source = cell.get("source") or ""
+        source = "".join(source) if isinstance(source, list) else str(source)
+        comments = _comments_by_line(source)
+        return {
+            name: DeclaredParameter(name, default, comments.get(line, ""))
+            for name, default, line in python_assignments(source, with_lines=True)
+        }
+    return {}
+
+
+def _comments_by_line(source: str) -> dict[int, str]:
+    comments = {}
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                comments[token.start[0]] = token.string.lstrip("#").strip()
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return comments
+
+
+def python_assignments(source: str, with_lines: bool = False) -> list[tuple]:
+    """(name, value source) of each top-level `name = value` (or `name: type = value`) in Python `source`;
+    with_lines: (name, value source, the line the statement ends on)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -75,7 +107,8 @@ def python_assignments(source: str) -> list[tuple[str, str]]:
             continue
         for target in targets:
             if isinstance(target, ast.Name):
-                found.append((target.id, ast.get_source_segment(source, value) or ""))
+                segment = ast.get_source_segment(source, value) or ""
+                found.append((target.id, segment, node.end_lineno) if with_lines else (target.id, segment))
     return found
 
 

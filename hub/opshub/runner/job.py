@@ -14,7 +14,6 @@ import io
 import json
 import sys
 import time
-from typing import Any
 
 from ..hardening import keep_memory_private
 from ..runbooks.client import ServiceClient, ServiceError
@@ -69,16 +68,6 @@ class RunnerReporter(ServiceClient):
                 time.sleep(2)
 
 
-def parameter_pairs(parameters: dict[str, Any]) -> list[tuple[str, str]]:
-    """JSON values as `-p NAME VALUE` text that `opshub run` parses back to the same values: strings
-    as JSON strings (so "007" stays text), everything else as JSON or Python's True/False/None."""
-    pairs = []
-    for name, value in parameters.items():
-        text = repr(value) if value is True or value is False or value is None else json.dumps(value)
-        pairs.append((name, text))
-    return pairs
-
-
 class Tee(io.StringIO):
     """stderr, also kept: a run refused before it starts is recorded with what was said."""
 
@@ -98,7 +87,7 @@ def main() -> int:
     err = Tee()
     code = run_runbook(
         job["runbook"],
-        parameter_pairs(job.get("parameters") or {}),
+        values=job.get("parameters") or {},
         runbooks_dir=job["runbooks_dir"],
         output=job.get("output"),
         recorder=reporter,

@@ -1,7 +1,8 @@
 """Unattended runs as the service records them: a request (a person, the API), a schedule's fire, an
 alert. Each is checked against the runbook as the repository has it at the run's commit (it exists,
-its metadata is right, the parameters are declared), its locks are worked out from its metadata and
-its parameters (the declared defaults included), and it is queued (queue.py). The runner runs it.
+its metadata is right, every value is one its parameters allow: runbooks/typed_parameters.py, with
+choices read from the repository at that commit), its locks are worked out from the checked values, and
+it is queued (queue.py) with every value that applies, defaults included. The runner runs it.
 
 Refusals raise `RequestRefused` with a message that names the problem, and a status for the API
 (404: no such runbook or commit; 400: a wrong parameter or lock).
@@ -9,7 +10,6 @@ Refusals raise `RequestRefused` with a message that names the problem, and a sta
 
 from __future__ import annotations
 
-import ast
 import datetime
 import json
 import re
@@ -22,8 +22,9 @@ from typing import Any
 
 from ..runbooks.catalog import RunbookCatalog
 from ..runbooks.metadata import RunbookMetadataError, runbook_metadata
-from ..runbooks.params import DeclaredParameter, UsageError, check_parameters, declared_parameters
+from ..runbooks.params import declared_parameters
 from ..runbooks.triggers import TriggerError, lock_keys
+from ..runbooks.typed_parameters import Parameter, ParameterError, parameters_of, resolve
 from .models import Run
 from .queue import RunQueue
 
@@ -45,17 +46,12 @@ class RunbookAt:
     name: str
     commit: str
     metadata: dict[str, Any]
-    declared: dict[str, DeclaredParameter]
+    parameters: dict[str, Parameter]
+    read_file: Any  # a repository file at `commit`, as text (LookupError when it is not there)
 
-    def defaults(self) -> dict[str, Any]:
-        """The declared defaults as values, where they are literals (`stack = "web"`)."""
-        values = {}
-        for name, parameter in self.declared.items():
-            try:
-                values[name] = ast.literal_eval(parameter.default)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                values[name] = parameter.default
-        return values
+    def resolve(self, given: Mapping[str, Any], text: bool = False) -> dict[str, Any]:
+        """Every value that applies to a run given `given` (typed JSON; `text`: a form's text), checked."""
+        return resolve(self.parameters, given, self.read_file, text)
 
 
 class Unattended:
@@ -90,9 +86,10 @@ class Unattended:
             text = self.catalog.show_runbook(commit, name)
         except LookupError as e:
             raise RequestRefused(404, str(e)) from None
+        read_file = self._file_reader(commit)
         try:
             notebook = json.loads(text)
-            metadata = runbook_metadata(notebook, name)
+            metadata = runbook_metadata(notebook, name, read_file)
         except (ValueError, RunbookMetadataError) as e:
             raise RequestRefused(400, f"{name} at {commit[:12]} cannot run: {e}") from None
         with tempfile.TemporaryDirectory(prefix="opshub-runbook-") as folder:
@@ -102,11 +99,26 @@ class Unattended:
                 declared = declared_parameters(path)
             except Exception as e:  # not a notebook papermill can read
                 raise RequestRefused(400, f"{name} at {commit[:12]} cannot be read: {e}") from None
-        found = RunbookAt(name, self.catalog.full_commit(commit), metadata, declared)
+        parameters = parameters_of(metadata, declared)
+        found = RunbookAt(name, self.catalog.full_commit(commit), metadata, parameters, read_file)
         if len(self._runbooks) > 500:
             self._runbooks.clear()
         self._runbooks[(name, commit)] = found
         return found
+
+    def _file_reader(self, commit: str):
+        """Reads a repository file at `commit`, each file once (the choices of parameters come from them)."""
+        cache: dict[str, str] = {}
+
+        def read_file(path: str) -> str:
+            if path not in cache:
+                try:
+                    cache[path] = self.catalog.show(commit, path)
+                except Exception:  # git says the path is not there
+                    raise LookupError(f"the repository has no file {path} at commit {commit[:12]}") from None
+            return cache[path]
+
+        return read_file
 
     def _refresh_now(self) -> bool:
         """Look at the repository again, for a runbook just pushed (at most every few seconds)."""
@@ -116,29 +128,33 @@ class Unattended:
         self.catalog.refresh()
         return True
 
-    def locks(self, runbook: RunbookAt, parameters: Mapping[str, Any]) -> list[str]:
+    def locks(self, runbook: RunbookAt, values: Mapping[str, Any]) -> list[str]:
+        """The locks a run with these (checked) values holds."""
         try:
-            return lock_keys(runbook.metadata.get("locks") or [], {**runbook.defaults(), **parameters})
+            return lock_keys(runbook.metadata.get("locks") or [], values)
         except TriggerError as e:
             raise RequestRefused(400, f"{runbook.name}: a lock cannot be worked out: {e}") from None
 
-    def check(self, runbook: RunbookAt, parameters: Any) -> dict[str, Any]:
+    def check(self, runbook: RunbookAt, parameters: Any, text: bool = False) -> dict[str, Any]:
+        """Every value that applies (`resolve`), or RequestRefused naming each wrong one."""
         if not isinstance(parameters, dict):
             raise RequestRefused(400, "parameters must be a JSON object of name: value")
         try:
-            check_parameters(runbook.name, parameters, runbook.declared)
-        except UsageError as e:
-            raise RequestRefused(400, str(e)) from None
-        return parameters
+            return runbook.resolve(parameters, text)
+        except ParameterError as e:
+            raise RequestRefused(400, f"{runbook.name}: {e}") from None
 
-    def request(self, name: str, parameters: Any, requester: str, commit: str | None = None) -> Run:
-        """A person's request (page, `opshub request`, API): queued, or RequestRefused."""
-        return self._queue(name, parameters, commit, "requested", user=requester, requested_by=requester)
+    def request(self, name: str, parameters: Any, requester: str, commit: str | None = None, text=False) -> Run:
+        """A person's request (page, `opshub request`, API): queued, or RequestRefused. `text`: the values
+        are a form's text, read for each parameter's type."""
+        return self._queue(name, parameters, commit, "requested", text, user=requester, requested_by=requester)
 
     def fire(self, name: str, schedule_key: str, parameters: dict, due: datetime.datetime, fire_key: str) -> Run | None:
         """A schedule's fire, at the branch's latest commit. None: this fire is on record already."""
         requested_by = f"schedule {schedule_key}"
-        return self._queue(name, parameters, None, "schedule", requested_by=requested_by, due_at=due, fire_key=fire_key)
+        return self._queue(
+            name, parameters, None, "schedule", requested_by=requested_by, due_at=due, fire_key=fire_key
+        )
 
     def alert(self, name: str, alertname: str, fingerprint: str, parameters: dict, received: datetime.datetime):
         """An alert's run. None: this alert already has a queued or running run of this runbook."""
@@ -147,9 +163,9 @@ class Unattended:
             name, parameters, None, "alert", requested_by=requested_by, due_at=received, alert_fingerprint=fingerprint
         )
 
-    def _queue(self, name: str, parameters: Any, commit: str | None, trigger: str, **fields) -> Run | None:
+    def _queue(self, name: str, parameters: Any, commit, trigger: str, text=False, **fields) -> Run | None:
         runbook = self.runbook(name, commit)
-        parameters = self.check(runbook, parameters)
+        parameters = self.check(runbook, parameters, text)
         fields.setdefault("user", RUNNER_USER)
         run = self.queue.enqueue(
             runbook.name,

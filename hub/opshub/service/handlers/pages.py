@@ -65,16 +65,16 @@ class RunPage(BaseHandler):
         self.render_page("run.html", run=run, has_output=bool(run.output_notebook), defaults=self.defaults(run))
 
     def defaults(self, run) -> dict[str, str]:
-        """The declared defaults that applied to an unattended run (its parameters are what was given):
-        read from the runbook at the run's commit. None for people's runs (their copy may differ)."""
+        """The defaults that applied to an unattended run recorded with only the values given (before runs
+        recorded every value): read from the runbook at the run's commit. None for people's runs."""
         unattended = self.settings.get("opshub_unattended")
         if unattended is None or run.trigger not in RUNNER_TRIGGERS or not run.runbook_commit:
             return {}
         try:
-            declared = unattended.runbook(run.runbook, run.runbook_commit).declared
+            parameters = unattended.runbook(run.runbook, run.runbook_commit).parameters
         except ValueError:  # the commit or runbook is gone from the repository
             return {}
-        return {name: p.default for name, p in declared.items() if name not in run.parameters}
+        return {name: p.default_text for name, p in parameters.items() if name not in run.parameters}
 
 
 class RunNotebookPage(BaseHandler):

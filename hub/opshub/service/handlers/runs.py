@@ -128,7 +128,8 @@ class RunsHandler(ApiHandler):
             found = unattended.runbook(runbook, commit if isinstance(commit, str) and commit else None)
         except RequestRefused:  # a commit the repository does not have (a local one): today's metadata
             found = unattended.runbook(runbook)
-        return unattended.locks(found, body.get("parameters") or {})
+        defaults = {name: p.default for name, p in found.parameters.items() if p.has_default}
+        return unattended.locks(found, {**defaults, **(body.get("parameters") or {})})
 
     def start_run(self, locks: list[str], **start):
         queue = self.settings.get("opshub_queue")

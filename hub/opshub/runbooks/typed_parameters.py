@@ -1,0 +1,486 @@
+"""A runbook's typed parameters: one declaration that every form, command and trigger is checked against.
+
+A runbook declares them in its `opshub` metadata (metadata.py's schema checks the shape):
+
+    "parameters": {
+      "stack":   {"type": "string", "description": "The stack to patch",
+                  "choices_from": {"file": "inventory/stacks.yaml", "path": ["stacks"]}},
+      "hosts":   {"type": "list", "description": "Hosts of the stack (none: all of them)",
+                  "choices_from": {"file": "inventory/stacks.yaml", "path": ["stacks", "{stack}", "hosts"]}},
+      "dry_run": {"type": "boolean"},
+      "wait_timeout": {"type": "integer", "min": 60, "max": 3600}
+    }
+
+Each value still has its default in the papermill `parameters` cell (`stack = "lab"`); a `default` in the
+declaration must say the same, or the runbook is refused naming both. With a declaration, only declared
+parameters can be set, by anyone (a request, a schedule, an alert, `opshub run`): the others keep the
+cell's default (the patching runbook's `ssh_options`). Without one, every parameter of the cell can be set
+and its type is inferred from its default (`dry_run = True` is a boolean, so "false" means False).
+
+`resolve(parameters, given, read_file)` is the one check for every way in: it turns values (typed JSON,
+or text from a form or `-p NAME VALUE`) into typed values, refuses what is not allowed with a message that
+names the parameter, the value and what is allowed, and returns every value that applies, defaults
+included. `read_file(path)` reads a repository file at the run's commit (the choices from the inventory).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .params import DeclaredParameter, parse_value
+
+# The types a declaration may name. `list` is a list of strings: `{"type": "string", "multiple": true}`.
+TYPES = ("string", "integer", "number", "boolean", "list", "secret")
+ANY = "any"  # a parameter whose cell default says nothing of its type (None, a dict, an expression)
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NO_DEFAULT = object()
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+ReadFile = Callable[[str], str]
+
+
+class ParameterError(ValueError):
+    """Values that are not allowed: one line per problem, each naming the parameter and its value."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter as every way in sees it."""
+
+    name: str
+    type: str  # one of TYPES but "list" (string + multiple), or ANY
+    multiple: bool = False  # the value is a list of `type`
+    description: str = ""
+    default: Any = _NO_DEFAULT  # the typed default; absent when the cell's is no literal
+    default_text: str = ""  # the default as the cell writes it
+    settable: bool = True  # False: declared elsewhere, kept at its default in every run
+    choices: tuple | None = None
+    choices_from: Mapping[str, Any] | None = None  # {"file": ..., "path": [...]}
+    pattern: str | None = None
+    min: float | None = None
+    max: float | None = None
+    declared: bool = False  # in the `opshub.parameters` declaration (False: inferred from the cell)
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not _NO_DEFAULT
+
+    @property
+    def depends_on(self) -> list[str]:
+        """The parameters whose value picks this one's choices (`{stack}` in its choices_from path)."""
+        path = (self.choices_from or {}).get("path") or []
+        return [m.group(1) for part in path if (m := _PLACEHOLDER.match(part))]
+
+    @property
+    def kind(self) -> str:
+        """How people see the type: `list of string`, `integer`..."""
+        return f"list of {self.type}" if self.multiple else self.type
+
+    def describe(self) -> dict[str, Any]:
+        """The parameter as JSON, for forms (the request page, JupyterLab's dialog) and the API."""
+        described = {
+            "name": self.name,
+            "type": self.type,
+            "multiple": self.multiple,
+            "description": self.description,
+            "default": self.default if self.has_default else None,
+            "has_default": self.has_default,
+            "default_text": self.default_text,
+            "settable": self.settable,
+        }
+        for key in ("choices", "pattern", "min", "max"):
+            if getattr(self, key) is not None:
+                described[key] = list(self.choices) if key == "choices" else getattr(self, key)
+        if self.choices_from:
+            described["choices_from"] = dict(self.choices_from)
+            described["depends_on"] = self.depends_on
+        return described
+
+
+# Reading the declaration
+
+
+def literal(text: str) -> Any:
+    """The Python literal `text` as a value, or _NO_DEFAULT when it is an expression."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NO_DEFAULT
+
+
+def inferred_type(default: Any) -> tuple[str, bool]:
+    """(type, multiple) that a cell default says: `True` boolean, `900` integer, `["a"]` list of string."""
+    if isinstance(default, bool):
+        return "boolean", False
+    if isinstance(default, int):
+        return "integer", False
+    if isinstance(default, float):
+        return "number", False
+    if isinstance(default, str):
+        return "string", False
+    if isinstance(default, list | tuple) and all(isinstance(item, str) for item in default):
+        return "string", True
+    return ANY, False
+
+
+def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParameter]) -> dict[str, Parameter]:
+    """The runbook's parameters, in the cell's order then the declaration's, from its checked metadata
+    (`metadata["parameters"]`, None when it declares none) and its parameters cell.
+
+    Call `declaration_problems` first: this trusts the declaration to be consistent."""
+    declaration = metadata.get("parameters")
+    found: dict[str, Parameter] = {}
+    for name, in_cell in cell.items():
+        default = literal(in_cell.default)
+        if isinstance(default, tuple):
+            default = list(default)
+        if declaration is None or name not in declaration:
+            kind, multiple = inferred_type(default)
+            found[name] = Parameter(
+                name, kind, multiple, in_cell.help, default, in_cell.default, settable=declaration is None
+            )
+    for name, spec in (declaration or {}).items():
+        in_cell = cell.get(name)
+        default = spec.get("default", literal(in_cell.default) if in_cell else _NO_DEFAULT)
+        kind, multiple = _declared_type(spec, default)
+        if isinstance(default, tuple):
+            default = list(default)
+        found[name] = Parameter(
+            name,
+            kind,
+            multiple,
+            spec.get("description") or (in_cell.help if in_cell else ""),
+            default,
+            in_cell.default if in_cell else (json.dumps(default) if default is not _NO_DEFAULT else ""),
+            True,
+            tuple(spec["choices"]) if "choices" in spec else None,
+            spec.get("choices_from"),
+            spec.get("pattern"),
+            spec.get("min"),
+            spec.get("max"),
+            declared=True,
+        )
+    order = list(cell) + [name for name in found if name not in cell]
+    return {name: found[name] for name in order if name in found}
+
+
+def _declared_type(spec: Mapping[str, Any], default: Any) -> tuple[str, bool]:
+    kind = spec.get("type")
+    if kind == "list":
+        return "string", True
+    if kind is None:
+        kind, multiple = inferred_type(default)
+        return kind, bool(spec.get("multiple", multiple))
+    return kind, bool(spec.get("multiple", False))
+
+
+def declaration_problems(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParameter] | None) -> list[str]:
+    """What is wrong with `metadata`'s parameters declaration that its JSON Schema cannot see, each naming
+    its key. `cell` is the parameters cell (None when it cannot be read: a notebook that is not Python)."""
+    declaration = metadata.get("parameters")
+    if not isinstance(declaration, Mapping):
+        return []
+    problems = []
+    for name, spec in declaration.items():
+        if not isinstance(spec, Mapping):
+            continue
+        key = f"opshub.parameters.{name}"
+        in_cell = (cell or {}).get(name)
+        if cell is not None and in_cell is None:
+            listed = ", ".join(cell) or "none"
+            problems.append(f"{key}: the parameters cell does not set {name} (it sets: {listed})")
+        cell_default = literal(in_cell.default) if in_cell else _NO_DEFAULT
+        if "default" in spec and cell_default is not _NO_DEFAULT and _differs(spec["default"], cell_default):
+            problems.append(
+                f"{key}.default is {json.dumps(spec['default'])} but the parameters cell says "
+                f"{name} = {in_cell.default}: make them the same"
+            )
+        default = spec.get("default", cell_default)
+        if spec.get("type") is None and inferred_type(default)[0] == ANY:
+            shown = in_cell.default if in_cell else "none"
+            problems.append(f"{key}.type is needed: its default ({shown}) does not say which type it is")
+            continue
+        kind, multiple = _declared_type(spec, default)
+        problems += _constraint_problems(key, name, spec, kind, multiple, declaration)
+        if default is not _NO_DEFAULT and not problems:
+            parameter = parameters_of({"parameters": {name: spec}}, {name: in_cell} if in_cell else {})[name]
+            try:
+                check_value(parameter, default)
+            except ParameterError as e:
+                problems.append(f"{key}: its default does not hold: {e}")
+    return problems
+
+
+def _differs(a: Any, b: Any) -> bool:
+    normal = (lambda v: list(v) if isinstance(v, tuple) else v)  # noqa: E731
+    return json.dumps(normal(a), sort_keys=True) != json.dumps(normal(b), sort_keys=True, default=repr) or (
+        type(a) is bool
+    ) != (type(b) is bool)
+
+
+def _constraint_problems(key, name, spec, kind, multiple, declaration) -> list[str]:
+    problems = []
+    if multiple and kind not in ("string", "integer", "number"):
+        problems.append(f"{key}.multiple: a {kind} parameter cannot take several values")
+    if ("min" in spec or "max" in spec) and kind not in ("integer", "number"):
+        problems.append(f"{key}: min and max are for integer and number parameters, not {kind}")
+    if "min" in spec and "max" in spec and spec["min"] > spec["max"]:
+        problems.append(f"{key}: min ({spec['min']}) is above max ({spec['max']})")
+    if "pattern" in spec:
+        if kind not in ("string", "secret"):
+            problems.append(f"{key}.pattern is for string parameters, not {kind}")
+        else:
+            try:
+                re.compile(spec["pattern"])
+            except re.error as e:
+                problems.append(f"{key}.pattern is not a regular expression ({e})")
+    if "choices" in spec and "choices_from" in spec:
+        problems.append(f"{key}: give choices or choices_from, not both")
+    if "choices" in spec:
+        probe = Parameter(name, kind)
+        for i, choice in enumerate(spec["choices"]):
+            try:
+                check_value(probe, choice)
+            except ParameterError:
+                problems.append(f"{key}.choices[{i}]: {json.dumps(choice)} is not a {kind}")
+    if "choices_from" in spec:
+        if kind not in ("string", "integer", "number"):
+            problems.append(f"{key}.choices_from is for string, integer and number parameters, not {kind}")
+        for part in spec["choices_from"].get("path", []):
+            parent = (m := _PLACEHOLDER.match(part)) and m.group(1)
+            if "{" in part and not parent:
+                problems.append(f"{key}.choices_from.path: {part!r} is not a key or one {{parameter}}")
+            elif parent == name:
+                problems.append(f"{key}.choices_from.path: {part!r} makes {name} depend on itself")
+            elif parent and parent not in declaration:
+                problems.append(f"{key}.choices_from.path: {part!r} names no declared parameter")
+            elif parent and (declaration[parent].get("multiple") or declaration[parent].get("type") == "list"):
+                problems.append(f"{key}.choices_from.path: {part!r} names a parameter that takes several values")
+            elif parent and "choices_from" in declaration[parent] and any(
+                _PLACEHOLDER.match(p) for p in declaration[parent]["choices_from"].get("path", [])
+            ):
+                problems.append(f"{key}.choices_from.path: {part!r} names a parameter whose choices depend on another")
+    return problems
+
+
+# Checking values
+
+
+def coerce(parameter: Parameter, value: Any, text: bool = False) -> Any:
+    """`value` as `parameter`'s type: typed JSON as it is, or text (a form field, `-p NAME VALUE`, a
+    rendered alert template) read for the type. ParameterError naming it when it is not one."""
+    if parameter.multiple:
+        if isinstance(value, str):
+            stripped = value.strip()
+            if stripped.startswith("["):
+                try:
+                    value = json.loads(stripped)
+                except ValueError:
+                    allowed = 'a JSON list such as ["a", "b"], or items separated by commas'
+                    raise _error(parameter, value, allowed) from None
+            else:
+                value = [item.strip() for item in stripped.split(",") if item.strip()]
+            text = True
+        if not isinstance(value, list | tuple):
+            raise _error(parameter, value, f"a list of {parameter.type}")
+        single = Parameter(parameter.name, parameter.type)
+        return [coerce(single, item, text=text or isinstance(item, str)) for item in value]
+    kind = parameter.type
+    if kind == ANY:
+        return parse_value(value) if text and isinstance(value, str) else value
+    if kind in ("string", "secret"):
+        if not isinstance(value, str):
+            raise _error(parameter, value, "text")
+        if kind == "secret" and not SECRET_NAME.fullmatch(value):
+            raise _error(parameter, value, "the name of a secret (letters, digits and _, such as DB_PASSWORD)")
+        return value
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _error(parameter, value, "true or false")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip()) if kind == "integer" else float(value.strip())
+        except ValueError:
+            raise _error(parameter, value, "a whole number" if kind == "integer" else "a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _error(parameter, value, "a whole number" if kind == "integer" else "a number")
+    if kind == "integer":
+        if isinstance(value, float) and not value.is_integer():
+            raise _error(parameter, value, "a whole number")
+        return int(value)
+    return value
+
+
+def check_value(parameter: Parameter, value: Any, choices: list | None = None, text: bool = False) -> Any:
+    """`value` coerced and held against the parameter's constraints; `choices` are its choices_from."""
+    value = coerce(parameter, value, text)
+    allowed = choices if choices is not None else (list(parameter.choices) if parameter.choices else None)
+    for item in value if parameter.multiple else [value]:
+        if allowed is not None and item not in allowed:
+            source = f" (from {parameter.choices_from['file']})" if choices is not None else ""
+            listed = ", ".join(str(choice) for choice in allowed[:30]) + (", ..." if len(allowed) > 30 else "")
+            raise _error(parameter, item, f"one of {listed or 'nothing'}{source}")
+        if parameter.pattern and not re.fullmatch(parameter.pattern, item):
+            raise _error(parameter, item, f"text matching {parameter.pattern}")
+        if parameter.min is not None and item < parameter.min:
+            raise _error(parameter, item, f"at least {parameter.min}")
+        if parameter.max is not None and item > parameter.max:
+            raise _error(parameter, item, f"at most {parameter.max}")
+    return value
+
+
+def _error(parameter: Parameter, value: Any, allowed: str) -> ParameterError:
+    shown = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ParameterError([f"parameter {parameter.name}: {shown} is not {allowed}"])
+
+
+def resolve(
+    parameters: Mapping[str, Parameter],
+    given: Mapping[str, Any],
+    read_file: ReadFile | None = None,
+    text: bool = False,
+) -> dict[str, Any]:
+    """Every value that applies to a run given `given`: each checked, typed, defaults filled in.
+
+    `text`: the values are text (a form, `-p`), read for each type. ParameterError lists every problem:
+    a name that is not a parameter or cannot be set (a non-settable one may be given its own default,
+    so that a resolved set of values resolves to itself), and each value that is not allowed."""
+    problems = []
+    settable = [name for name, p in parameters.items() if p.settable]
+    for name in given:
+        parameter = parameters.get(name)
+        if parameter is None or not parameter.settable:
+            if parameter is not None and parameter.has_default and _same(parameter, given[name]):
+                continue
+            why = "is not a parameter of this runbook" if parameter is None else "cannot be set: it keeps its default"
+            listed = ", ".join(settable) or "none"
+            problems.append(f"parameter {name} {why} (the parameters that can be set: {listed})")
+    values: dict[str, Any] = {}
+    failed: set[str] = set()
+    # parents before the parameters whose choices they pick
+    order = sorted(parameters.values(), key=lambda p: bool(p.depends_on))
+    for parameter in order:
+        name = parameter.name
+        if name in given and parameter.settable:
+            value, as_text = given[name], text
+        elif parameter.has_default:
+            value, as_text = parameter.default, False
+        else:
+            continue
+        if any(parent in failed for parent in parameter.depends_on):
+            continue  # its choices follow a value that is wrong: that one is said
+        try:
+            choices = choices_for(parameter, values, read_file) if parameter.choices_from else None
+            values[name] = check_value(parameter, value, choices, as_text)
+        except ParameterError as e:
+            failed.add(name)
+            problems += [p if name in given else f"{p} (the default)" for p in e.problems]
+    if problems:
+        raise ParameterError(problems)
+    return {name: values[name] for name in parameters if name in values}
+
+
+def _same(parameter: Parameter, value: Any) -> bool:
+    try:
+        return coerce(parameter, value) == parameter.default
+    except ParameterError:
+        return False
+
+
+def choices_for(parameter: Parameter, values: Mapping[str, Any], read_file: ReadFile | None) -> list:
+    """The choices of a `choices_from` parameter given the values of the ones it depends on, read from
+    the repository's file. ParameterError when the file or the key is not there."""
+    source = parameter.choices_from or {}
+    where = source["file"]
+    if read_file is None:
+        raise ParameterError([f"parameter {parameter.name}: its choices come from {where}, which cannot be read here"])
+    try:
+        data = load_data(where, read_file(where))
+    except (OSError, LookupError, ValueError) as e:
+        raise ParameterError([f"parameter {parameter.name}: cannot read its choices from {where}: {e}"]) from None
+    walked = []
+    for part in source.get("path", []):
+        parent = (m := _PLACEHOLDER.match(part)) and m.group(1)
+        key = values.get(parent) if parent else part
+        walked.append(str(key))
+        if not isinstance(data, Mapping) or key not in data:
+            raise ParameterError(
+                [f"parameter {parameter.name}: {where} has no {'.'.join(walked)} to take its choices from"]
+            )
+        data = data[key]
+    if isinstance(data, Mapping):
+        return list(data)
+    if isinstance(data, list) and all(isinstance(item, str | int | float) for item in data):
+        return list(data)
+    shown = ".".join(walked) or "its top level"
+    raise ParameterError([f"parameter {parameter.name}: {where}'s {shown} is neither a mapping nor a list"])
+
+
+def load_data(where: str, text: str) -> Any:
+    """A repository data file's content: YAML (which JSON is too)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where} is not YAML or JSON ({str(e).splitlines()[0]})") from None
+
+
+def describe_for_help(runbook: str, parameters: Mapping[str, Parameter]) -> str:
+    """The parameters as `opshub run RUNBOOK --help` and `opshub request RUNBOOK --help` list them."""
+    if not parameters:
+        return f"{runbook} has no parameters (it has no papermill `parameters` cell)."
+    lines = [f"{runbook} parameters (set them with -p NAME VALUE):"]
+    for p in parameters.values():
+        default = p.default_text or "none"
+        allowed = []
+        if p.choices:
+            allowed.append("one of " + ", ".join(str(c) for c in p.choices))
+        if p.choices_from:
+            path = ".".join(p.choices_from.get("path", []))
+            allowed.append(f"from {p.choices_from['file']}" + (f" {path}" if path else ""))
+        if p.pattern:
+            allowed.append(f"matching {p.pattern}")
+        if p.min is not None:
+            allowed.append(f"min {p.min}")
+        if p.max is not None:
+            allowed.append(f"max {p.max}")
+        fixed = "" if p.settable else ", fixed"
+        lines.append(f"  {p.name} ({p.kind}{fixed}; default {default}){': ' + p.description if p.description else ''}")
+        if allowed:
+            lines.append(f"      {'; '.join(allowed)}")
+    return "\n".join(lines)
+
+
+@dataclass
+class RepositoryFiles:
+    """read_file for a folder on disk (`opshub run`: the runbooks checkout), refusing paths outside it."""
+
+    root: Path
+    cache: dict = field(default_factory=dict)
+
+    def __call__(self, path: str) -> str:
+        root = Path(self.root).resolve()
+        target = (root / path).resolve()
+        if root != target and root not in target.parents:
+            raise LookupError(f"{path} is outside the repository")
+        if target not in self.cache:
+            self.cache[target] = target.read_text()
+        return self.cache[target]
