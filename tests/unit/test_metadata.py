@@ -45,6 +45,7 @@ def test_defaults_are_filled_in_and_dashboard_true_is_an_object():
         "changes_systems": False,
         "dashboard": None,
         "parameters": None,
+        "run_groups": [],
         "credentials": [],
         "locks": [],
         "schedules": [],

@@ -117,6 +117,13 @@ SCHEMA: dict[str, Any] = {
             "(hub/docs/runbooks.md). Parameters of the cell left out keep their default in every run. "
             "Without this key every parameter of the cell may be set, typed by its default.",
         },
+        "run_groups": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "uniqueItems": True,
+            "description": "The groups whose members may request a run of it (page, API, `opshub request`). "
+            "Empty: everyone whose role may request runs. Schedules and alerts run it regardless.",
+        },
         "credentials": {
             "type": "array",
             "items": {"type": "string", "pattern": CREDENTIAL_NAME},
@@ -184,6 +191,7 @@ DEFAULTS: dict[str, Any] = {
     "changes_systems": False,
     "dashboard": None,
     "parameters": None,
+    "run_groups": [],
     "credentials": [],
     "locks": [],
     "schedules": [],

@@ -259,6 +259,8 @@ def _constraint_problems(key, name, spec, kind, multiple, declaration) -> list[s
             except ParameterError:
                 problems.append(f"{key}.choices[{i}]: {json.dumps(choice)} is not a {kind}")
     if "choices_from" in spec:
+        if len([part for part in spec["choices_from"].get("path", []) if "{" in part]) > 1:
+            problems.append(f"{key}.choices_from.path: at most one part may be a {{parameter}}")
         if kind not in ("string", "integer", "number"):
             problems.append(f"{key}.choices_from is for string, integer and number parameters, not {kind}")
         for part in spec["choices_from"].get("path", []):
@@ -433,6 +435,36 @@ def choices_for(parameter: Parameter, values: Mapping[str, Any], read_file: Read
         return list(data)
     shown = ".".join(walked) or "its top level"
     raise ParameterError([f"parameter {parameter.name}: {where}'s {shown} is neither a mapping nor a list"])
+
+
+def form_fields(parameters: Mapping[str, Parameter], read_file: ReadFile | None) -> list[dict[str, Any]]:
+    """Each parameter as a form shows it (`Parameter.describe`), its choices read: `choices` for a list
+    that is fixed, `choices_by` {the parent's value: choices} for one that follows another parameter, so
+    that a form follows the parent without asking again; `problem` when they cannot be read."""
+    fields = []
+    for parameter in parameters.values():
+        described = parameter.describe()
+        if parameter.choices_from:
+            try:
+                if not parameter.depends_on:
+                    described["choices"] = choices_for(parameter, {}, read_file)
+                else:
+                    (parent_name,) = parameter.depends_on
+                    parent = parameters[parent_name]
+                    options = list(parent.choices or []) or (
+                        choices_for(parent, {}, read_file) if parent.choices_from else []
+                    )
+                    described["choices_by"] = {}
+                    for option in options:
+                        try:
+                            found = choices_for(parameter, {parent_name: option}, read_file)
+                        except ParameterError:
+                            found = []  # that stack lists no hosts: nothing to pick
+                        described["choices_by"][str(option)] = found
+            except ParameterError as e:
+                described["problem"] = str(e)
+        fields.append(described)
+    return fields
 
 
 def load_data(where: str, text: str) -> Any:

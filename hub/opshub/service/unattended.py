@@ -144,10 +144,27 @@ class Unattended:
         except ParameterError as e:
             raise RequestRefused(400, f"{runbook.name}: {e}") from None
 
-    def request(self, name: str, parameters: Any, requester: str, commit: str | None = None, text=False) -> Run:
+    def request(
+        self, name: str, parameters: Any, requester: str, commit: str | None = None, text=False, groups=()
+    ) -> Run:
         """A person's request (page, `opshub request`, API): queued, or RequestRefused. `text`: the values
-        are a form's text, read for each parameter's type."""
+        are a form's text, read for each parameter's type. `groups`: the requester's, held against the
+        runbook's `run_groups`."""
+        refusal = self.group_refusal(self.runbook(name, commit), requester, groups)
+        if refusal:
+            raise RequestRefused(403, refusal)
         return self._queue(name, parameters, commit, "requested", text, user=requester, requested_by=requester)
+
+    @staticmethod
+    def group_refusal(runbook: RunbookAt, requester: str, groups) -> str | None:
+        """Why `requester` (in `groups`) may not request `runbook`, or None when they may."""
+        allowed = runbook.metadata.get("run_groups") or []
+        if not allowed or set(allowed) & set(groups or ()):
+            return None
+        return (
+            f"{runbook.name} may be requested only by members of {', '.join(allowed)} "
+            f"(its run_groups), and {requester} is in none of them"
+        )
 
     def fire(self, name: str, schedule_key: str, parameters: dict, due: datetime.datetime, fire_key: str) -> Run | None:
         """A schedule's fire, at the branch's latest commit. None: this fire is on record already."""

@@ -19,7 +19,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from ...contract import REQUEST_SCOPE
-from ...runbooks.params import UsageError, parse_value
+from ...runbooks.typed_parameters import form_fields
 from ..queue import NotCancellable
 from ..store import NotRunOwner, RunNotFound
 from ..unattended import RequestRefused
@@ -40,10 +40,12 @@ class RequestMixin:
             and bool(check_scopes({f"{REQUEST_SCOPE}!user={user['name']}"}, user.get("scopes", [])))
         )
 
-    def request_run(self, runbook, parameters, commit=None):
+    def request_run(self, runbook, parameters, commit=None, text=False):
+        """Queue a run for this person; `text`: the values are a form's text."""
         name = self.require(REQUEST_SCOPE)
+        groups = self.current_user.get("groups") or []
         try:
-            run = self.settings["opshub_unattended"].request(runbook, parameters, name, commit)
+            run = self.settings["opshub_unattended"].request(runbook, parameters, name, commit, text, groups)
         except RequestRefused as e:
             raise web.HTTPError(e.status, str(e)) from None
         except ValueError as e:
@@ -83,6 +85,46 @@ class RequestsApi(RequestMixin, ApiHandler):
         self.write(run_json(run, self.prefix))
 
 
+class RunbookApi(RequestMixin, ApiHandler):
+    """`GET api/runbooks/<path>`: a runbook at the repository's latest commit (or ?commit=), with its
+    parameters as forms show them (types, descriptions, defaults, choices read from the repository) and
+    whether this person may request it."""
+
+    @web.authenticated
+    def get(self, runbook):
+        found = runbook_for(self, runbook, self.get_argument("commit", None))
+        self.write(runbook_json(self, found))
+
+
+def runbook_for(handler: BaseHandler, runbook: str, commit: str | None = None):
+    """The runbook at `commit` (default: the latest), if this person may see its runs."""
+    if runbook in handler.hidden_runbooks():
+        raise web.HTTPError(403, f"{runbook}'s dashboard is restricted to groups {handler.user_name()} is not in")
+    try:
+        return handler.settings["opshub_unattended"].runbook(runbook, commit)
+    except RequestRefused as e:
+        raise web.HTTPError(e.status, str(e)) from None
+
+
+def runbook_json(handler: RequestMixin, found) -> dict:
+    metadata = found.metadata
+    refusal = handler.settings["opshub_unattended"].group_refusal(
+        found, handler.user_name(), handler.current_user.get("groups") or []
+    )
+    return {
+        "name": found.name,
+        "commit": found.commit,
+        "title": metadata.get("title") or found.name,
+        "description": metadata.get("description") or "",
+        "changes_systems": metadata.get("changes_systems", False),
+        "locks": metadata.get("locks") or [],
+        "run_groups": metadata.get("run_groups") or [],
+        "may_request": handler.may_request() and refusal is None,
+        "request_refusal": refusal,
+        "parameters": form_fields(found.parameters, found.read_file),
+    }
+
+
 class CancelApi(RequestMixin, ApiHandler):
     @web.authenticated
     def post(self, run_id):
@@ -111,43 +153,33 @@ class RunbookPage(RequestMixin, BaseHandler):
 
     @web.authenticated
     def post(self, runbook):
-        declared = self.runbook_at(runbook).declared
-        parameters, problems = {}, []
-        for name in declared:
-            text = self.get_body_argument(f"p-{name}", None)
-            if text is None or text == self.get_body_argument(f"d-{name}", None):
-                continue  # left at its default: the runbook's own default applies
-            try:
-                parameters[name] = parse_value(text)
-            except UsageError as e:
-                problems.append(f"{name}: {e}")
-        if problems:
-            self.set_status(400)
-            return self.render_form(runbook, error="; ".join(problems))
+        found = runbook_for(self, runbook)
+        values = {}
+        for parameter in found.parameters.values():
+            # a field the form has: a list is every value picked (none: an empty list); a checkbox comes
+            # after a hidden "false", so the last value is the box's
+            if not parameter.settable or self.get_body_argument(f"f-{parameter.name}", None) is None:
+                continue
+            given = [v for v in self.get_body_arguments(f"p-{parameter.name}") if v != ""]
+            if parameter.multiple:
+                values[parameter.name] = given
+            elif given:
+                values[parameter.name] = given[-1]
         try:
-            run = self.request_run(runbook, parameters)
+            run = self.request_run(runbook, values, text=True)
         except web.HTTPError as e:
             self.set_status(e.status_code)
             return self.render_form(runbook, error=e.log_message)
         self.redirect(url_path_join(self.prefix, "runs", run.id))
 
-    def runbook_at(self, runbook):
-        if runbook in self.hidden_runbooks():
-            raise web.HTTPError(
-                403, f"{runbook}'s dashboard is restricted to groups {self.current_user['name']} is not in"
-            )
-        try:
-            return self.settings["opshub_unattended"].runbook(runbook)
-        except RequestRefused as e:
-            raise web.HTTPError(e.status, str(e)) from None
-
     def render_form(self, runbook, error=None):
-        found = self.runbook_at(runbook)
+        found = runbook_for(self, runbook)
         self.render_page(
             "runbook.html",
             runbook=found,
             error=error,
             may_request=self.may_request(),
+            form=runbook_json(self, found),
             schedules=[row for row in visible_schedules(self) if row["runbook"] == found.name],
             alerts=found.metadata.get("alerts") or [],
             tojson=json.dumps,
@@ -195,6 +227,7 @@ def request_handlers(prefix: str) -> list[tuple]:
     return [
         (url_path_join(prefix, "api/requests"), RequestsApi),
         (url_path_join(prefix, r"api/runs/([^/]+)/cancel"), CancelApi),
+        (url_path_join(prefix, r"api/runbooks/(.+\.ipynb)"), RunbookApi),
         (url_path_join(prefix, "api/schedules"), SchedulesApi),
         (url_path_join(prefix, "runbooks/"), RunbooksPage),
         (url_path_join(prefix, r"runbooks/(.+\.ipynb)"), RunbookPage),
