@@ -102,7 +102,11 @@ def cmd_config_docs(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runbooks.headless import run_runbook
+    from .runbooks.headless import run_runbook, runbook_help
+    from .runbooks.params import UsageError
+
+    if args.help or not args.runbook:
+        return print_help(args, lambda: runbook_help(args.runbook, args.runbooks_dir), UsageError)
 
     def open_store(url: str):
         from .service.recorder import StoreRecorder  # the store's imports (SQLAlchemy, alembic) only when asked
@@ -115,7 +119,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_request(args) -> int:
-    from .runbooks.request import request_run
+    from .runbooks.request import RequestHelpError, request_help, request_run
+
+    if args.help or not args.runbook:
+        return print_help(args, lambda: request_help(args.runbook, args.commit), RequestHelpError)
 
     return request_run(args.runbook, args.parameter, commit=args.commit, wait=args.wait)
 
@@ -178,6 +185,30 @@ def cmd_unpublish(args) -> int:
     return 0
 
 
+def print_help(args, parameters_help, error) -> int:
+    """`opshub run|request [RUNBOOK] --help`: the command's help, then the runbook's parameters."""
+    print(args.parser.format_help(), end="")
+    if not args.runbook:
+        if not args.help:
+            print(f"\n{args.parser.prog}: name a runbook", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        print("\n" + parameters_help())
+    except error as e:
+        print(f"\n{args.parser.prog}: {e}", file=sys.stderr)
+        return 2 if not getattr(e, "unreachable", False) else 3
+    return 0
+
+
+def add_runbook_arguments(command: argparse.ArgumentParser, runbook_help: str) -> None:
+    """The runbook (optional with --help, which then lists its parameters) and its -p options."""
+    command.add_argument("runbook", nargs="?", help=runbook_help)
+    command.add_argument("-h", "--help", action="store_true", help="show this help, and the runbook's parameters")
+    command.set_defaults(parser=command)
+    add_parameter_option(command)
+
+
 def add_parameter_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "-p",
@@ -186,7 +217,8 @@ def add_parameter_option(command: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="set a declared parameter; VALUE as papermill's -p (True, None, 3, 1.5, text) or JSON ('[\"a\"]')",
+        help="set a parameter (RUNBOOK --help lists them); VALUE as its type reads it: text, 3, 1.5, true/false,"
+        ' a list as a,b or JSON (\'["a", "b"]\')',
     )
 
 
@@ -219,9 +251,9 @@ def parser() -> argparse.ArgumentParser:
         " (parameters and outputs with secrets masked). Exit codes: 0 succeeded, 1 failed, 2 usage error"
         " (nothing ran), 3 the run history could not record the start (nothing ran) or the end,"
         " 130/143 interrupted by SIGINT/SIGTERM.",
+        add_help=False,
     )
-    run.add_argument("runbook", help="runbook path inside the runbooks folder, .ipynb optional (net/check)")
-    add_parameter_option(run)
+    add_runbook_arguments(run, "runbook path inside the runbooks folder, .ipynb optional (net/check)")
     run.add_argument("--output", help="where to save the executed notebook (default ~/.opshub/runs/RUN_ID.ipynb)")
     run.add_argument("--runbooks-dir", help="runbooks folder (default $HOME/$OPSHUB_RUNBOOKS_TARGET, else ~/runbooks)")
     run.set_defaults(func=cmd_run)
@@ -233,9 +265,9 @@ def parser() -> argparse.ArgumentParser:
         " It runs at the repository's latest commit (or --commit), not in this server, and goes on if this server"
         " stops. Exit codes: 0 requested (with --wait: succeeded), 1 refused (with --wait: did not succeed),"
         " 2 usage error, 3 the service could not be reached.",
+        add_help=False,
     )
-    request.add_argument("runbook", help="runbook path in the repository, .ipynb optional (net/check)")
-    add_parameter_option(request)
+    add_runbook_arguments(request, "runbook path in the repository, .ipynb optional (net/check)")
     request.add_argument("--commit", help="run the runbook as it is at this commit of the repository")
     request.add_argument("--wait", action="store_true", help="follow the run until it ends")
     request.set_defaults(func=cmd_request)

@@ -24,9 +24,7 @@ from opshub.runbooks.masking import MASK, secrets_for
 from opshub.runbooks.params import (
     DeclaredParameter,
     UsageError,
-    check_parameters,
     declared_parameters,
-    parse_parameters,
     parse_value,
     python_assignments,
 )
@@ -190,15 +188,9 @@ def test_parse_value_refuses_broken_json_instead_of_passing_text():
         parse_value("[web1, web2]")
 
 
-def test_parse_parameters_last_one_wins_and_names_the_bad_one():
-    assert parse_parameters([("a", "1"), ("b", "x"), ("a", "2")]) == {"a": 2, "b": "x"}
-    with pytest.raises(UsageError, match="parameter hosts:"):
-        parse_parameters([("hosts", "[a")])
-
-
 def test_declared_parameters_of_a_shipped_runbook_include_what_papermill_cannot_parse():
     declared = declared_parameters(SHARED_NOTEBOOKS / "patch-server-stack.ipynb")
-    assert list(declared)[:5] == ["stack", "inventory", "dry_run", "reboot", "wait_timeout"]
+    assert list(declared)[:6] == ["stack", "hosts", "inventory", "dry_run", "reboot", "wait_timeout"]
     assert declared["stack"] == DeclaredParameter("stack", '"lab"', "a stack from the inventory")
     # papermill skips this line (its value contains '='); Python's parser finds it
     assert declared["ssh_options"].default.startswith('"-o BatchMode=yes')
@@ -208,22 +200,6 @@ def test_python_assignments():
     source = "# comment\na = 1\nb: int = 2  # help\nc = d = [1,\n  2]\nif x:\n    e = 3\nf.g = 4\n"
     assert python_assignments(source) == [("a", "1"), ("b", "2"), ("c", "[1,\n  2]"), ("d", "[1,\n  2]")]
     assert python_assignments("this is not python") == []
-
-
-def test_check_parameters_lists_declared_parameters_with_defaults():
-    declared = {
-        "hosts": DeclaredParameter("hosts", '["localhost"]'),
-        "retries": DeclaredParameter("retries", "3", "per host"),
-    }
-    check_parameters("health.ipynb", ["hosts", "retries"], declared)
-    with pytest.raises(UsageError) as refused:
-        check_parameters("health.ipynb", ["hosts", "host", "retry"], declared)
-    message = str(refused.value)
-    assert message.startswith("health.ipynb does not declare the parameters host, retry.")
-    assert '  hosts = ["localhost"]' in message
-    assert "  retries = 3" in message and "# per host" in message
-    with pytest.raises(UsageError, match="declares no parameters"):
-        check_parameters("bare.ipynb", ["x"], {})
 
 
 def test_secrets_for_environment_names_patterns_and_secret_looking_parameters():

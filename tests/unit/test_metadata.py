@@ -21,7 +21,9 @@ from tests.helpers import SHARED_NOTEBOOKS, make_work_tree
 
 
 def notebook(**opshub) -> dict:
-    parameters = nbformat.v4.new_code_cell('stack = "lab"\ndry_run = True\nhost = ""', metadata={"tags": ["parameters"]})
+    parameters = nbformat.v4.new_code_cell(
+        'stack = "lab"\ndry_run = True\nhost = ""', metadata={"tags": ["parameters"]}
+    )
     nb = nbformat.v4.new_notebook(cells=[parameters, nbformat.v4.new_code_cell("print('patching')")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["opshub"] = opshub

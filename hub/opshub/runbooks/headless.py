@@ -39,7 +39,15 @@ from .metadata import RunbookMetadataError, read_runbook_metadata
 from .params import UsageError, declared_parameters
 from .results import error_summary, failed_cell_index
 from .terminal import Terminal, format_duration
-from .typed_parameters import ParameterError, RepositoryFiles, describe_for_help, parameters_of, resolve
+from .typed_parameters import (
+    Parameter,
+    ParameterError,
+    RepositoryFiles,
+    describe_for_help,
+    form_fields,
+    parameters_of,
+    resolve,
+)
 
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1
@@ -238,23 +246,12 @@ def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = Non
 
     `pairs` are `-p NAME VALUE` text, read for each parameter's type; `values` (the runner's job) are typed
     values that the service checked already, checked again here against the same runbook."""
-    folder = Path(runbooks_dir).expanduser() if runbooks_dir else default_runbooks_dir()
-    path, name = resolve_runbook(folder, runbook)
-    try:
-        # wrong metadata (a misspelt changes_systems...) is fixed before runs
-        metadata = read_runbook_metadata(path, name, RepositoryFiles(folder))
-    except RunbookMetadataError as e:
-        raise UsageError(str(e)) from None
-    try:
-        declared = declared_parameters(path)
-    except Exception as e:  # not a notebook papermill can read
-        raise UsageError(f"cannot read {name}: {e}") from None
+    path, name, typed, files = local_parameters(runbook, runbooks_dir)
     given = values if values is not None else {pair_name: text for pair_name, text in pairs}
-    typed = parameters_of(metadata, declared)
     try:
-        parameters = resolve(typed, given, RepositoryFiles(folder), text=values is None)
+        parameters = resolve(typed, given, files, text=values is None)
     except ParameterError as e:
-        raise UsageError(f"{name}: {e}\n{describe_for_help(name, typed)}") from None
+        raise UsageError(f"{name}: {e}\n{describe_for_help(name, [p.describe() for p in typed.values()])}") from None
     kernel_name = _kernel_name(path, name)
     if output is not None:
         output = Path(output).expanduser().absolute()
@@ -265,6 +262,30 @@ def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = Non
     plan = _Plan(path, name, parameters, kernel_name, output, heartbeat_interval(os.environ))
     plan.commit, plan.drift = (commit, False) if commit else git_state(path.parent, path.name)
     return plan
+
+
+def local_parameters(runbook: str, runbooks_dir=None) -> tuple[Path, str, dict[str, Parameter], RepositoryFiles]:
+    """The runbook `runbook` of the runbooks folder: its path, name, typed parameters and a reader of the
+    folder's files (the choices of its parameters). UsageError when it cannot run: wrong metadata (a
+    misspelt changes_systems...) is fixed before runs."""
+    folder = Path(runbooks_dir).expanduser() if runbooks_dir else default_runbooks_dir()
+    path, name = resolve_runbook(folder, runbook)
+    files = RepositoryFiles(folder)
+    try:
+        metadata = read_runbook_metadata(path, name, files)
+    except RunbookMetadataError as e:
+        raise UsageError(str(e)) from None
+    try:
+        declared = declared_parameters(path)
+    except Exception as e:  # not a notebook papermill can read
+        raise UsageError(f"cannot read {name}: {e}") from None
+    return path, name, parameters_of(metadata, declared), files
+
+
+def runbook_help(runbook: str, runbooks_dir=None) -> str:
+    """`opshub run RUNBOOK --help`: the runbook's parameters. UsageError when it cannot be read."""
+    _, name, typed, files = local_parameters(runbook, runbooks_dir)
+    return describe_for_help(name, form_fields(typed, files))
 
 
 def _kernel_name(path: Path, name: str) -> str:

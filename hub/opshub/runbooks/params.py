@@ -1,9 +1,9 @@
-"""A runbook's declared parameters, and the `-p NAME VALUE` values given to it: parsing and checking.
+"""A runbook's papermill `parameters` cell (`name = default  # help`), and values written as text.
 
-A runbook declares its parameters in its papermill `parameters` cell (`name = default  # help`).
-`declared_parameters` reads them as papermill does (plus what papermill's inspection skips),
-`parse_parameters` turns the command line's text into values, and `check_parameters` refuses a name the
-runbook does not declare, listing the ones it does. Refusals raise UsageError: nothing is recorded or run.
+`declared_parameters` and `cell_parameters` read the cell (every top-level assignment: papermill's own
+inspection skips some); `parse_value` reads a value whose type nothing declares, as papermill's CLI does.
+What may be set, and to what, is typed_parameters.py's, which builds on these. UsageError: a command
+cannot run as asked; nothing is recorded or run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import tokenize
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,39 +144,6 @@ def parse_value(text: str) -> Any:
     except ValueError:
         return text
     return number if math.isfinite(number) else text
-
-
-def parse_parameters(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
-    """`-p NAME VALUE` pairs as a dict of parsed values (a name given twice: the last one wins, as in papermill)."""
-    parameters = {}
-    for name, value in pairs:
-        try:
-            parameters[name] = parse_value(value)
-        except UsageError as e:
-            raise UsageError(f"parameter {name}: {e}") from None
-    return parameters
-
-
-def check_parameters(runbook: str, names: Iterable[str], declared: Mapping[str, DeclaredParameter]) -> None:
-    """Raise UsageError, listing the declared parameters with their defaults, if a name is not declared."""
-    unknown = [name for name in names if name not in declared]
-    if not unknown:
-        return
-    listed = ", ".join(unknown)
-    message = f"{runbook} does not declare the parameter{'s' if len(unknown) > 1 else ''} {listed}."
-    raise UsageError(f"{message}\n{describe_parameters(runbook, declared)}")
-
-
-def describe_parameters(runbook: str, declared: Mapping[str, DeclaredParameter]) -> str:
-    """The declared parameters as the runbook's parameters cell shows them: `name = default  # help`."""
-    if not declared:
-        return f"{runbook} declares no parameters (it has no papermill `parameters` cell)."
-    width = max(len(f"{p.name} = {p.default}") for p in declared.values())
-    lines = [f"{runbook} declares these parameters (set them with -p NAME VALUE):"]
-    for p in declared.values():
-        line = f"{p.name} = {p.default}"
-        lines.append(f"  {line:<{width}}  # {p.help}" if p.help else f"  {line}")
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -6,18 +6,20 @@ The run is recorded and run by the opshub service's runner (not in this server):
 this server stops. Parameters are given and checked as for `opshub run`, by the service against
 the runbook at the repository's commit. `--wait` follows it until it ends (Ctrl-C stops following,
 not the run). Exit codes: 0 requested (with --wait: succeeded), 1 refused (with --wait: it did not
-succeed), 2 usage error, 3 the service could not be reached, 130 stopped following (--wait, Ctrl-C).
+succeed), 2 a wrong parameter or value (nothing queued), 3 the service could not be reached, 130 stopped
+following (--wait, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from .client import ServiceClient, ServiceError
-from .params import UsageError, parse_parameters
+from .typed_parameters import describe_for_help
 
 POLL_SECONDS = 2.0
 
@@ -34,17 +36,17 @@ def request_run(
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     name = runbook if runbook.endswith(".ipynb") else runbook + ".ipynb"
-    try:
-        parameters = parse_parameters(pairs)
-    except UsageError as e:
-        print(f"opshub request: {e}", file=err)
-        return 2
-    body = {"runbook": name, "parameters": parameters, **({"commit": commit} if commit else {})}
+    # text as typed: the service reads each value for its parameter's type (`-p code 007` stays text)
+    parameters = {pair_name: value for pair_name, value in pairs}
+    body = {"runbook": name, "parameters": parameters, "as_text": True, **({"commit": commit} if commit else {})}
     try:
         client = client or ServiceClient()
         run = client.request("POST", "api/requests", body)
     except ServiceError as e:
         print(f"opshub request: {e.message if e.status else e}", file=err)
+        if e.status == 400:
+            print(f"(opshub request {name.removesuffix('.ipynb')} --help lists its parameters)", file=err)
+            return 2  # a wrong value or parameter: nothing was queued
         return 3 if e.status == 0 else 1
     print(
         f"requested run {run['id']} of {run['runbook']} at {str(run['runbook_commit'])[:12]}: {run['status']}", file=out
@@ -53,6 +55,30 @@ def request_run(
     if not wait:
         return 0
     return follow(client, run, out, err)
+
+
+class RequestHelpError(Exception):
+    """The runbook's parameters cannot be listed; `unreachable`: the service did not answer."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        self.unreachable = unreachable
+        super().__init__(message)
+
+
+def request_help(runbook: str, commit: str | None = None, client: ServiceClient | None = None) -> str:
+    """`opshub request RUNBOOK --help`: the parameters of the runbook as the service will check them (at
+    the repository's latest commit, or `commit`), and who may request it."""
+    name = runbook if runbook.endswith(".ipynb") else runbook + ".ipynb"
+    path = f"api/runbooks/{urllib.parse.quote(name)}" + (f"?commit={urllib.parse.quote(commit)}" if commit else "")
+    try:
+        found = (client or ServiceClient()).request("GET", path)
+    except ServiceError as e:
+        raise RequestHelpError(e.message if e.status else str(e), unreachable=e.status == 0) from None
+    lines = [f"{found['name']} at commit {found['commit'][:12]}: {found['title']}"]
+    if found.get("request_refusal"):
+        lines.append(f"You may not request it: {found['request_refusal']}.")
+    lines.append(describe_for_help(found["name"], found["parameters"]))
+    return "\n".join(lines)
 
 
 def follow(client: ServiceClient, run: dict, out: TextIO, err: TextIO) -> int:

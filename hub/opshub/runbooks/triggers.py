@@ -270,14 +270,17 @@ class AlertRule:
         return labels.get("alertname", "") == self.alertname and all(m.matches(labels) for m in self.matchers)
 
     def parameters_for(self, labels: Mapping[str, str]) -> dict[str, Any]:
-        """The run's parameters: text values are templates over the alert's labels, the others constants."""
+        """The run's parameters: text values, and text items of lists (`["{instance}"]`), are templates over
+        the alert's labels; the others constants. The runbook's parameters check what comes out."""
         result = {}
         for name, value in self.parameters.items():
-            if isinstance(value, str):
-                try:
+            try:
+                if isinstance(value, str):
                     value = render_template(value, labels)
-                except TriggerError as e:
-                    raise TriggerError(f"{self.runbook}: alert {self.alertname}, parameter {name}: {e}") from None
+                elif isinstance(value, list):
+                    value = [render_template(item, labels) if isinstance(item, str) else item for item in value]
+            except TriggerError as e:
+                raise TriggerError(f"{self.runbook}: alert {self.alertname}, parameter {name}: {e}") from None
             result[name] = copy.deepcopy(value)
         return result
 
@@ -364,6 +367,7 @@ def check_triggers(metadata: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{key}.matchers[{j}]: {e}")
         problems += _name_problems(f"{key}.parameters", parameters)
         for name, value in (parameters if isinstance(parameters, Mapping) else {}).items():
-            if isinstance(value, str) and (problem := check_template(value)):
-                problems.append(f"{key}.parameters.{name}: {problem}")
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str) and (problem := check_template(item)):
+                    problems.append(f"{key}.parameters.{name}: {problem}")
     return problems

@@ -227,7 +227,7 @@ def declaration_problems(metadata: Mapping[str, Any], cell: Mapping[str, Declare
 
 
 def _differs(a: Any, b: Any) -> bool:
-    normal = (lambda v: list(v) if isinstance(v, tuple) else v)  # noqa: E731
+    normal = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
     return json.dumps(normal(a), sort_keys=True) != json.dumps(normal(b), sort_keys=True, default=repr) or (
         type(a) is bool
     ) != (type(b) is bool)
@@ -273,8 +273,10 @@ def _constraint_problems(key, name, spec, kind, multiple, declaration) -> list[s
                 problems.append(f"{key}.choices_from.path: {part!r} names no declared parameter")
             elif parent and (declaration[parent].get("multiple") or declaration[parent].get("type") == "list"):
                 problems.append(f"{key}.choices_from.path: {part!r} names a parameter that takes several values")
-            elif parent and "choices_from" in declaration[parent] and any(
-                _PLACEHOLDER.match(p) for p in declaration[parent]["choices_from"].get("path", [])
+            elif (
+                parent
+                and "choices_from" in declaration[parent]
+                and any(_PLACEHOLDER.match(p) for p in declaration[parent]["choices_from"].get("path", []))
             ):
                 problems.append(f"{key}.choices_from.path: {part!r} names a parameter whose choices depend on another")
     return problems
@@ -475,28 +477,27 @@ def load_data(where: str, text: str) -> Any:
         raise ValueError(f"{where} is not YAML or JSON ({str(e).splitlines()[0]})") from None
 
 
-def describe_for_help(runbook: str, parameters: Mapping[str, Parameter]) -> str:
-    """The parameters as `opshub run RUNBOOK --help` and `opshub request RUNBOOK --help` list them."""
-    if not parameters:
+def describe_for_help(runbook: str, fields: list[Mapping[str, Any]]) -> str:
+    """Parameters (as `Parameter.describe` or the API give them) as `opshub run RUNBOOK --help` and
+    `opshub request RUNBOOK --help` list them."""
+    if not fields:
         return f"{runbook} has no parameters (it has no papermill `parameters` cell)."
     lines = [f"{runbook} parameters (set them with -p NAME VALUE):"]
-    for p in parameters.values():
-        default = p.default_text or "none"
+    for p in fields:
+        kind = f"list of {p['type']}" if p.get("multiple") else p["type"]
+        fixed = "" if p.get("settable", True) else ", fixed: it keeps its default"
+        description = f": {p['description']}" if p.get("description") else ""
+        lines.append(f"  {p['name']} ({kind}{fixed}; default {p.get('default_text') or 'none'}){description}")
         allowed = []
-        if p.choices:
-            allowed.append("one of " + ", ".join(str(c) for c in p.choices))
-        if p.choices_from:
-            path = ".".join(p.choices_from.get("path", []))
-            allowed.append(f"from {p.choices_from['file']}" + (f" {path}" if path else ""))
-        if p.pattern:
-            allowed.append(f"matching {p.pattern}")
-        if p.min is not None:
-            allowed.append(f"min {p.min}")
-        if p.max is not None:
-            allowed.append(f"max {p.max}")
-        fixed = "" if p.settable else ", fixed"
-        lines.append(f"  {p.name} ({p.kind}{fixed}; default {default}){': ' + p.description if p.description else ''}")
-        if allowed:
+        if p.get("choices") is not None:
+            allowed.append("one of " + (", ".join(str(c) for c in p["choices"]) or "nothing"))
+        elif p.get("choices_from"):
+            path = ".".join(p["choices_from"].get("path", []))
+            allowed.append(f"from {p['choices_from']['file']}" + (f" {path}" if path else ""))
+        allowed += [
+            f"{word} {p[key]}" for key, word in (("pattern", "matching"), ("min", "min"), ("max", "max")) if key in p
+        ]
+        if allowed and p.get("settable", True):
             lines.append(f"      {'; '.join(allowed)}")
     return "\n".join(lines)
 

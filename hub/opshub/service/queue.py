@@ -130,11 +130,12 @@ class RunQueue:
         due_at: datetime.datetime,
         reason: str,
         status: str = "missed",
+        trigger: str = "schedule",
     ) -> Run | None:
-        """Record a schedule's fire that will not run: `missed` (due while opshub was down) or `failed`
-        (the runbook cannot run as scheduled). None if this fire is on record already."""
+        """Record a schedule's fire (or an alert) that will not run: `missed` (due while opshub was down) or
+        `failed` (the runbook cannot run as asked). None if this `fire_key` is on record already."""
         now = self.store.now()
-        run = self._new(runbook, "schedule", "opshub-runner", requested_by, {}, None, (), due_at)
+        run = self._new(runbook, trigger, "opshub-runner", requested_by, {}, None, (), due_at)
         run.status, run.ended_at, run.due_at, run.fire_key, run.error_summary = status, now, due_at, fire_key, reason
         return self._insert(run)
 

@@ -169,9 +169,7 @@ class Unattended:
     def fire(self, name: str, schedule_key: str, parameters: dict, due: datetime.datetime, fire_key: str) -> Run | None:
         """A schedule's fire, at the branch's latest commit. None: this fire is on record already."""
         requested_by = f"schedule {schedule_key}"
-        return self._queue(
-            name, parameters, None, "schedule", requested_by=requested_by, due_at=due, fire_key=fire_key
-        )
+        return self._queue(name, parameters, None, "schedule", requested_by=requested_by, due_at=due, fire_key=fire_key)
 
     def alert(self, name: str, alertname: str, fingerprint: str, parameters: dict, received: datetime.datetime):
         """An alert's run. None: this alert already has a queued or running run of this runbook."""

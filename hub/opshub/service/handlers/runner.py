@@ -113,6 +113,7 @@ class AlertsHandler(MachineHandler):
                 except ValueError as e:  # TriggerError, RequestRefused, a value the history cannot store
                     problems.append(str(e))
                     log.error("alert %s (%s) cannot start %s: %s", rule.alertname, fingerprint, rule.runbook, e)
+                    self.record_refusal(rule, fingerprint, received, e)
                     continue
                 if run is None:
                     skipped += 1
@@ -120,6 +121,22 @@ class AlertsHandler(MachineHandler):
                     started.append(run_json(run, self.settings["opshub_prefix"]))
                     log.info("alert %s (%s) queued run %s of %s", rule.alertname, fingerprint, run.id, run.runbook)
         self.write({"started": started, "already_running": skipped, "cancelled": cancelled, "problems": problems})
+
+    def record_refusal(self, rule, fingerprint: str, received, error: ValueError) -> None:
+        """On record, once per alert and runbook (Alertmanager sends a firing alert again and again), so the
+        history says why the alert ran nothing."""
+        queue = self.settings["opshub_queue"]
+        run = queue.record_missed(
+            rule.runbook,
+            f"alert {rule.alertname} {fingerprint}"[:255],
+            f"{rule.runbook}!alert:{fingerprint}",
+            received,
+            f"Not run: {error}"[:4000],
+            status="failed",
+            trigger="alert",
+        )
+        if run is not None:
+            self.hooks.ended(run)
 
     def rules(self):
         catalog = self.settings["opshub_unattended"].catalog
