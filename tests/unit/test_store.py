@@ -423,6 +423,25 @@ def test_list_runs_newest_first_with_each_filter(store, clock):
     assert store.list_runs(runbook="missing.ipynb") == ([], 0)
 
 
+def test_list_runs_by_a_parameter_value_and_part_of_a_user_name(store, clock):
+    web = start(store, user="Alice", parameters={"stack": "web", "dry_run": False, "wait_timeout": 900, "r": 1.5})
+    db = start(store, user="bob", parameters={"stack": "db", "dry_run": True, "wait_timeout": 60, "hosts": ["a"]})
+    other = start(store, user="alfred", parameters={"name": "web\"x", "stack": "100%_"})
+
+    def found(**filters):
+        return [run.id for run in store.list_runs(**filters)[0]]
+
+    assert found(parameter=("stack", "web")) == [web.id]
+    assert found(parameter=("dry_run", "false")) == [web.id] and found(parameter=("dry_run", "True")) == [db.id]
+    assert found(parameter=("wait_timeout", "900")) == [web.id] and found(parameter=("r", "1.5")) == [web.id]
+    assert found(parameter=("name", 'web"x')) == [other.id] and found(parameter=("stack", "100%_")) == [other.id]
+    assert found(parameter=("stack", "we")) == [] and found(parameter=("missing", "web")) == []
+    assert set(found(user_contains="AL")) == {other.id, web.id} and found(user_contains="%") == []
+    assert found(user_contains="b", parameter=("stack", "db")) == [db.id]
+    with pytest.raises(ValueError, match="a parameter name"):
+        store.list_runs(parameter=("1x; drop", "web"))
+
+
 def test_list_runs_between_two_times(store, clock):
     history = make_history(store, clock)
     runs, total = store.list_runs(since=history[3].started_at, until=history[8].started_at)

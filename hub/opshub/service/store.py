@@ -44,6 +44,7 @@ from opshub.service.models import (
 )
 
 from ..settings import schema_default
+from .run_filters import parameter_equals
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_OUTPUT_CAP = schema_default("history.output_cap_bytes")  # bytes of notebook JSON kept per run
@@ -380,12 +381,15 @@ class RunStore:
         offset: int = 0,
         hidden_runbooks: Collection[str] = (),
         viewer: str | None = None,
+        user_contains: str | None = None,
+        parameter: tuple[str, str] | None = None,
     ) -> tuple[list[Run], int]:
         """One page of runs matching every filter given, newest first, and how many match in all.
 
         `since` and `until` bound the start time (since <= started_at < until). The output notebook is
         not loaded (reading `run.output_notebook` raises): use `get_run` for one run's output.
-        Runs of `hidden_runbooks` are left out, except those `viewer` started.
+        Runs of `hidden_runbooks` are left out, except those `viewer` started. `user_contains`: part of
+        the user's name, any case; `parameter`: (name, value as text), run_filters.parameter_equals.
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
@@ -402,6 +406,15 @@ class RunStore:
         for column, value in ((Run.runbook, runbook), (Run.user, user), (Run.status, status), (Run.trigger, trigger)):
             if value is not None:
                 conditions.append(column == value)
+        if user_contains:
+            check_text("user", user_contains, 255)
+            conditions.append(func.lower(Run.user).contains(user_contains.lower(), autoescape=True))
+        if parameter is not None:
+            name, text = parameter
+            if not name.isidentifier():
+                raise ValueError(f"a parameter filter is NAME=VALUE with a parameter name, not {name!r}")
+            check_text("parameter value", text, 255)
+            conditions.append(parameter_equals(self.engine.dialect.name, name, text))
         if since is not None:
             conditions.append(Run.started_at >= _aware("since", since))
         if until is not None:

@@ -12,6 +12,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from ..models import RUNNER_TRIGGERS, STATUSES, TRIGGERS
+from ..run_filters import parameter_filter
 from .base import BaseHandler, int_argument, notebook_html, parse_time
 
 
@@ -22,20 +23,23 @@ class HistoryPage(BaseHandler):
 
     @web.authenticated
     def get(self):
-        filters = {key: self.get_argument(key, "") or None for key in ("runbook", "user", "status", "trigger")}
+        filters = {key: self.get_argument(key, "") or None for key in ("runbook", "status", "trigger")}
+        # `user` is part of a name (any case); `param` is NAME=VALUE (stack=web, dry_run=false)
+        searches = {key: self.get_argument(key, "").strip() or None for key in ("user", "param")}
         dates = {key: self.get_argument(key, "") or None for key in ("since", "until")}
         offset = int_argument(self, "offset", 0)
         hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
         error = None
         try:
             args = {key: parse_time(key, value) if value else None for key, value in dates.items()}
+            args |= {"user_contains": searches["user"], "parameter": parameter_filter(searches["param"])}
             runs, total = self.store.list_runs(**filters, **args, **hidden, limit=self.PAGE_SIZE, offset=offset)
         except (ValueError, web.HTTPError) as e:
             error = getattr(e, "log_message", None) or str(e)
             runs, total = [], 0
 
         def page_url(new_offset: int) -> str:
-            query = {k: v for k, v in {**filters, **dates}.items() if v}
+            query = {k: v for k, v in {**filters, **searches, **dates}.items() if v}
             if new_offset:
                 query["offset"] = new_offset
             return self.prefix + ("?" + urlencode(query) if query else "")
@@ -47,7 +51,7 @@ class HistoryPage(BaseHandler):
             total=total,
             offset=offset,
             error=error,
-            filters={**filters, **dates},
+            filters={**filters, **searches, **dates},
             selects=[
                 ("runbook", "Runbook", known if filters["runbook"] in (None, *known) else [*known, filters["runbook"]]),
                 ("status", "Status", STATUSES),

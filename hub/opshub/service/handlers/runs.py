@@ -17,6 +17,7 @@ from ...contract import DELETE_SCOPE, RECORD_SCOPE
 from ...runbooks.client import LOCK_HELD
 from ..models import REPORTED_TRIGGERS, TRIGGERS, Run
 from ..queue import LockHeld
+from ..run_filters import parameter_filter
 from ..unattended import RequestRefused
 from .base import ApiHandler, int_argument, notebook_field, parse_time
 
@@ -66,6 +67,11 @@ class RunsHandler(ApiHandler):
         for key in ("since", "until"):
             value = self.get_argument(key, None)
             args[key] = parse_time(key, value) if value else None
+        args["user_contains"] = self.get_argument("user_contains", None)
+        try:
+            args["parameter"] = parameter_filter(self.get_argument("param", None))
+        except ValueError as e:
+            raise web.HTTPError(400, str(e)) from None
         args["limit"] = int_argument(self, "limit", 50)
         args["offset"] = int_argument(self, "offset", 0)
         hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
