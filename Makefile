@@ -105,8 +105,9 @@ test-docker: install-test ## Docker Engine tests (dockerd started when none runs
 test-chart: install-test ## the Helm chart, rendered by Helm's own engine and checked against Kubernetes' schemas (no cluster)
 	$(VENV)/bin/pytest tests/chart $(PYTEST_ARGS)
 
-docs: install ## regenerate the settings reference and the Helm chart's values schema from the settings schema
+docs: install ## regenerate the settings and runbook metadata references and the Helm chart's values schema from their schemas
 	$(VENV)/bin/opshub config docs > hub/docs/settings.md
+	$(VENV)/bin/python -m opshub.runbooks.metadata_docs hub/docs/runbooks.md
 	$(VENV)/bin/python -m opshub.kubernetes values-schema helm/opshub/values.schema.json
 
 clean: ## remove the virtualenv and node_modules (keeps state/: your hub's users and homes)

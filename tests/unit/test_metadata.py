@@ -253,3 +253,12 @@ def test_opshub_run_exits_2_with_the_message_and_runs_nothing(tmp_path):
     code = run_runbook("nope", runbooks_dir=runbooks, recorder=NoRecorder(), out=out, err=err)
     assert code == EXIT_USAGE
     assert "patch.ipynb  (invalid: opshub.changes_systems must be true or false, not 'true')" in err.getvalue()
+
+
+def test_the_metadata_reference_in_the_docs_is_rendered_from_the_schema():
+    from opshub.runbooks.metadata_docs import render_reference
+
+    committed = (SHARED_NOTEBOOKS.parent / "hub" / "docs" / "runbooks.md").read_text()
+    assert render_reference() in committed, "hub/docs/runbooks.md is stale: run `make docs`"
+    for key in ("parameters.NAME.choices_from", "run_groups", "schedules[].cron", "alerts[].parameters"):
+        assert f"| `{key}` |" in committed

@@ -75,7 +75,11 @@ PARAMETER = {
             "value of the parameter `stack`, so the choices follow it.",
             "properties": {
                 "file": {"type": "string", "pattern": REPOSITORY_PATH, "description": "From the repository's root."},
-                "path": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "path": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "description": 'Keys from the file\'s top: ["stacks"], or ["stacks", "{stack}", "hosts"].',
+                },
             },
         },
         "pattern": {"type": "string", "minLength": 1, "description": "A regular expression the whole value matches."},
@@ -102,11 +106,19 @@ SCHEMA: dict[str, Any] = {
             "description": "Publish it as a dashboard from the repository. `true`: a snapshot named after the file.",
             "additionalProperties": False,
             "properties": {
-                "name": {"type": "string", "pattern": DASHBOARD_NAME},
-                "mode": {"enum": ["snapshot", "live"]},
-                "groups": {"type": "array", "items": {"type": "string", "minLength": 1}},
-                "title": {"type": "string", "minLength": 1, "maxLength": 255},
-                "description": {"type": "string"},
+                "name": {
+                    "type": "string",
+                    "pattern": DASHBOARD_NAME,
+                    "description": "Its URL: /services/opshub/dashboards/NAME/ (default: the file's name).",
+                },
+                "mode": {"enum": ["snapshot", "live"], "description": "See dashboards.md (default: snapshot)."},
+                "groups": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "description": "Who sees it (default: every team member).",
+                },
+                "title": {"type": "string", "minLength": 1, "maxLength": 255, "description": "Default: the runbook's."},
+                "description": {"type": "string", "description": "Default: the runbook's."},
             },
         },
         "parameters": {
@@ -168,7 +180,7 @@ SCHEMA: dict[str, Any] = {
                 "additionalProperties": False,
                 "required": ["alertname"],
                 "properties": {
-                    "alertname": {"type": "string", "minLength": 1},
+                    "alertname": {"type": "string", "minLength": 1, "description": "The alert's alertname label."},
                     "matchers": {
                         "type": "array",
                         "items": {"type": "string", "minLength": 1},
