@@ -109,14 +109,15 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     expect(page.locator("#runs")).to_be_visible()
     expect(page.locator(f"#runs a[href='{PREFIX}runs/{slow_id}']")).to_be_visible()
     snap(page, "unattended-history-bob")
-    # No run of the patching runbook yet, so the history has no link to its page: open it by its address.
-    page.goto(f"{hub.url}{PREFIX}runbooks/{RUNBOOK}")
+    # No run of the patching runbook yet: the Runbooks list (in the navigation) links to its page.
+    page.click("#nav-runbooks")
+    page.locator("#runbooks a", has_text=RUNBOOK).click()
     form = page.locator("#request-form")
     expect(form).to_be_visible()
     expect(page.locator("#no-request")).to_have_count(0)
-    expect(page.locator("#p-stack")).to_have_value('"lab"')  # the parameters cell's source text
-    expect(page.locator("#p-dry_run")).to_have_value("True")
-    page.fill("#p-stack", "lab")
+    expect(page.locator("#p-stack")).to_have_value("lab")  # the parameters cell's default, picked in its list
+    expect(page.locator("#p-dry_run")).to_be_checked()
+    page.locator("#p-stack").select_option("lab")
     snap(page, "unattended-runbook-form")
 
     # every navigation of the main frame after the request: the run page refreshing itself
@@ -133,6 +134,7 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     expect(page.locator("#requested-by")).to_contain_text("bob")
     expect(page.locator("#cancel-run")).to_be_visible()  # bob requested it: he may cancel it
     expect(page.locator("#parameters")).to_contain_text("stack")
+    expect(page.locator("#run-mode")).to_have_text("dry run")
     assert page.locator("meta[http-equiv='refresh']").count() == 1
     snap(page, "unattended-run-queued")
     mark("seen queued")
@@ -157,7 +159,7 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     slow_run = api_run(hub, tokens["bob"], slow_id)
     ours = api_run(hub, tokens["bob"], run_id)
     assert ours["trigger"] == "requested" and ours["requested_by"] == "bob"
-    assert ours["parameters"] == {"stack": "lab"}
+    assert ours["parameters"]["stack"] == "lab" and ours["parameters"]["dry_run"] is True  # every value applied
     assert ours["first_cell_at"] >= slow_run["ended_at"]  # it did wait for the runner's only slot
 
     # carol, a viewer, in a browser of her own
