@@ -11,6 +11,7 @@ import math
 import nbformat
 import pytest
 from opshub.runbooks.metadata import RunbookMetadataError, runbook_metadata
+from opshub.runbooks.parameter_declaration import declaration_problems
 from opshub.runbooks.params import cell_parameters
 from opshub.runbooks.triggers import alert_rules_of
 from opshub.runbooks.typed_parameters import (
@@ -20,7 +21,6 @@ from opshub.runbooks.typed_parameters import (
     check_value,
     choices_for,
     coerce,
-    declaration_problems,
     describe_for_help,
     form_fields,
     parameters_of,
@@ -170,12 +170,6 @@ def test_a_none_default_takes_anything():
     assert resolve(found, {"extra": "web"}, text=True) == {"extra": "web"}
 
 
-@pytest.mark.xfail(
-    reason="BUG: text for a parameter of no type that looks like JSON but is not (`[oops`) raises params.UsageError "
-    "from parse_value out of resolve, not a ParameterError naming the parameter (the request page catches only "
-    "ParameterError: a 500)",
-    strict=True,
-)
 def test_bad_json_text_for_an_untyped_parameter_is_refused_naming_it():
     assert "parameter extra" in refused(parameters("extra = None"), {"extra": "[oops"}, text=True)
 
@@ -222,11 +216,6 @@ def test_resolve_refuses_abc_for_an_inferred_integer():
 
 
 @pytest.mark.parametrize("value", ["1" + "0" * 400, 10**400], ids=["text", "json"])
-@pytest.mark.xfail(
-    reason="BUG: an integer too large for a float (401 digits, as text or as JSON) makes coerce's "
-    "math.isfinite raise OverflowError instead of a ParameterError naming the parameter",
-    strict=True,
-)
 def test_a_huge_integer_is_refused_naming_the_parameter(value):
     with pytest.raises(ParameterError, match="parameter wait_timeout"):
         coerce(integer(), value, text=isinstance(value, str))
@@ -440,11 +429,6 @@ def test_a_file_that_lists_no_scalars_is_refused():
         choices_for(stack, {}, files({STACKS: "stacks: [{name: web}]"}))
 
 
-@pytest.mark.xfail(
-    reason="BUG: a choices file whose top level is no mapping or list is reported as "
-    "\"inventory/stacks.yaml's its top level is neither...\" (`'s its`)",
-    strict=True,
-)
 def test_a_file_whose_top_level_is_a_scalar_is_refused_in_words():
     stack = Parameter("stack", "string", choices_from={"file": STACKS})
     with pytest.raises(ParameterError) as e:
@@ -452,12 +436,6 @@ def test_a_file_whose_top_level_is_a_scalar_is_refused_in_words():
     assert str(e.value) == f"parameter stack: {STACKS}'s top level is neither a mapping nor a list"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a stack of the inventory without a hosts key cannot be run at all: resolve refuses the hosts "
-    "default [] ('has no stacks.db.hosts ... (the default)'), though an empty list needs no choices and "
-    "form_fields offers that stack with nothing to pick",
-    strict=True,
-)
 def test_a_stack_without_hosts_runs_with_the_empty_default():
     read_file = files({STACKS: "stacks:\n  lab:\n    hosts: [localhost]\n  db: {}\n"})
     found = parameters(PATCHING_CELL, read_file, parameters=PATCHING)
@@ -621,12 +599,6 @@ def test_a_default_outside_the_choices():
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: declaration_problems checks a parameter's default only while the whole declaration has no "
-    "problem so far (`not problems` is the list of every parameter's): dry_run's bad pattern hides "
-    "wait_timeout's default below its min, so fixing one problem reveals another",
-    strict=True,
-)
 def test_every_parameters_default_is_checked_at_once():
     message = refusal(parameters={"dry_run": {"pattern": "x"}, "wait_timeout": {"min": 1000}})
     assert "opshub.parameters.dry_run.pattern is for string parameters, not boolean" in message
@@ -682,12 +654,6 @@ def test_choices_of_the_wrong_type(declaration, expected):
     assert expected in refusal(parameters=declaration)
 
 
-@pytest.mark.xfail(
-    reason='BUG: text choices for an integer ("60", "900") pass the choices check, since coerce reads a JSON '
-    "string as a number; no value can ever match them and the refusal is the baffling "
-    "'its default does not hold: parameter wait_timeout: 900 is not one of 60, 900'",
-    strict=True,
-)
 def test_text_choices_for_an_integer_are_choices_of_the_wrong_type():
     assert 'opshub.parameters.wait_timeout.choices[0]: "60" is not a' in refusal(
         parameters={"wait_timeout": {"choices": ["60", "900"]}}
@@ -732,12 +698,6 @@ def test_a_parent_that_is_a_list():
     )
 
 
-@pytest.mark.xfail(
-    reason='BUG: a parent declared without a type whose cell default is a list (`hosts = []`, `"hosts": {}`) is '
-    "not refused as a parameter taking several values (only `type: list`/`multiple` are looked at); "
-    "resolve then raises TypeError (unhashable type: 'list') from choices_for instead of a ParameterError",
-    strict=True,
-)
 def test_a_parent_inferred_to_be_a_list_is_refused():
     declaration = {"hosts": {}, "stack": {"choices_from": {"file": STACKS, "path": ["stacks", "{hosts}"]}}}
     assert "names a parameter that takes several values" in refusal(parameters=declaration)
@@ -856,12 +816,6 @@ def test_a_schedule_with_typed_values_is_accepted():
     assert metadata["schedules"] == schedules
 
 
-@pytest.mark.xfail(
-    reason="BUG: trigger_value_problems drops every problem whose text contains 'cannot be read here', so a "
-    "schedule value containing those words (stack='cannot be read here', choices lab, web) is accepted "
-    "when the runbook is read",
-    strict=True,
-)
 def test_a_schedule_value_that_quotes_the_unreadable_message_is_still_refused():
     message = refusal(
         parameters={"stack": {"choices": ["lab", "web"]}},

@@ -36,9 +36,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from .parameter_declaration import declaration_problems
 from .params import cell_parameters
 from .triggers import check_triggers, template_names
-from .typed_parameters import Parameter, ParameterError, ReadFile, declaration_problems, parameters_of, resolve
+from .typed_parameters import Parameter, ParameterError, ReadFile, parameters_of, resolve
 
 # The dashboard names the service accepts (opshub.service.dashboards.SLUG, which checks again on publish).
 DASHBOARD_NAME = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
@@ -271,7 +272,7 @@ def trigger_value_problems(
             try:
                 resolve(parameters, given, read_file)
             except ParameterError as e:
-                problems += [f"{key}: {problem}" for problem in e.problems if "cannot be read here" not in problem]
+                problems += [f"{key}: {problem}" for problem in e.problems]
     return problems
 
 

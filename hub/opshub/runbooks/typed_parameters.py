@@ -36,16 +36,17 @@ from typing import Any
 
 import yaml
 
-from .params import DeclaredParameter, parse_value
+from .params import DeclaredParameter, UsageError, parse_value
 
 # The types a declaration may name. `list` is a list of strings: `{"type": "string", "multiple": true}`.
 TYPES = ("string", "integer", "number", "boolean", "list", "secret")
 ANY = "any"  # a parameter whose cell default says nothing of its type (None, a dict, an expression)
+LARGEST = 2**53  # numbers beyond it do not survive JSON readers as they were written
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NO_DEFAULT = object()
+NO_DEFAULT = object()
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 ReadFile = Callable[[str], str]
 
@@ -66,7 +67,7 @@ class Parameter:
     type: str  # one of TYPES but "list" (string + multiple), or ANY
     multiple: bool = False  # the value is a list of `type`
     description: str = ""
-    default: Any = _NO_DEFAULT  # the typed default; absent when the cell's is no literal
+    default: Any = NO_DEFAULT  # the typed default; absent when the cell's is no literal
     default_text: str = ""  # the default as the cell writes it
     settable: bool = True  # False: declared elsewhere, kept at its default in every run
     choices: tuple | None = None
@@ -78,13 +79,13 @@ class Parameter:
 
     @property
     def has_default(self) -> bool:
-        return self.default is not _NO_DEFAULT
+        return self.default is not NO_DEFAULT
 
     @property
     def depends_on(self) -> list[str]:
         """The parameters whose value picks this one's choices (`{stack}` in its choices_from path)."""
         path = (self.choices_from or {}).get("path") or []
-        return [m.group(1) for part in path if (m := _PLACEHOLDER.match(part))]
+        return [m.group(1) for part in path if (m := PLACEHOLDER.match(part))]
 
     @property
     def kind(self) -> str:
@@ -116,11 +117,11 @@ class Parameter:
 
 
 def literal(text: str) -> Any:
-    """The Python literal `text` as a value, or _NO_DEFAULT when it is an expression."""
+    """The Python literal `text` as a value, or NO_DEFAULT when it is an expression."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return _NO_DEFAULT
+        return NO_DEFAULT
 
 
 def inferred_type(default: Any) -> tuple[str, bool]:
@@ -142,7 +143,7 @@ def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParame
     """The runbook's parameters, in the cell's order then the declaration's, from its checked metadata
     (`metadata["parameters"]`, None when it declares none) and its parameters cell.
 
-    Call `declaration_problems` first: this trusts the declaration to be consistent."""
+    Call `parameter_declaration.declaration_problems` first: this trusts the declaration to be consistent."""
     declaration = metadata.get("parameters")
     found: dict[str, Parameter] = {}
     for name, in_cell in cell.items():
@@ -156,8 +157,8 @@ def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParame
             )
     for name, spec in (declaration or {}).items():
         in_cell = cell.get(name)
-        default = spec.get("default", literal(in_cell.default) if in_cell else _NO_DEFAULT)
-        kind, multiple = _declared_type(spec, default)
+        default = spec.get("default", literal(in_cell.default) if in_cell else NO_DEFAULT)
+        kind, multiple = declared_type(spec, default)
         if isinstance(default, tuple):
             default = list(default)
         found[name] = Parameter(
@@ -166,7 +167,7 @@ def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParame
             multiple,
             spec.get("description") or (in_cell.help if in_cell else ""),
             default,
-            in_cell.default if in_cell else (json.dumps(default) if default is not _NO_DEFAULT else ""),
+            in_cell.default if in_cell else (json.dumps(default) if default is not NO_DEFAULT else ""),
             True,
             tuple(spec["choices"]) if "choices" in spec else None,
             spec.get("choices_from"),
@@ -179,7 +180,7 @@ def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParame
     return {name: found[name] for name in order if name in found}
 
 
-def _declared_type(spec: Mapping[str, Any], default: Any) -> tuple[str, bool]:
+def declared_type(spec: Mapping[str, Any], default: Any) -> tuple[str, bool]:
     kind = spec.get("type")
     if kind == "list":
         return "string", True
@@ -187,99 +188,6 @@ def _declared_type(spec: Mapping[str, Any], default: Any) -> tuple[str, bool]:
         kind, multiple = inferred_type(default)
         return kind, bool(spec.get("multiple", multiple))
     return kind, bool(spec.get("multiple", False))
-
-
-def declaration_problems(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParameter] | None) -> list[str]:
-    """What is wrong with `metadata`'s parameters declaration that its JSON Schema cannot see, each naming
-    its key. `cell` is the parameters cell (None when it cannot be read: a notebook that is not Python)."""
-    declaration = metadata.get("parameters")
-    if not isinstance(declaration, Mapping):
-        return []
-    problems = []
-    for name, spec in declaration.items():
-        if not isinstance(spec, Mapping):
-            continue
-        key = f"opshub.parameters.{name}"
-        in_cell = (cell or {}).get(name)
-        if cell is not None and in_cell is None:
-            listed = ", ".join(cell) or "none"
-            problems.append(f"{key}: the parameters cell does not set {name} (it sets: {listed})")
-        cell_default = literal(in_cell.default) if in_cell else _NO_DEFAULT
-        if "default" in spec and cell_default is not _NO_DEFAULT and _differs(spec["default"], cell_default):
-            problems.append(
-                f"{key}.default is {json.dumps(spec['default'])} but the parameters cell says "
-                f"{name} = {in_cell.default}: make them the same"
-            )
-        default = spec.get("default", cell_default)
-        if spec.get("type") is None and inferred_type(default)[0] == ANY:
-            shown = in_cell.default if in_cell else "none"
-            problems.append(f"{key}.type is needed: its default ({shown}) does not say which type it is")
-            continue
-        kind, multiple = _declared_type(spec, default)
-        problems += _constraint_problems(key, name, spec, kind, multiple, declaration)
-        if default is not _NO_DEFAULT and not problems:
-            parameter = parameters_of({"parameters": {name: spec}}, {name: in_cell} if in_cell else {})[name]
-            try:
-                check_value(parameter, default)
-            except ParameterError as e:
-                problems.append(f"{key}: its default does not hold: {e}")
-    return problems
-
-
-def _differs(a: Any, b: Any) -> bool:
-    normal = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
-    return json.dumps(normal(a), sort_keys=True) != json.dumps(normal(b), sort_keys=True, default=repr) or (
-        type(a) is bool
-    ) != (type(b) is bool)
-
-
-def _constraint_problems(key, name, spec, kind, multiple, declaration) -> list[str]:
-    problems = []
-    if multiple and kind not in ("string", "integer", "number"):
-        problems.append(f"{key}.multiple: a {kind} parameter cannot take several values")
-    if ("min" in spec or "max" in spec) and kind not in ("integer", "number"):
-        problems.append(f"{key}: min and max are for integer and number parameters, not {kind}")
-    if "min" in spec and "max" in spec and spec["min"] > spec["max"]:
-        problems.append(f"{key}: min ({spec['min']}) is above max ({spec['max']})")
-    if "pattern" in spec:
-        if kind not in ("string", "secret"):
-            problems.append(f"{key}.pattern is for string parameters, not {kind}")
-        else:
-            try:
-                re.compile(spec["pattern"])
-            except re.error as e:
-                problems.append(f"{key}.pattern is not a regular expression ({e})")
-    if "choices" in spec and "choices_from" in spec:
-        problems.append(f"{key}: give choices or choices_from, not both")
-    if "choices" in spec:
-        probe = Parameter(name, kind)
-        for i, choice in enumerate(spec["choices"]):
-            try:
-                check_value(probe, choice)
-            except ParameterError:
-                problems.append(f"{key}.choices[{i}]: {json.dumps(choice)} is not a {kind}")
-    if "choices_from" in spec:
-        if len([part for part in spec["choices_from"].get("path", []) if "{" in part]) > 1:
-            problems.append(f"{key}.choices_from.path: at most one part may be a {{parameter}}")
-        if kind not in ("string", "integer", "number"):
-            problems.append(f"{key}.choices_from is for string, integer and number parameters, not {kind}")
-        for part in spec["choices_from"].get("path", []):
-            parent = (m := _PLACEHOLDER.match(part)) and m.group(1)
-            if "{" in part and not parent:
-                problems.append(f"{key}.choices_from.path: {part!r} is not a key or one {{parameter}}")
-            elif parent == name:
-                problems.append(f"{key}.choices_from.path: {part!r} makes {name} depend on itself")
-            elif parent and parent not in declaration:
-                problems.append(f"{key}.choices_from.path: {part!r} names no declared parameter")
-            elif parent and (declaration[parent].get("multiple") or declaration[parent].get("type") == "list"):
-                problems.append(f"{key}.choices_from.path: {part!r} names a parameter that takes several values")
-            elif (
-                parent
-                and "choices_from" in declaration[parent]
-                and any(_PLACEHOLDER.match(p) for p in declaration[parent]["choices_from"].get("path", []))
-            ):
-                problems.append(f"{key}.choices_from.path: {part!r} names a parameter whose choices depend on another")
-    return problems
 
 
 # Checking values
@@ -306,7 +214,12 @@ def coerce(parameter: Parameter, value: Any, text: bool = False) -> Any:
         return [coerce(single, item, text=text or isinstance(item, str)) for item in value]
     kind = parameter.type
     if kind == ANY:
-        return parse_value(value) if text and isinstance(value, str) else value
+        if not (text and isinstance(value, str)):
+            return value
+        try:
+            return parse_value(value)
+        except UsageError as e:
+            raise ParameterError([f"parameter {parameter.name}: {e}"]) from None
     if kind in ("string", "secret"):
         if not isinstance(value, str):
             raise _error(parameter, value, "text")
@@ -324,13 +237,32 @@ def coerce(parameter: Parameter, value: Any, text: bool = False) -> Any:
             value = int(value.strip()) if kind == "integer" else float(value.strip())
         except ValueError:
             raise _error(parameter, value, "a whole number" if kind == "integer" else "a number") from None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise _error(parameter, value, "a whole number" if kind == "integer" else "a number")
+    if abs(value) > LARGEST:
+        raise _error(parameter, value, f"a number between -{LARGEST} and {LARGEST}")
     if kind == "integer":
         if isinstance(value, float) and not value.is_integer():
             raise _error(parameter, value, "a whole number")
         return int(value)
     return value
+
+
+def _finite(value: int | float) -> bool:
+    return math.isfinite(value) if isinstance(value, float) else True
+
+
+def is_of_type(kind: str, value: Any) -> bool:
+    """Whether typed JSON `value` is a `kind` as it is (no text read): for choices written in a declaration."""
+    if kind in ("string", "secret"):
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool) and _finite(value)
+    return True
 
 
 def check_value(parameter: Parameter, value: Any, choices: list | None = None, text: bool = False) -> Any:
@@ -365,7 +297,8 @@ def resolve(
 ) -> dict[str, Any]:
     """Every value that applies to a run given `given`: each checked, typed, defaults filled in.
 
-    `text`: the values are text (a form, `-p`), read for each type. ParameterError lists every problem:
+    `text`: the values are text (a form, `-p`), read for each type. `read_file` None: choices from files
+    are not checked (nothing to read them from). ParameterError lists every problem:
     a name that is not a parameter or cannot be set (a non-settable one may be given its own default,
     so that a resolved set of values resolves to itself), and each value that is not allowed."""
     problems = []
@@ -392,8 +325,11 @@ def resolve(
             continue
         if any(parent in failed for parent in parameter.depends_on):
             continue  # its choices follow a value that is wrong: that one is said
+        # choices from a file: not when there is no file to read (the metadata checked without its
+        # repository), nor for an empty list (nothing to look up: a stack listing no hosts)
+        looked_up = parameter.choices_from and read_file is not None and value != []
         try:
-            choices = choices_for(parameter, values, read_file) if parameter.choices_from else None
+            choices = choices_for(parameter, values, read_file) if looked_up else None
             values[name] = check_value(parameter, value, choices, as_text)
         except ParameterError as e:
             failed.add(name)
@@ -423,8 +359,10 @@ def choices_for(parameter: Parameter, values: Mapping[str, Any], read_file: Read
         raise ParameterError([f"parameter {parameter.name}: cannot read its choices from {where}: {e}"]) from None
     walked = []
     for part in source.get("path", []):
-        parent = (m := _PLACEHOLDER.match(part)) and m.group(1)
+        parent = (m := PLACEHOLDER.match(part)) and m.group(1)
         key = values.get(parent) if parent else part
+        if parent and not isinstance(key, str | int | float):
+            raise ParameterError([f"parameter {parameter.name}: its choices follow {parent}, which has no one value"])
         walked.append(str(key))
         if not isinstance(data, Mapping) or key not in data:
             raise ParameterError(
@@ -435,7 +373,7 @@ def choices_for(parameter: Parameter, values: Mapping[str, Any], read_file: Read
         return list(data)
     if isinstance(data, list) and all(isinstance(item, str | int | float) for item in data):
         return list(data)
-    shown = ".".join(walked) or "its top level"
+    shown = ".".join(walked) or "top level"
     raise ParameterError([f"parameter {parameter.name}: {where}'s {shown} is neither a mapping nor a list"])
 
 
