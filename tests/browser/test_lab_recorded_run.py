@@ -31,8 +31,12 @@ def test_run_as_recorded_run_from_jupyterlab(page, hub):
     log_in_to_lab(page, hub, "bob", f"runbooks/{RUNBOOK}")
     page.locator(".opshub-run-recorded").first.click()
     dialog = page.locator(".jp-Dialog")
-    expect(dialog.locator("input[name=hosts]")).to_have_value('["localhost"]')
-    dialog.locator("input[name=fail_on_problem]").fill("False")
+    expect(dialog.locator("input[name=hosts]")).to_have_value("localhost")  # a list without choices: items, commas
+    expect(dialog.locator("input[name=fail_on_problem]")).to_be_checked()  # a boolean: a checkbox
+    expect(dialog.locator("input[name=disk_warn_percent]")).to_have_attribute("type", "number")
+    expect(dialog.locator("input[name=disk_warn_percent]")).to_have_attribute("max", "100")
+    dialog.locator("input[name=hosts]").fill("localhost, localhost")
+    dialog.locator("input[name=fail_on_problem]").uncheck()
     screenshot(page, "lab-run-parameters")
     dialog.locator("button.jp-mod-accept").click()
 
@@ -50,9 +54,42 @@ def test_run_as_recorded_run_from_jupyterlab(page, hub):
     run_page = opened.value
     expect(run_page.locator("body")).to_contain_text("host-health-check.ipynb")
     expect(run_page.locator("body")).to_contain_text("succeeded")
-    expect(run_page.locator("body")).to_contain_text("fail_on_problem")
+    expect(run_page.locator("#parameters tr[data-name=fail_on_problem]")).to_contain_text("false")  # sent as text
+    expect(run_page.locator("#parameters tr[data-name=hosts]")).to_contain_text('["localhost", "localhost"]')
     screenshot(run_page, "lab-run-page")
     run_page.close()
+
+
+def test_the_run_dialog_offers_the_patching_runbooks_typed_fields(page, hub):
+    """Dropdowns from the inventory, the hosts following the stack, checkboxes, a bounded number field, and
+    ssh_options fixed: the same declaration as the request page's. The dialog is cancelled: nothing runs."""
+    log_in_to_lab(page, hub, "bob", "runbooks/patch-server-stack.ipynb")
+    expect(page.locator(".jp-NotebookPanel:visible .jp-Notebook")).to_contain_text("Patch", timeout=30_000)
+    page.locator(".jp-NotebookPanel:visible .opshub-run-recorded").click()  # other runbooks may be open too
+    dialog = page.locator(".jp-Dialog")
+    stack, hosts = dialog.locator("select[name=stack]"), dialog.locator("select[name=hosts]")
+    expect(stack).to_have_value("lab")
+    values = "options => options.map(o => o.value).filter(v => v)"
+    assert sorted(stack.locator("option").evaluate_all(values)) == ["db", "lab", "monitoring", "web"]
+    assert hosts.locator("option").evaluate_all(values) == ["localhost"]
+    stack.select_option("db")  # the hosts follow the stack
+    expect(hosts.locator("option")).to_have_count(2)
+    assert hosts.locator("option").evaluate_all(values) == ["db02.example.internal", "db01.example.internal"]
+    expect(dialog.locator("input[name=dry_run]")).to_be_checked()
+    expect(dialog.locator("input[name=wait_timeout]")).to_have_attribute("min", "60")
+    expect(dialog.locator("input[name=ssh_options]")).to_have_attribute("readonly", "readonly")
+    expect(dialog.locator(".opshub-param[data-name=stack]")).to_contain_text("The stack to patch")
+    screenshot(page, "lab-run-typed-fields")
+    # a live run of a runbook that changes systems asks again, listing the values; declined, nothing runs
+    dialog.locator("input[name=dry_run]").uncheck()
+    dialog.locator("button.jp-mod-accept").click()
+    confirm = page.locator(".jp-Dialog", has_text="Start a live run of")
+    expect(confirm).to_contain_text("dry_run = false")
+    expect(confirm).to_contain_text("stack = db")
+    screenshot(page, "lab-run-live-confirm")
+    confirm.locator("button.jp-mod-reject").click()
+    expect(page.locator(".jp-Dialog")).to_have_count(0)
+    expect(page.locator(".opshub-progress")).to_have_count(0)
 
 
 def test_a_locally_edited_runbook_is_flagged_when_opened(page, hub):

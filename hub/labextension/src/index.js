@@ -84,6 +84,133 @@ class FormWidget extends Widget {
   }
 }
 
+// The text of a typed value as `opshub run -p NAME VALUE` takes it: lists as JSON lists.
+function asText(field, value) {
+  if (field.multiple) {
+    return JSON.stringify((value || []).map(String));
+  }
+  if (field.type === 'boolean') {
+    return value ? 'true' : 'false';
+  }
+  if (value === null || value === undefined) {
+    return '';
+  }
+  return String(value);
+}
+
+// The run form of a runbook, one widget per typed parameter (opshub.lab's `runbook` answer, as
+// typed_parameters.form_fields describes them): dropdowns for choices, lists whose choices follow another
+// parameter (choices_by), checkboxes, number fields with their bounds, multi-selects, the fixed ones
+// read-only. getValue() gives the values that differ from their defaults, as text.
+class ParameterForm extends Widget {
+  constructor(fields, intro) {
+    super({ node: element('form', { className: 'opshub-form opshub-parameters' }) });
+    if (intro) {
+      this.node.append(element('p', { className: 'opshub-form-intro' }, intro));
+    }
+    this.fields = fields;
+    this.read = {};
+    this.initial = {};
+    const followers = [];
+    fields.forEach(field => {
+      const id = `opshub-p-${field.name}`;
+      let input;
+      const choices = field.choices || null;
+      if (!field.settable) {
+        input = element('input', { name: field.name, type: 'text', id, readonly: 'readonly', disabled: 'disabled' });
+        input.value = field.default_text || '';
+      } else if (field.type === 'boolean' && !field.multiple) {
+        input = element('input', { name: field.name, type: 'checkbox', id });
+        input.checked = field.default === true;
+        this.read[field.name] = () => asText(field, input.checked);
+      } else if (choices || field.choices_by) {
+        input = element('select', { name: field.name, id });
+        input.multiple = Boolean(field.multiple);
+        const picked = new Set(field.multiple ? (field.default || []).map(String) : [asText(field, field.default)]);
+        const fill = list => {
+          const keep = new Set(Array.from(input.selectedOptions).map(o => o.value));
+          input.textContent = '';
+          if (!field.multiple && !list.map(String).includes(asText(field, field.default))) {
+            input.append(element('option', { value: '' }, ''));
+          }
+          list.forEach(choice => {
+            const option = element('option', { value: String(choice) }, String(choice));
+            option.selected = keep.size ? keep.has(String(choice)) : picked.has(String(choice));
+            input.append(option);
+          });
+          if (field.multiple) {
+            input.size = Math.max(2, Math.min(list.length, 6));
+          }
+        };
+        if (field.choices_by) {
+          followers.push({ field, fill });
+        } else {
+          fill(choices);
+        }
+        this.read[field.name] = () => {
+          const values = Array.from(input.selectedOptions).map(o => o.value);
+          return field.multiple ? JSON.stringify(values) : values[0] || '';
+        };
+      } else if (field.multiple) {
+        input = element('input', { name: field.name, type: 'text', id, placeholder: 'items separated by commas' });
+        input.value = (field.default || []).join(', ');
+        this.read[field.name] = () => JSON.stringify(input.value.split(',').map(v => v.trim()).filter(v => v));
+      } else if (field.type === 'integer' || field.type === 'number') {
+        input = element('input', { name: field.name, type: 'number', id, step: field.type === 'integer' ? '1' : 'any' });
+        ['min', 'max'].forEach(key => {
+          if (field[key] !== undefined && field[key] !== null) {
+            input.setAttribute(key, String(field[key]));
+          }
+        });
+        input.value = asText(field, field.default);
+        this.read[field.name] = () => input.value.trim();
+      } else {
+        input = element('input', { name: field.name, type: 'text', id });
+        input.value = field.type === 'any' ? field.default_text || '' : asText(field, field.default);
+        this.read[field.name] = () => input.value;
+      }
+      const label = element('label', { className: 'opshub-field', for: id }, element('span', {}, field.name));
+      const row = element('div', { className: `opshub-param opshub-param-${field.type}`, 'data-name': field.name }, label, input);
+      if (!field.settable) {
+        row.append(element('small', { className: 'opshub-fixed' }, 'fixed: the runbook\'s default, it cannot be set'));
+      }
+      const kind = (field.multiple ? 'list of ' : '') + field.type +
+        (field.min !== undefined ? `, min ${field.min}` : '') + (field.max !== undefined ? `, max ${field.max}` : '');
+      row.append(element('small', {}, [field.description || field.help || '', kind].filter(t => t).join(' · ')));
+      if (field.problem) {
+        row.append(element('small', { className: 'opshub-field-problem' }, field.problem));
+      }
+      this.node.append(row);
+      field.input = input;
+    });
+    followers.forEach(({ field, fill }) => {
+      const parentName = (field.depends_on || [])[0];
+      const parent = fields.find(f => f.name === parentName);
+      const current = () => (parent && parent.input ? parent.input.value : '');
+      const show = () => fill(field.choices_by[current()] || []);
+      if (parent && parent.input) {
+        parent.input.addEventListener('change', show);
+      }
+      show();
+    });
+    Object.entries(this.read).forEach(([name, read]) => {
+      this.initial[name] = read();
+    });
+    this.node.addEventListener('submit', event => event.preventDefault());
+  }
+
+  getValue() {
+    const values = {};
+    Object.entries(this.read).forEach(([name, read]) => {
+      const value = read();
+      if (value !== this.initial[name]) {
+        values[name] = value;
+      }
+    });
+    return values;
+  }
+}
+
 async function links() {
   return api('links');
 }
@@ -102,11 +229,10 @@ async function runRecorded(panel) {
   if (panel.context.model.dirty) {
     await panel.context.save();
   }
-  const fields = info.parameters.map(p => ({ name: p.name, value: p.default, help: p.help }));
-  const intro = info.parameters_problem || (fields.length
-    ? 'Parameters of this run (Python values, as in the parameters cell):'
+  const intro = info.metadata_problem || info.parameters_problem || (info.parameters.length
+    ? 'Parameters of this run (checked by opshub run against what the runbook declares):'
     : 'This runbook declares no parameters.');
-  const form = new FormWidget(fields, intro);
+  const form = new ParameterForm(info.parameters, intro);
   const answer = await new Dialog({
     title: `Run ${info.title} as a recorded run`,
     body: form,
@@ -115,12 +241,26 @@ async function runRecorded(panel) {
   if (!answer.button.accept) {
     return;
   }
-  const parameters = {};
-  info.parameters.forEach(p => {
-    if (answer.value[p.name] !== p.default) {
-      parameters[p.name] = answer.value[p.name];
+  const parameters = answer.value;
+  const dryRun = info.parameters.find(p => p.name === 'dry_run' && p.type === 'boolean');
+  const live = dryRun && (parameters.dry_run !== undefined ? parameters.dry_run === 'false' : dryRun.default === false);
+  if (info.changes_systems && live) {
+    // a live run of a runbook that changes systems: say what will apply, and ask again
+    const listed = element('ul', { className: 'opshub-review' });
+    info.parameters.forEach(p => {
+      const value = parameters[p.name] !== undefined ? parameters[p.name] : p.default_text || asText(p, p.default);
+      listed.append(element('li', {}, element('code', {}, `${p.name} = ${value}`), parameters[p.name] !== undefined ? ' (set here)' : ''));
+    });
+    const review = new Widget({ node: element('div', {}, element('p', {}, 'This runbook changes systems and dry_run is off: it will change them, with these values.'), listed) });
+    const confirmed = await new Dialog({
+      title: `Start a live run of ${info.title}?`,
+      body: review,
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Start live run' })]
+    }).launch();
+    if (!confirmed.button.accept) {
+      return;
     }
-  });
+  }
   let job;
   try {
     job = await post('runs', { path, parameters });

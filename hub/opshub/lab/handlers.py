@@ -1,7 +1,8 @@
 """The JupyterLab side's API in the user's server, under /user/<name>/opshub/api/.
 
     GET  runbook?path=P         what JupyterLab needs to know about the open notebook P: is it a runbook,
-                                its parameters (for the run form), its commit and drift
+                                its parameters as forms show them (typed_parameters.form_fields: type,
+                                default, description, choices or choices_by, min/max...), its commit and drift
     POST runs {path, parameters}  run P headless as a recorded run (`opshub run`); answers a job id
     GET  runs/<job>             that job's progress lines, state, exit code and run id
     POST publish {path, name, mode, groups}  publish P as a dashboard, through the opshub service
@@ -39,6 +40,7 @@ from ..runbooks.gitstate import git_state
 from ..runbooks.headless import default_runbooks_dir
 from ..runbooks.metadata import DEFAULTS, RunbookMetadataError, read_runbook_metadata, runbook_metadata
 from ..runbooks.params import declared_parameters
+from ..runbooks.typed_parameters import RepositoryFiles, form_fields, parameters_of
 
 RUN_LINE = re.compile(r"^run ([0-9a-f-]{36})\b")
 MAX_JOB_LINES = 2000
@@ -136,16 +138,18 @@ class RunbookHandler(OpshubHandler):
         if name is not None:
             commit, drift = await asyncio.to_thread(git_state, path.parent, path.name)
             behind = await asyncio.to_thread(upstream_moved, path.parent)
+            files = RepositoryFiles(self.runbooks_dir)  # the inventory and other files choices come from
+            try:
+                metadata, metadata_problem = read_runbook_metadata(path, name, files), None
+            except RunbookMetadataError as e:  # shown as an invalid runbook; `opshub run` refuses it
+                metadata, metadata_problem = DEFAULTS, str(e)
             try:
                 declared = await asyncio.to_thread(declared_parameters, path)
-                parameters = [{"name": p.name, "default": p.default, "help": p.help} for p in declared.values()]
+                fields = await asyncio.to_thread(form_fields, parameters_of(metadata, declared), files)
+                parameters = [{**field, "help": field["description"]} for field in fields]
                 problem = None
             except Exception as e:  # a malformed notebook: say so in the form rather than fail
                 parameters, problem = [], f"cannot read the parameters: {e}"
-            try:
-                metadata, metadata_problem = read_runbook_metadata(path, name), None
-            except RunbookMetadataError as e:  # shown as an invalid runbook; `opshub run` refuses it
-                metadata, metadata_problem = DEFAULTS, str(e)
             info.update(
                 commit=commit,
                 drift=drift,
@@ -169,7 +173,9 @@ class RunsHandler(OpshubHandler):
             raise web.HTTPError(400, f"{body.get('path')} is not in the runbooks folder; only runbooks run recorded")
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
-            raise web.HTTPError(400, "parameters must map names to values written as text (as for `opshub run -p`)")
+            raise web.HTTPError(
+                400, "parameters must map names to values written as text (as for `opshub run -p`; lists as JSON lists)"
+            )
         argv = [sys.executable, "-m", "opshub.cli", "run", name, "--runbooks-dir", str(self.runbooks_dir)]
         for key, value in parameters.items():
             argv += ["-p", key, value]
