@@ -196,16 +196,18 @@ def test_an_alert_fills_list_templates_and_a_wrong_value_is_on_record(hub, token
 def test_only_the_runbooks_groups_may_request_it_and_others_are_told_why(hub, tokens, bob_lab):
     response = request(hub, tokens["bob"], DBA_ONLY)
     assert response.status_code == 403
-    assert "dba-only.ipynb may be requested only by members of dba" in response.json()["message"]
+    assert "dba-only.ipynb may be requested or run only by members of dba" in response.json()["message"]
     with Terminal(hub.url, "bob", tokens["bob"]) as terminal:
         out, code = terminal.run("opshub request dba-only", timeout=60)
-        assert code == 1 and "may be requested only by members of dba" in out, out
+        assert code == 1 and "may be requested or run only by members of dba" in out, out
         out, code = terminal.run("opshub request dba-only --help", timeout=60)
         assert code == 0 and "You may not request it" in out, out
+        out, code = terminal.run("opshub run dba-only", timeout=60)
+        assert code == 3 and "may be requested or run only by members of dba" in out, out
     status, text = page(hub, tokens["bob"], "runbooks/")
     assert status == 200 and DBA_ONLY in text
     status, text = page(hub, tokens["bob"], f"runbooks/{DBA_ONLY}")
-    assert status == 200 and "may be requested only by members of dba" in text
+    assert status == 200 and "may be requested or run only by members of dba" in text
     assert hub.service_api(tokens["bob"], "GET", f"runbooks/{DBA_ONLY}").json()["may_request"] is False
 
     assert hub.service_api(tokens["alice"], "GET", f"runbooks/{DBA_ONLY}").json()["may_request"] is True

@@ -162,7 +162,7 @@ class Unattended:
         if not allowed or set(allowed) & set(groups or ()):
             return None
         return (
-            f"{runbook.name} may be requested only by members of {', '.join(allowed)} "
+            f"{runbook.name} may be requested or run only by members of {', '.join(allowed)} "
             f"(its run_groups), and {requester} is in none of them"
         )
 

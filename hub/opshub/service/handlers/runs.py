@@ -121,7 +121,8 @@ class RunsHandler(ApiHandler):
 
     def person_run_locks(self, body: dict) -> list[str]:
         """The locks a person's `opshub run` of a repository runbook holds (its metadata's, with its
-        parameters and the declared defaults at its commit); none for a notebook the repository does not
+        parameters and the declared defaults at its commit), or 403 when the runbook's `run_groups` leave
+        this person out; none for a notebook the repository does not
         have, nor for an interactive run (a person working cell by cell: its parameters are whatever the
         cells set, and a lock would keep its record out of the history)."""
         unattended = self.settings.get("opshub_unattended")
@@ -134,6 +135,9 @@ class RunsHandler(ApiHandler):
             found = unattended.runbook(runbook, commit if isinstance(commit, str) and commit else None)
         except RequestRefused:  # a commit the repository does not have (a local one): today's metadata
             found = unattended.runbook(runbook)
+        refusal = unattended.group_refusal(found, self.user_name(), self.current_user.get("groups") or [])
+        if refusal:  # `opshub run` of a runbook kept for some groups: refused before it runs, like a request
+            raise web.HTTPError(403, refusal)
         defaults = {name: p.default for name, p in found.parameters.items() if p.has_default}
         return unattended.locks(found, {**defaults, **(body.get("parameters") or {})})
 
