@@ -273,6 +273,146 @@ def healthcheck(deployment, container: str) -> subprocess.CompletedProcess:
     return deployment.exec(container, "/bin/bash", "-o", "pipefail", "-c", test[1])
 
 
+# The kernels of a live dashboard and the dashboards server, as its container sees them (the pids a
+# dashboard's code would aim at when its kernels share that container), and the pid namespaces.
+PROCESSES_IN_THE_DASHBOARDS_CONTAINER = r"""
+import json, os, sys
+found = {"server": [], "kernels": [], "pid ns": os.readlink("/proc/self/ns/pid"), "kernels' pid ns": []}
+for pid in (p for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if argv[0].endswith(b"bwrap"):
+        continue
+    if argv[1:4] == [b"-I", b"-m", b"opshub.dashboards_backend"]:
+        found["server"].append(int(pid))
+    elif b"ipykernel_launcher" in argv:
+        try:
+            cwd, ns = os.readlink(f"/proc/{pid}/cwd"), os.readlink(f"/proc/{pid}/ns/pid")
+        except OSError as e:
+            cwd, ns = "", repr(e)
+        if os.path.basename(cwd) == sys.argv[1]:
+            found["kernels"].append(int(pid))
+            found["kernels' pid ns"].append(ns)
+print(json.dumps(found))
+"""
+
+
+# The hostile kernel's own threads, as its pid namespace numbers them (then an HTML output, so that what
+# HOSTILE prints is an output of its own; Voila shows no stderr).
+OWN_THREADS = (
+    "import json as _json, os as _os\nfrom IPython.display import HTML as _HTML, display as _display\n"
+    "print('THREADS' + _json.dumps({'threads': sorted(int(t) for t in _os.listdir('/proc/self/task'))}))\n"
+    "_display(_HTML('<hr>'))\n"
+)
+
+
+def test_a_live_dashboard_cannot_touch_another_in_the_dashboards_container(deployment):
+    """Security invariant 1a in Docker: tests/integration/test_dashboard_sandbox.py's attack, by a
+    dashboard whose kernel runs in the dashboards server's container. It goes for another dashboard's
+    copy (read, rewrite, remove), plants code for the server and later kernels, and lists and signals
+    the server and the other dashboard's kernels by their pids in the container; it must find and change
+    nothing. The container gets the seccomp profile and unmasked /proc that bubblewrap needs (no
+    capability, no-new-privileges), and the server says its kernels are sealed."""
+    from tests.integration.test_dashboard_sandbox import HOSTILE, PAYLOAD, VICTIM, printed, publish
+    from tests.integration.test_dashboards import page
+
+    container = deployment.container("opshub-dashboards")
+    tokens = deployment.tokens(users=["alice"])
+    carol = login(deployment, "carol")
+
+    def live(name, session=carol):
+        def rendered():
+            answer = page(deployment, session, name, timeout=180)
+            return answer if answer.status_code == 200 and '"kernelId"' in answer.text else None
+
+        return wait_for(rendered, timeout=300, interval=2, what=f"the live dashboard {name}").text
+
+    def inside(*command):
+        result = deployment.exec(container, *command)
+        assert result.returncode == 0, (command, result.stdout + result.stderr)
+        return result.stdout
+
+    def processes(dashboard):
+        return json.loads(inside("python", "-c", PROCESSES_IN_THE_DASHBOARDS_CONTAINER, dashboard))
+
+    publish(deployment, tokens["alice"], "victim", f"MARKER = 'victim-original'\n{VICTIM}", "Victim")
+    first = printed(live("victim"), "SEEN")
+    assert first["marker"] == "victim-original" and not first["planted ran"]
+
+    info = json.loads(docker("inspect", container).stdout)[0]
+    options = info["HostConfig"]["SecurityOpt"] or []
+    assert "no-new-privileges" in options and [o for o in options if o.startswith("seccomp=")], options
+    # its /proc without Docker's masks and read-only mounts (a sandbox's own /proc needs it); /sys masked
+    assert info["HostConfig"]["ReadonlyPaths"] == [], info["HostConfig"]["ReadonlyPaths"]
+    masked = info["HostConfig"]["MaskedPaths"]
+    assert "/sys/firmware" in masked and not [path for path in masked if path.startswith("/proc")], masked
+    assert not info["HostConfig"]["Privileged"] and not info["HostConfig"]["CapAdd"]
+    assert info["Config"]["User"] == "1000"
+    log = docker("logs", container).stderr
+    assert "each live dashboard's kernels run in a bubblewrap sandbox of their own" in log, log[-3000:]
+
+    published = f"{HOME}/published"
+    copy = f"{published}/victim/victim.ipynb"
+    before = inside("sha256sum", copy)
+    seen = wait_for(lambda: (lambda f: f if f["kernels"] and f["server"] else None)(processes("victim")), timeout=60)
+    server_pid, victim_kernels = seen["server"][0], seen["kernels"]
+    # each kernel in a pid namespace of its own, not the container's
+    assert seen["kernels' pid ns"] and all(ns.startswith("pid:[") for ns in seen["kernels' pid ns"]), seen
+    assert seen["pid ns"] not in seen["kernels' pid ns"], seen
+    evidence = "/tmp/opshub-evidence"  # anything planted that ran outside a sandbox writes here
+    inside("sh", "-c", f"mkdir -p {evidence} && chmod 1777 {evidence}")
+
+    setup = (
+        f"PAYLOAD = {PAYLOAD!r}\nEVIDENCE = {evidence!r}\nSERVER_HOME = {HOME!r}\n"
+        f"PUBLISHED = {published!r}\nSERVER_PID = {server_pid}\nVICTIM_KERNELS = {victim_kernels!r}\n"
+        f"VICTIM_COPIES = {{'now': {copy!r}, 'flat': {published + '/victim.ipynb'!r}}}\n"
+    )
+    publish(deployment, tokens["alice"], "hostile", setup + OWN_THREADS + HOSTILE, "Hostile")
+    html = live("hostile")
+    found, own = printed(html, "HOSTILE"), set(printed(html, "THREADS")["threads"])
+    print("what the hostile dashboard got:", json.dumps({k: v for k, v in found.items() if k != "visible processes"}))
+
+    problems = []
+    for layout in ("now", "flat"):
+        for action in ("read", "rewrite", "remove"):
+            if found[f"{action} {layout}"] not in ("FileNotFoundError", "PermissionError", "OSError"):
+                problems.append(f"{action} {layout}: {found[f'{action} {layout}']}")
+    if found["list published"] != ["hostile"]:
+        problems.append(f"it listed {found['list published']} in the published folder")
+    if found["write own copy"] not in ("OSError", "PermissionError"):
+        problems.append(f"it wrote into its own copy: {found['write own copy']}")
+    if inside("sha256sum", copy) != before:
+        problems.append("the victim's copy changed")
+    planted = deployment.exec(container, "sh", "-c", f"ls -d {HOME}/tarfile.py /tmp/tarfile.py /dev/shm/tarfile.py")
+    if planted.stdout.strip():
+        problems.append(f"planted in the server's home or the container's /tmp: {planted.stdout}")
+    if len(found["visible processes"]) != 1 or "ipykernel_launcher" not in found["visible processes"][0]:
+        problems.append(f"it saw other processes: {found['visible processes']}")
+    for what, pid in {"server": server_pid, **{f"kernel {p}": p for p in victim_kernels}}.items():
+        # a pid the container gives a process may be one of the hostile kernel's own threads in its pid
+        # namespace: its kill reaches itself then (the target's survival is checked below)
+        for action in ("see", "stop") if pid not in own else ():
+            if found[f"{action} {what}"] not in ("ProcessLookupError", "PermissionError"):
+                problems.append(f"{action} {what}: {found[f'{action} {what}']}")
+    after = processes("victim")
+    if server_pid not in after["server"] or not set(victim_kernels) <= set(after["kernels"]):
+        problems.append(f"the server {server_pid} or the victim's kernels {victim_kernels} are gone: {after}")
+    assert problems == [], "\n".join(problems)
+
+    # the victim opened afterwards (a fresh kernel) and a dashboard published afterwards: their own
+    # content, and nothing planted ran in them nor in the server
+    later_victim = printed(live("victim", login(deployment, "carol")), "SEEN")
+    publish(deployment, tokens["alice"], "later", f"MARKER = 'later'\n{VICTIM}", "Later")
+    later = printed(live("later"), "SEEN")
+    for seen_by, marker in ((later_victim, "victim-original"), (later, "later")):
+        assert seen_by["marker"] == marker
+        assert not seen_by["planted ran"] and seen_by["planted files"] == [], seen_by
+        assert seen_by["tarfile from"] in (None, "/usr/lib/python3.11/tarfile.py"), seen_by
+    assert inside("ls", "-A", evidence).strip() == ""
+
+
 def run_in_a_runner_container(deployment, tokens, runbook: str) -> tuple[dict, dict, str]:
     """bob requests the runbook; the run's container, inspected while the run runs (and a look inside it),
     then the run's record once it has ended and its container has gone."""

@@ -88,17 +88,24 @@ def test_only_the_dashboards_server_s_container_may_create_bubblewrap_s_namespac
     hook = c.Spawner.pre_spawn_hook
     assert c.DockerSpawner.extra_host_config == {"security_opt": ["no-new-privileges"]}
 
-    def host_config(user, name=""):
+    def options(user, name=""):
         server = SimpleNamespace(user=SimpleNamespace(name=user), name=name, cmd=None, environment=None, volumes=None)
         hook(server)
-        return getattr(server, "extra_host_config", None)
+        return {k: v for k, v in vars(server).items() if k.startswith("extra_")}
 
-    assert host_config("bob") is None and host_config("opshub-runner", "run-1") is None  # the common config
-    options = host_config("opshub-dashboards")["security_opt"]
-    assert options[:2] == ["no-new-privileges", "systempaths=unconfined"] and len(options) == 3
-    assert not [o for o in options if o in ("seccomp=unconfined", "apparmor=unconfined", "privileged")]
-    assert options[2].startswith("seccomp={")
-    profile = json.loads(options[2].removeprefix("seccomp="))
+    assert options("bob") == {} and options("opshub-runner", "run-1") == {}  # the common config
+    dashboards = options("opshub-dashboards")
+    security = dashboards["extra_host_config"]["security_opt"]
+    assert security[0] == "no-new-privileges" and len(security) == 2 and security[1].startswith("seccomp={")
+    assert set(dashboards["extra_host_config"]) == {"security_opt"}  # no capability, not privileged
+    # /proc without Docker's masks and read-only mounts (a sandbox's own /proc needs it); /sys keeps them
+    paths = dashboards["extra_create_kwargs"]["host_config"]
+    assert paths["ReadonlyPaths"] == [] and {"/sys/firmware", "/sys/devices/virtual/powercap"} <= set(
+        paths["MaskedPaths"]
+    )
+    assert not [path for path in paths["MaskedPaths"] if not path.startswith("/sys/")]
+    assert set(dashboards["extra_create_kwargs"]) == {"host_config"}
+    profile = json.loads(security[1].removeprefix("seccomp="))
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
     ours = [rule for rule in profile["syscalls"] if rule.get("comment", "").startswith("opshub:")]
     assert [rule["names"] for rule in ours] == [BWRAP_SYSCALLS] and ours[0]["action"] == "SCMP_ACT_ALLOW"
@@ -131,7 +138,8 @@ def test_without_a_sandbox_the_dashboards_server_gets_docker_s_defaults_too():
     c = configured(data)
     server = SimpleNamespace(user=SimpleNamespace(name="opshub-dashboards"), name="", cmd=None, environment=None)
     c.Spawner.pre_spawn_hook(server)
-    assert server.environment["OPSHUB_SANDBOX"] == "none" and not hasattr(server, "extra_host_config")
+    assert server.environment["OPSHUB_SANDBOX"] == "none"
+    assert not [k for k in vars(server) if k.startswith("extra_")]
 
 
 def test_local_and_kubernetes_kinds_are_untouched_by_docker_settings(tmp_path):

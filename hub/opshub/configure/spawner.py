@@ -124,15 +124,28 @@ DOCKER_SECURITY_OPT = ("no-new-privileges",)
 # Docker's default seccomp profile plus what bubblewrap needs to seal each live dashboard's kernels in
 # namespaces of their own without any capability (images/ops/README.md says what it adds and why).
 DASHBOARDS_SECCOMP_PROFILE = Path(__file__).with_name("dashboards-seccomp.json")
+# Docker's default masked paths outside /proc (those under /proc, and its read-only /proc paths, are
+# what the dashboards server's container goes without); runc skips a path that does not exist.
+DASHBOARDS_MASKED_PATHS = (
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+    *(f"/sys/devices/system/cpu/cpu{n}/thermal_throttle" for n in range(256)),
+)
 
 
-def dashboards_security_opt() -> list[str]:
-    """The dashboards server's container options (only its container's): the seccomp profile above,
-    given as its JSON text (the Engine API wants the content, not a path), and `/proc` unmasked, as
-    the kernel mounts a new `/proc` for a sandbox's own process namespace only where the container's
-    is fully visible (no path of it masked). Its user stays 1000 with no capability, no-new-privileges."""
-    profile = json.loads(DASHBOARDS_SECCOMP_PROFILE.read_text())
-    return [*DOCKER_SECURITY_OPT, "systempaths=unconfined", "seccomp=" + json.dumps(profile, separators=(",", ":"))]
+def dashboards_container_options() -> dict[str, dict]:
+    """DockerSpawner's options for the dashboards server's container alone: the seccomp profile above,
+    given as its JSON text (the Engine API wants the content, not a path), and its `/proc` without
+    Docker's masks and read-only mounts over parts of it (the kernel mounts a new `/proc` for a sandbox's
+    own process namespace only where the container's is fully visible; Docker's other masks stay). Its
+    user stays 1000, with no capability and no-new-privileges."""
+    profile = json.dumps(json.loads(DASHBOARDS_SECCOMP_PROFILE.read_text()), separators=(",", ":"))
+    return {
+        "extra_host_config": {"security_opt": [*DOCKER_SECURITY_OPT, f"seccomp={profile}"]},
+        # the Engine API's HostConfig fields (docker-py has no argument for them), which DockerSpawner
+        # merges into the one it sends
+        "extra_create_kwargs": {"host_config": {"MaskedPaths": list(DASHBOARDS_MASKED_PATHS), "ReadonlyPaths": []}},
+    }
 
 
 def docker_service_api_url(settings: Settings) -> str:
@@ -197,7 +210,7 @@ class SystemServers:
     commands: dict[str, list[str]]
     environments: dict[str, dict[str, str]]
     docker_volumes: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's, per account
-    docker_host_config: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's extra_host_config, per account
+    docker_options: dict[str, dict] = field(default_factory=dict)  # DockerSpawner's traits, per account
     credentials: dict[str, dict] = field(default_factory=dict)  # runner.credentials
 
     def __call__(self, spawner) -> None:
@@ -219,8 +232,8 @@ class SystemServers:
             if name == RUNNER_ACCOUNT:
                 volumes.update(self.credential_mounts(spawner))
             spawner.volumes = volumes
-        if name in self.docker_host_config:
-            spawner.extra_host_config = json.loads(json.dumps(self.docker_host_config[name]))  # a copy of its own
+        for trait, value in self.docker_options.get(name, {}).items():
+            setattr(spawner, trait, json.loads(json.dumps(value)))  # a copy of its own
 
     def credential_mounts(self, spawner) -> dict[str, dict]:
         """A run's container gets the credentials granted to its runbook, the one the service named
@@ -266,7 +279,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
     }
     if "PATH" in environment:
         backend["PATH"] = runner["PATH"] = environment["PATH"]
-    volumes, host_config = {}, {}
+    volumes, options = {}, {}
     if settings["spawner"]["kind"] == "docker":
         # a fresh container per run, with no home volume (nor the runbooks': the job brings them)
         # that one run could leave something in for the next; the deployment's own extra mounts stay
@@ -276,7 +289,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
         if backend[SANDBOX_ENV] != NONE:
             # the dashboards server's container alone may create the user namespaces of bubblewrap's
             # sandboxes, one per kernel (every other container keeps Docker's default profile)
-            host_config[DASHBOARDS_ACCOUNT] = {"security_opt": dashboards_security_opt()}
+            options[DASHBOARDS_ACCOUNT] = dashboards_container_options()
     return SystemServers(
         commands={
             DASHBOARDS_ACCOUNT: [*python, "-I", "-m", "opshub.dashboards_backend"],
@@ -284,7 +297,7 @@ def system_servers(settings: Settings, python: list[str], environment: dict[str,
         },
         environments={DASHBOARDS_ACCOUNT: backend, RUNNER_ACCOUNT: runner},
         docker_volumes=volumes,
-        docker_host_config=host_config,
+        docker_options=options,
         credentials=settings["runner"]["credentials"],
     )
 

@@ -98,7 +98,8 @@ def sandbox_kind() -> tuple[bool, str]:
     execution plane uses (`runner.sandbox`, the spawner): on this machine (`bubblewrap`, the default
     when unset) a kernel that cannot be sealed does not start; in a container the container is the
     dashboards server's sandbox, and kernels are sealed from each other too where bubblewrap can run
-    there (it needs user namespaces, which Docker's default seccomp profile refuses); `none`: never."""
+    there (it needs user namespaces and an unmasked /proc: in Docker the hub gives this server's
+    container alone a seccomp profile for that, images/ops/README.md); `none`: never."""
     kind = os.environ.get(SANDBOX_ENV) or BUBBLEWRAP
     if kind == NONE:
         return False, "runner.sandbox is none: live dashboards' kernels share this account's home and processes"
@@ -106,7 +107,11 @@ def sandbox_kind() -> tuple[bool, str]:
         check_bubblewrap()
     except SandboxUnavailable as e:
         if kind == CONTAINER:
-            return False, f"kernels share this container (each dashboard cannot be sealed from the others): {e}"
+            return False, (
+                "kernels share this container: each dashboard cannot be sealed from the others, and one "
+                f"dashboard's code can reach another's copy and kernels ({e}; in Docker the hub gives this "
+                "container a seccomp profile and an unmasked /proc for bubblewrap: an AppArmor host may still refuse it)"
+            )
         # fail closed: every kernel start fails with this reason, the pages say the dashboard failed
         return True, f"live dashboards cannot start kernels: {e}"
     return True, "each live dashboard's kernels run in a bubblewrap sandbox of their own"
