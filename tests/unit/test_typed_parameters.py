@@ -919,3 +919,13 @@ def test_check_value_takes_choices_read_from_the_file():
     assert check_value(stack, "web", ["lab", "web"]) == "web"
     with pytest.raises(ParameterError, match=f"parameter stack: 'prod' is not one of lab, web \\(from {STACKS}\\)"):
         check_value(stack, "prod", ["lab", "web"])
+
+
+def test_a_secret_names_one_of_the_runbooks_credentials_when_it_asks_for_some():
+    cell = 'password = "DB_PASSWORD"'
+    asking = parameters(cell, parameters={"password": {"type": "secret"}}, credentials=["DB_PASSWORD", "DB_REPLICA"])
+    assert resolve(asking, {"password": "DB_REPLICA"}) == {"password": "DB_REPLICA"}
+    message = refused(asking, {"password": "SSH_KEY"})
+    assert message == "parameter password: 'SSH_KEY' is not one of DB_PASSWORD, DB_REPLICA"
+    anything = parameters(cell, parameters={"password": {"type": "secret"}})
+    assert resolve(anything, {"password": "SSH_KEY"}) == {"password": "SSH_KEY"}

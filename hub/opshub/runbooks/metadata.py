@@ -61,7 +61,8 @@ PARAMETER = {
             "enum": ["string", "integer", "number", "boolean", "list", "secret"],
             "description": "What the value is. `list`: a list of strings. `secret`: the name of a secret "
             "(an environment variable such as a runner credential), never its value. Left out: the type of "
-            "the default in the parameters cell.",
+            "the default in the parameters cell. A secret's choices are the runbook's `credentials` when it "
+            "names some.",
         },
         "description": {"type": "string", "description": "Shown under the field in every form, and in --help."},
         "default": {"description": "The default; it must be the one the parameters cell sets."},

@@ -169,7 +169,7 @@ def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParame
             default,
             in_cell.default if in_cell else (json.dumps(default) if default is not NO_DEFAULT else ""),
             True,
-            tuple(spec["choices"]) if "choices" in spec else None,
+            _choices(spec, kind, metadata),
             spec.get("choices_from"),
             spec.get("pattern"),
             spec.get("min"),
@@ -178,6 +178,15 @@ def parameters_of(metadata: Mapping[str, Any], cell: Mapping[str, DeclaredParame
         )
     order = list(cell) + [name for name in found if name not in cell]
     return {name: found[name] for name in order if name in found}
+
+
+def _choices(spec: Mapping[str, Any], kind: str, metadata: Mapping[str, Any]) -> tuple | None:
+    """A parameter's fixed choices; a secret's are the runbook's `credentials` when it names some."""
+    if "choices" in spec:
+        return tuple(spec["choices"])
+    if kind == "secret" and metadata.get("credentials"):
+        return tuple(metadata["credentials"])
+    return None
 
 
 def declared_type(spec: Mapping[str, Any], default: Any) -> tuple[str, bool]:
