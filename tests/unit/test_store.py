@@ -426,7 +426,7 @@ def test_list_runs_newest_first_with_each_filter(store, clock):
 def test_list_runs_by_a_parameter_value_and_part_of_a_user_name(store, clock):
     web = start(store, user="Alice", parameters={"stack": "web", "dry_run": False, "wait_timeout": 900, "r": 1.5})
     db = start(store, user="bob", parameters={"stack": "db", "dry_run": True, "wait_timeout": 60, "hosts": ["a"]})
-    other = start(store, user="alfred", parameters={"name": "web\"x", "stack": "100%_"})
+    other = start(store, user="alfred", parameters={"name": 'web"x', "stack": "100%_"})
 
     def found(**filters):
         return [run.id for run in store.list_runs(**filters)[0]]
