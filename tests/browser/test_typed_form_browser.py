@@ -243,3 +243,38 @@ def test_cancelling_a_running_run_asks_first(page, hub, typed):
     page.click("#confirm-cancel")
     page.wait_for_url(re.compile(rf"/runs/{run['id']}$"))
     assert ended(hub, bob, run["id"], timeout=120)["status"] in ("cancelled", "interrupted")
+
+
+RESTRICTED = "typed-form-restricted.ipynb"
+
+
+def test_a_runbook_restricted_to_groups_says_who_may_request_it(page, hub, typed):
+    """bob is in none of the runbook's run_groups: its page says so, naming them, and offers no form; a
+    POST all the same is a page naming the refusal, never a traceback."""
+    path = hub.upstream / RESTRICTED
+    if not path.exists():
+        notebook = typed_runbook()
+        notebook.metadata["opshub"]["run_groups"] = ["database-admins"]
+        nbformat.write(notebook, path)
+        git("add", RESTRICTED, cwd=hub.upstream)
+        git("commit", "-q", "-m", f"add {RESTRICTED}", cwd=hub.upstream)
+    wait_for(
+        lambda: hub.service_api(typed["bob"], "GET", f"runbooks/{RESTRICTED}").status_code == 200,
+        timeout=60,
+        what=f"the service to read {RESTRICTED}",
+    )
+    log_in_to_home(page, hub, "bob")
+    page.goto(f"{hub.url}{PREFIX}runbooks/{RESTRICTED}")
+    expect(page.locator("#request-form")).to_have_count(0)
+    expect(page.locator("#no-request")).to_contain_text("database-admins")
+    expect(page.locator("#no-request")).to_contain_text("bob is in none of them")
+    expect(page.locator("#run-groups")).to_contain_text("database-admins")
+    screenshot(page, "typed-restricted")
+
+    xsrf = next(c["value"] for c in page.context.cookies() if c["name"] == "_xsrf" and c["path"] == PREFIX)
+    answer = page.request.post(
+        f"{hub.url}{PREFIX}runbooks/{RESTRICTED}",
+        form={"_xsrf": xsrf, "f-stack": "1", "p-stack": "web", "f-dry_run": "1", "p-dry_run": "true"},
+    )
+    assert answer.status == 403, answer.text()[:500]
+    assert "database-admins" in answer.text() and "Traceback" not in answer.text()
