@@ -158,6 +158,15 @@ def test_bob_reviews_and_confirms_a_live_run_after_a_dry_run(page, hub, typed):
     expect(page.locator("#review-locks")).to_contain_text("stack:web")
     expect(page.locator("#last-dry-run-link")).to_have_attribute("href", f"{PREFIX}runs/{dry['id']}")
     snap(page, "typed-review")
+    # "Change values" goes back to the form with what he entered; asking again reviews again
+    page.click("#change-values")
+    expect(page.locator("#review")).to_have_count(0)
+    expect(page.locator("#p-stack")).to_have_value("web")
+    expect(page.locator("#p-dry_run")).not_to_be_checked()
+    expect(page.locator("#p-reboot")).not_to_be_checked()
+    assert hosts.locator("option:checked").evaluate_all("o => o.map(x => x.value)") == ["web02.example.internal"]
+    page.click("#request-run")
+    expect(page.locator("#review")).to_be_visible()
     page.click("#start-live-run")
 
     page.wait_for_url(re.compile(r"/services/opshub/runs/[0-9a-f-]+$"))
@@ -243,6 +252,11 @@ def test_cancelling_a_running_run_asks_first(page, hub, typed):
     page.click("#confirm-cancel")
     page.wait_for_url(re.compile(rf"/runs/{run['id']}$"))
     assert ended(hub, bob, run["id"], timeout=120)["status"] in ("cancelled", "interrupted")
+    # the page refreshes itself until it shows the end, then stops (and can be captured)
+    expect(page.locator("#run-status")).to_have_text(re.compile("cancelled|interrupted"), timeout=30_000)
+    expect(page.locator("meta[http-equiv='refresh']")).to_have_count(0)
+    expect(page.locator("#cancel-run")).to_have_count(0)
+    snap(page, "typed-cancelled")
 
 
 RESTRICTED = "typed-form-restricted.ipynb"
