@@ -3,6 +3,7 @@ proxy's answer to malformed URLs; who may have named servers."""
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,43 +13,70 @@ from ..settings import Settings
 
 # configurable-http-proxy decodes each request's path to pick its route (`targetForReq`), and a
 # malformed escape there (`%FF`, a lone `%`, `%C3%28`) makes that throw URIError, which it answers
-# with a 500, on every path (5.3.0, the newest release, still does). JupyterHub starts it with this
-# prefix before its command: node runs the proxy's own unmodified command (the first argument), having
-# first made its web and websocket handlers answer such a request 400, naming the problem. A bare
-# command name is looked up on PATH, as the shell would.
-PROXY_GUARD = r"""
+# with a 500, on every path (5.3.0, the newest release, still does). PROXY_PATCH makes its web and
+# websocket handlers answer such a request 400, naming the problem, before that; `bin` is the proxy's
+# own script, beside whose lib/ its class is. Two ways to load it, the proxy's own code unmodified:
+# - PROXY_PREFIX (embedded and Docker): JupyterHub starts the proxy with it before its command, and node
+#   runs the command (the first argument; a bare name is looked up on PATH, as the shell would) once
+#   the patch is in;
+# - PROXY_NODE_OPTIONS (Kubernetes, where z2jh's chart starts the proxy image itself): NODE_OPTIONS for
+#   that pod, a module node loads before the proxy's own script (`--import`, node >= 18.19).
+PROXY_PATCH = r"""
+const patchProxy = async (bin) => {
+  const lib = path.join(path.dirname(bin), "..", "lib", "configproxy.js");
+  const found = await import(pathToFileURL(lib).href);
+  const Proxy = [found.default, found.default?.ConfigurableProxy, found.ConfigurableProxy]
+    .find((c) => c?.prototype?.handleProxyWeb);
+  if (!Proxy) { console.error(`opshub: no proxy class in ${lib}`); process.exit(1); }
+  const refusal = "400 Bad Request: the URL's path has a malformed percent-escape (such as %FF or a lone %)";
+  const malformed = (req) => {
+    try { decodeURIComponent(new URL(req.url, "http://opshub.invalid").pathname); return false; }
+    catch { return true; }
+  };
+  const web = Proxy.prototype.handleProxyWeb;
+  Proxy.prototype.handleProxyWeb = function (req, res) {
+    if (!malformed(req)) return web.call(this, req, res);
+    this.log.warn("400 %s: a malformed escape in the URL's path", req.method);
+    res.writeHead(400, { "Content-Type": "text/plain; charset=utf-8" });
+    res.end(refusal + "\n");
+  };
+  const ws = Proxy.prototype.handleProxyWs;
+  Proxy.prototype.handleProxyWs = function (req, socket, head) {
+    if (!malformed(req)) return ws.call(this, req, socket, head);
+    socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n` +
+      `Content-Length: ${Buffer.byteLength(refusal) + 1}\r\n\r\n${refusal}\n`);
+  };
+};
+"""
+_IMPORTS = """
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
+"""
+PROXY_GUARD = (
+    _IMPORTS
+    + PROXY_PATCH
+    + r"""
 const name = process.argv[1];
 const found = name.includes("/") ? name
   : (process.env.PATH || "").split(":").map((dir) => path.join(dir, name)).find((p) => fs.existsSync(p));
 if (!found) { console.error(`opshub: ${name} is not on PATH`); process.exit(127); }
 const bin = fs.realpathSync(found);
-const lib = path.join(path.dirname(bin), "..", "lib", "configproxy.js");
-const { default: Proxy } = await import(pathToFileURL(lib).href);
-const refusal = "400 Bad Request: the URL's path has a malformed percent-escape (such as %FF or a lone %)";
-const malformed = (req) => {
-  try { decodeURIComponent(new URL(req.url, "http://opshub.invalid").pathname); return false; }
-  catch { return true; }
-};
-const web = Proxy.prototype.handleProxyWeb;
-Proxy.prototype.handleProxyWeb = function (req, res) {
-  if (!malformed(req)) return web.call(this, req, res);
-  this.log.warn("400 %s: a malformed escape in the URL's path", req.method);
-  res.writeHead(400, { "Content-Type": "text/plain; charset=utf-8" });
-  res.end(refusal + "\n");
-};
-const ws = Proxy.prototype.handleProxyWs;
-Proxy.prototype.handleProxyWs = function (req, socket, head) {
-  if (!malformed(req)) return ws.call(this, req, socket, head);
-  socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n` +
-    `Content-Length: ${Buffer.byteLength(refusal) + 1}\r\n\r\n${refusal}\n`);
-};
+await patchProxy(bin);
 process.argv[1] = bin;
 await import(pathToFileURL(bin).href);
 """
+)
 PROXY_PREFIX = ["node", "--input-type=module", "--eval", PROXY_GUARD]
+PROXY_PRELOAD = (
+    _IMPORTS
+    + PROXY_PATCH
+    + r"""
+const main = process.argv[1] || "";
+if (path.basename(main) === "configurable-http-proxy") await patchProxy(fs.realpathSync(main));
+"""
+)
+PROXY_NODE_OPTIONS = "--import=data:text/javascript," + urllib.parse.quote(PROXY_PRELOAD, safe="")
 
 
 def apply_hub(c, settings: Settings, runtime) -> None:
