@@ -346,13 +346,14 @@ def test_the_runbook_page_offers_the_request_form_to_operators_not_viewers(hub):
     xsrf = bob.cookies.get("_xsrf", path="/services/opshub/")
     posted = bob.post(
         f"{hub.url}/services/opshub/runbooks/unattended-probe.ipynb",
-        data={"_xsrf": xsrf, "p-message": "from the page", "d-message": '"hello"', "p-seconds": "0", "d-seconds": "0"},
+        data={"_xsrf": xsrf, "f-message": "1", "p-message": "from the page", "f-seconds": "1", "p-seconds": "0"},
         timeout=30,
     )
     assert posted.status_code == 200 and "/services/opshub/runs/" in posted.url, posted.text[:500]
     run_id = posted.url.rstrip("/").rsplit("/", 1)[1]
     token = hub.tokens(users=["carol"])["carol"]
-    assert wait_for_status(hub, token, run_id)["parameters"] == {"message": "from the page"}
+    # every value that applied is recorded, typed (the form's text "0" is the integer 0)
+    assert wait_for_status(hub, token, run_id)["parameters"] == {"message": "from the page", "seconds": 0}
 
     carol, _ = hub.login("carol")
     page = carol.get(f"{hub.url}/services/opshub/runbooks/unattended-probe.ipynb", timeout=30)
