@@ -8,6 +8,9 @@ people's homes and server environments). So a hub with per-person accounts **cla
 deployment at start, in a root-only folder (`CLAIMS_DIR`), and a second deployment refuses to start
 while that claim is held, naming the deployment that holds it. A claim whose hub is gone (stopped
 without releasing it, killed) is taken over, with a log line; the hub releases its claim when it ends.
+A hub stopped for a restart (SIGTERM) leaves its servers and runs going, and its claim: another
+deployment does not start while processes run under those accounts (the same deployment does: they are
+its own), and takes the claim over once they are gone.
 
 A hub's process is known by its pid and its start time (a pid reused by another process is not the
 hub), on this boot: a claim from before a reboot is stale.
@@ -23,10 +26,12 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +42,7 @@ ACCOUNTS_CLAIM = "system-accounts"  # one claim per account prefix: deployments 
 DEPLOYMENT_ID_FILE = "deployment-id"
 DEPLOYMENT_ID = re.compile(r"[0-9a-f]{16}")
 _RELEASING: set[tuple[str, str, int]] = set()  # (claims folder, claim, pid) whose release at exit is registered
+_KEEPING: list[bool] = []  # [True]: this hub leaves its servers running (a restart), and its claim with them
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,45 @@ class AccountsClaimed(SettingsError):
 
     def __str__(self) -> str:  # not "invalid settings": the settings are fine, the machine is taken
         return f"{self.source}: {self.problems[0]}"
+
+
+class AccountsLeftRunning(AccountsClaimed):
+    """Another deployment's hub stopped for a restart (SIGTERM) and left servers running under the accounts."""
+
+    def __init__(self, source: str, holder: Claim, pids: list[int], accounts: str):
+        self.holder = holder
+        shown = ", ".join(str(pid) for pid in pids[:10]) + (", ..." if len(pids) > 10 else "")
+        problem = (
+            f"this machine's system accounts ({accounts}) still run processes (pids {shown}) of"
+            f" {holder.describe()}, whose hub stopped for a restart and left its servers and runs going."
+            " This deployment would share them, so it does not start. Start that one again, or stop it for"
+            f" good (start it and Ctrl-C it, which stops its servers), or give this one accounts of its own"
+            " (spawner.local.account_prefix, such as `ops2-`)."
+        )
+        SettingsError.__init__(self, source, [f"spawner.local.account_prefix: {problem}"])
+
+
+def account_processes(is_account: Callable[[str], bool]) -> list[int]:
+    """The processes running as an account whose name `is_account` accepts (their real uid)."""
+    names: dict[int, str | None] = {}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            uid = next(
+                int(line.split()[1]) for line in (entry / "status").read_text().splitlines() if line.startswith("Uid:")
+            )
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue  # gone meanwhile
+        if uid not in names:
+            try:
+                names[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                names[uid] = None
+        if names[uid] is not None and is_account(names[uid]):
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def boot_id() -> str:
@@ -136,17 +181,27 @@ def read_claim(claims_dir: Path, name: str = ACCOUNTS_CLAIM) -> Claim | None:
 
 
 def take(
-    claims_dir: Path, mine: Claim, source: str, accounts: str, name: str = ACCOUNTS_CLAIM, log=None
+    claims_dir: Path,
+    mine: Claim,
+    source: str,
+    accounts: str,
+    name: str = ACCOUNTS_CLAIM,
+    log=None,
+    still_running: Callable[[], list[int]] = list,
 ) -> Claim | None:
-    """Claim `name` for `mine`. AccountsClaimed when another live hub holds it; returns the stale
-    claim taken over (said in the log), or None. Taking one's own claim again is a no-op: `opshub hub`
-    claims before it becomes JupyterHub (the same process), which claims again."""
+    """Claim `name` for `mine`. AccountsClaimed when another live hub holds it, or when another
+    deployment's hub is gone but `still_running()` names processes of the accounts (its servers and runs,
+    left going by a restart); returns the stale claim taken over (said in the log), or None. Taking one's
+    own claim again is a no-op: `opshub hub` claims before it becomes JupyterHub (the same process),
+    which claims again. The same deployment takes its stale claim over: its servers are its own."""
     log = log or (lambda message: print(f"opshub: {message}", file=sys.stderr, flush=True))
     with _locked(claims_dir):
         held = read_claim(claims_dir, name)
         if held is not None and not is_ours(held, mine):
             if is_alive(held):
                 raise AccountsClaimed(source, held, Path(mine.state_dir), accounts)
+            if Path(held.state_dir) != Path(mine.state_dir) and (pids := still_running()):
+                raise AccountsLeftRunning(source, held, pids, accounts)
             log(
                 f"taking over this machine's system accounts ({accounts}) from {held.describe()}:"
                 " that hub is no longer running"
@@ -160,8 +215,17 @@ def take(
     return None if held is None or is_ours(held, mine) else held
 
 
+def keep_claim_at_exit() -> None:
+    """This hub ends leaving its servers and runs going (SIGTERM, a restart): its claim stays, so that
+    another deployment does not start among them while they run (`take`'s `still_running`)."""
+    _KEEPING.append(True)
+
+
 def release(claims_dir: Path, mine: Claim, name: str = ACCOUNTS_CLAIM) -> bool:
-    """Give the claim up, if it is still `mine` (a hub that took over a stale claim keeps it)."""
+    """Give the claim up, if it is still `mine` (a hub that took over a stale claim keeps it) and this
+    hub does not leave its servers running."""
+    if _KEEPING:
+        return False
     with _locked(claims_dir):
         held = read_claim(claims_dir, name)
         if held is None or not is_ours(held, mine):
@@ -177,11 +241,18 @@ def accounts_claim(prefix: str) -> str:
 
 
 def claim_system_accounts(
-    state_dir: Path, url: str, source: str, accounts: str, claims_dir: Path = CLAIMS_DIR, name: str = ACCOUNTS_CLAIM
+    state_dir: Path,
+    url: str,
+    source: str,
+    accounts: str,
+    claims_dir: Path = CLAIMS_DIR,
+    name: str = ACCOUNTS_CLAIM,
+    still_running: Callable[[], list[int]] = list,
 ) -> Claim:
-    """The start-up step: claim the system accounts for this hub's process, released when it ends."""
+    """The start-up step: claim the system accounts for this hub's process, released when it ends (a hub
+    stopped by SIGTERM releases it too: `still_running` then keeps other deployments out)."""
     mine = this_process(state_dir, url)
-    take(claims_dir, mine, source, accounts, name)
+    take(claims_dir, mine, source, accounts, name, still_running=still_running)
     if (str(claims_dir), name, mine.pid) not in _RELEASING:
         # once per process: prepare() runs in `opshub hub`, then again in the JupyterHub it becomes (the
         # same process: atexit handlers do not survive exec, so it is JupyterHub's exit that releases it)

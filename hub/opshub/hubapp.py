@@ -21,6 +21,7 @@ from tornado import httpclient
 from traitlets import Bool
 
 from .contract import RUNNER_ACCOUNT
+from .deployments import keep_claim_at_exit
 
 STOP_RUNS_SECONDS = 30  # how long Ctrl-C waits for the runs it interrupts to record their end
 
@@ -36,6 +37,7 @@ class OpsHubApp(JupyterHub):
     async def shutdown_cancel_tasks(self, sig=None):
         if sig == signal.SIGTERM and self.keep_servers_on_sigterm:
             self.cleanup_servers = False
+            keep_claim_at_exit()  # they still use the machine's system accounts
             self.log.warning("SIGTERM: the hub stops; servers and unattended runs go on for its next start")
         await super().shutdown_cancel_tasks(sig)
 

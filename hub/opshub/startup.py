@@ -20,7 +20,7 @@ from .configure import Runtime
 from .configure.services import database_url
 from .configure.spawner import homes_dir, local_accounts
 from .contract import SYSTEM_ACCOUNTS
-from .deployments import CLAIMS_DIR, accounts_claim, claim_system_accounts, deployment_id
+from .deployments import CLAIMS_DIR, account_processes, accounts_claim, claim_system_accounts, deployment_id
 from .runbooks.mirror import MirrorError, mirror
 from .settings import OAUTH_PROVIDERS, PACKAGE_DIR, Settings, SettingsError, public_url, repository_url
 
@@ -260,8 +260,19 @@ def claim_accounts(settings: Settings, runtime: Runtime, claims_dir: Path | None
     prefix = settings["spawner"]["local"]["account_prefix"]
     accounts = ", ".join([f"{prefix}{PERSON_PREFIX}<name>", *(prefix + name for name in SYSTEM_ACCOUNTS)])
     claims_dir = claims_dir or CLAIMS_DIR  # read now: tests point it at a folder of their own
+    names = {prefix + name for name in SYSTEM_ACCOUNTS}
+
+    def is_account(name: str) -> bool:
+        return name in names or name.startswith(prefix + PERSON_PREFIX)
+
     claim_system_accounts(
-        settings.state_dir, public_url(settings.data), settings.source, accounts, claims_dir, accounts_claim(prefix)
+        settings.state_dir,
+        public_url(settings.data),
+        settings.source,
+        accounts,
+        claims_dir,
+        accounts_claim(prefix),
+        still_running=lambda: account_processes(is_account),
     )
 
 

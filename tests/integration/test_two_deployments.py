@@ -11,6 +11,7 @@ tests/unit/test_deployments.py and tests/unit/test_recorder.py.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import requests
@@ -40,6 +41,36 @@ def test_a_second_deployment_refuses_to_start_while_the_first_runs(tmp_path):
         second.stop()
         first.stop()
     second.start()  # the first released its claim when it stopped
+    second.stop()
+
+
+@as_root
+def test_servers_left_running_by_a_restart_keep_another_deployment_out(tmp_path):
+    """A restart (SIGTERM) ends the hub and leaves its servers running under the accounts: a second
+    deployment with the same accounts still refuses to start, naming them; the first starts again."""
+
+    def same_accounts(settings):
+        settings["spawner"]["local"]["account_prefix"] = "twin2-"
+
+    first, second = Hub(tmp_path / "first", configure=same_accounts), Hub(tmp_path / "second", configure=same_accounts)
+    first.start()
+    try:
+        session, _ = first.login("bob")
+        first.open_lab(session, "bob")
+        first.kill(signal.SIGTERM)
+        with pytest.raises(RuntimeError, match="the hub exited with"):
+            second.start()
+        said = second.log_file.read_text()
+        assert "twin2-opshub-runner) still run processes (pids " in said, said
+        assert f"state folder {first.state} at {first.url}/ (hub pid" in said and "Start that one again" in said, said
+        first.start()  # the same deployment takes its servers over
+        assert first.login("bob")[1].status_code == 200
+    finally:
+        second.stop()
+        if first.proc.poll() is not None:  # stopped by SIGTERM above: its servers still run
+            first.start()
+        first.stop()  # Ctrl-C: its servers stop with it
+    second.start()
     second.stop()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import pwd
 import signal
 import stat
 import subprocess
@@ -23,7 +24,9 @@ from opshub.deployments import (
     ACCOUNTS_CLAIM,
     DEPLOYMENT_ID_FILE,
     AccountsClaimed,
+    AccountsLeftRunning,
     Claim,
+    account_processes,
     accounts_claim,
     deployment_id,
     process_start,
@@ -116,6 +119,31 @@ def test_a_stale_claim_is_taken_over_with_a_log_line(tmp_path, claims):
     assert read_claim(claims).pid == os.getpid()
     (line,) = said
     assert "taking over" in line and "/srv/other/state" in line and "no longer running" in line
+
+
+def test_servers_left_running_by_another_deployments_restart_keep_this_one_out(tmp_path, claims, other_hub):
+    """Its hub got SIGTERM (a restart) and released its claim's process, but its servers and runs go on
+    under the accounts: another deployment does not start among them; the same deployment does."""
+    gone = subprocess.Popen(["true"])
+    held = claim_of(gone)
+    gone.wait()
+    write(claims, held)
+    with pytest.raises(AccountsLeftRunning) as refused:
+        take(claims, mine(tmp_path), "opshub.yaml", ACCOUNTS, still_running=lambda: [other_hub.pid])
+    message = str(refused.value)
+    assert f"still run processes (pids {other_hub.pid}) of the deployment with state folder /srv/other/state" in message
+    assert "Start that one again" in message and "spawner.local.account_prefix" in message
+    assert read_claim(claims) == held  # still theirs
+    restarted = replace(mine(tmp_path), state_dir="/srv/other/state")
+    assert take(claims, restarted, "opshub.yaml", ACCOUNTS, log=lambda _: None, still_running=lambda: [1]) == held
+    write(claims, held)
+    assert take(claims, mine(tmp_path), "opshub.yaml", ACCOUNTS, log=lambda _: None, still_running=list) == held
+
+
+def test_account_processes_finds_the_processes_of_the_accounts_named():
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert os.getpid() in account_processes(lambda name: name == me)
+    assert account_processes(lambda name: False) == []
 
 
 def test_a_reused_pid_or_another_boot_is_not_the_hub(tmp_path, claims, other_hub):
