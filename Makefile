@@ -66,10 +66,11 @@ test-unit: install-test ## fast tests: settings, config functions, git mirroring
 test-integration: install-test ## tests against a live hub, proxy, git remote and spawned JupyterLabs
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
-test-unattended: install-test ## the runner, requests, schedules, alerts and locks (unit, then live: ~15 min)
+test-unattended: install-test ## the runner, requests, typed parameters, schedules, alerts and locks (unit, then live: ~15 min)
 	$(VENV)/bin/pytest tests/unit/test_queue.py tests/unit/test_scheduler.py tests/unit/test_triggers.py tests/unit/test_runner.py \
 		tests/integration/test_unattended_runs.py tests/integration/test_unattended_restarts.py \
-		tests/integration/test_alerts.py tests/integration/test_schedules_postgres.py tests/browser/test_unattended_browser.py $(PYTEST_ARGS)
+		tests/integration/test_alerts.py tests/integration/test_schedules_postgres.py tests/browser/test_unattended_browser.py \
+		tests/unit/test_typed_parameters.py tests/integration/test_typed_parameters_live.py $(PYTEST_ARGS)
 
 test-browser: install-test ## Debian's Chromium (installed when missing) driven by Playwright against a live hub
 	$(VENV)/bin/pytest tests/browser $(PYTEST_ARGS)
