@@ -39,7 +39,7 @@ from jsonschema import Draft202012Validator
 from .parameter_declaration import declaration_problems
 from .params import cell_parameters
 from .triggers import check_triggers, template_names
-from .typed_parameters import Parameter, ParameterError, ReadFile, parameters_of, resolve
+from .typed_parameters import TYPES, Parameter, ParameterError, ReadFile, parameters_of, resolve
 
 # The dashboard names the service accepts (opshub.service.dashboards.SLUG, which checks again on publish).
 DASHBOARD_NAME = "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
@@ -58,7 +58,7 @@ PARAMETER = {
     "additionalProperties": False,
     "properties": {
         "type": {
-            "enum": ["string", "integer", "number", "boolean", "list", "secret"],
+            "enum": list(TYPES),
             "description": "What the value is. `list`: a list of strings. `secret`: the name of a secret "
             "(an environment variable such as a runner credential), never its value. Left out: the type of "
             "the default in the parameters cell. A secret's choices are the runbook's `credentials` when it "

@@ -42,6 +42,7 @@ from .params import DeclaredParameter, UsageError, parse_value
 TYPES = ("string", "integer", "number", "boolean", "list", "secret")
 ANY = "any"  # a parameter whose cell default says nothing of its type (None, a dict, an expression)
 LARGEST = 2**53  # numbers beyond it do not survive JSON readers as they were written
+LONGEST_TEXT = 10_000  # characters of one text value: a parameter is a name, a host, an option
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NO_DEFAULT = object()
 _TRUE = {"true", "yes", "on", "1"}
@@ -69,7 +70,7 @@ class Parameter:
     description: str = ""
     default: Any = NO_DEFAULT  # the typed default; absent when the cell's is no literal
     default_text: str = ""  # the default as the cell writes it
-    settable: bool = True  # False: declared elsewhere, kept at its default in every run
+    settable: bool = True  # False: left out of the runbook's declaration, kept at its default in every run
     choices: tuple | None = None
     choices_from: Mapping[str, Any] | None = None  # {"file": ..., "path": [...]}
     pattern: str | None = None
@@ -232,6 +233,8 @@ def coerce(parameter: Parameter, value: Any, text: bool = False) -> Any:
     if kind in ("string", "secret"):
         if not isinstance(value, str):
             raise _error(parameter, value, "text")
+        if len(value) > LONGEST_TEXT:
+            raise _error(parameter, value, f"text of at most {LONGEST_TEXT} characters")
         if kind == "secret" and not SECRET_NAME.fullmatch(value):
             raise _error(parameter, value, "the name of a secret (letters, digits and _, such as DB_PASSWORD)")
         return value
