@@ -173,7 +173,7 @@ def test_opshub_request_typed_in_a_terminal_runs_on_the_runner(hub, tokens, bob_
         assert code == 0, out
         assert "requested run" in out and "succeeded" in out
         out, code = terminal.run("opshub request unattended-probe -p nonsense 1", timeout=60)
-        assert code == 1 and "nonsense" in out
+        assert code == 2 and "parameter nonsense is not a parameter of this runbook" in out, out
 
 
 def test_a_lock_makes_a_second_run_wait_also_one_typed_in_a_terminal(hub, tokens, bob_lab):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 
 from jupyterhub.services.auth import check_scopes
 from jupyterhub.utils import url_path_join
@@ -37,9 +38,8 @@ from .runs import run_json
 
 log = logging.getLogger("opshub.service")
 
-# The request form's script: a file of the service (the pages' CSP runs no inline script). Kept as a
-# template (.html) so that the package ships it with the others.
-FORM_SCRIPT = "parameter_form_js.html"
+# The request form's script: a file of the service (the pages' CSP runs no inline script).
+FORM_SCRIPT = Path(__file__).resolve().parent.parent / "static" / "parameter-form.js"
 PROBLEM = re.compile(r"^parameter ([A-Za-z_][A-Za-z0-9_]*)\b")
 DRY_RUN = "dry_run"  # the boolean parameter that makes a run of a system-changing runbook a dry run
 DRY_RUNS_LOOKED_AT = 2000  # runs of the runbook looked through for the last dry run with the same values
@@ -393,7 +393,7 @@ class FormScript(ServiceHandler):
     def get(self):
         self.set_header("Content-Type", "text/javascript; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.finish(self.settings["opshub_templates"].get_template(FORM_SCRIPT).render())
+        self.finish(FORM_SCRIPT.read_bytes())
 
 
 class RunbooksPage(RequestMixin, BaseHandler):

@@ -1,8 +1,6 @@
-{#- The request form's script, served as static/parameter-form.js (requests.py FormScript): the pages'
-    CSP runs no inline script. It is a template file only so that the package ships it; nothing in it is
-    rendered. Without it the form still works: a dependent list shows its choices for every parent value,
-    grouped by that value, and the service checks what is sent. -#}
-{% raw -%}
+// The request form's script, served as static/parameter-form.js (requests.py FormScript): the pages'
+// CSP runs no inline script. Without it the form still works: a dependent list shows its choices for
+// every parent value, grouped by that value, and the service checks what is sent.
 // opshub request form: lists whose choices follow another parameter (data-follows="stack") show the
 // choices of the parent's value, without a reload; what stays picked is kept.
 (function () {
@@ -61,4 +59,3 @@
     if (form) { liveButton(form); }
   });
 })();
-{%- endraw %}
