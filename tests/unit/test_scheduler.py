@@ -545,3 +545,27 @@ def test_an_alert_queues_one_run_while_it_has_one(unattended, store, clock):
     assert run.alert_fingerprint == "fp1" and run.locks == ["stack:web"] and run.due_at == clock.current
     assert unattended.alert("patch.ipynb", "HostDown", "fp1", {"stack": "web"}, clock.current) is None
     assert json.loads(json.dumps(store.get_run(run.id).parameters)) == {"stack": "web", "dry_run": True}
+
+
+def test_the_choices_of_a_request_come_from_the_inventory_at_the_runs_commit(repository, store):
+    """`hosts` follows `stack` in the inventory file of the repository, as it is at the commit a run is
+    requested at: a host added later is refused at the older commit, and one removed since is refused now."""
+    declaration = {
+        "stack": {"type": "string", "choices_from": {"file": "stacks.yaml", "path": ["stacks"]}},
+        "hosts": {"type": "list", "choices_from": {"file": "stacks.yaml", "path": ["stacks", "{stack}", "hosts"]}},
+    }
+    patch = runbook({"parameters": declaration}, parameters='stack = "lab"\nhosts = []')
+    repository.create({"patch.ipynb": patch, "stacks.yaml": "stacks: {lab: {hosts: [localhost]}, web: {hosts: [w1]}}"})
+    old = repository.head()
+    new = repository.commit({"stacks.yaml": "stacks: {lab: {hosts: [localhost]}, web: {hosts: [w2]}, db: {}}"})
+    unattended = Unattended(RunQueue(store), repository.new_catalog())
+
+    assert unattended.request("patch.ipynb", {"stack": "web", "hosts": ["w1"]}, "bob", commit=old).runbook_commit == old
+    refusal = refused(lambda: unattended.request("patch.ipynb", {"stack": "web", "hosts": ["w2"]}, "bob", commit=old))
+    assert refusal.status == 400 and "parameter hosts: 'w2' is not one of w1 (from stacks.yaml)" in str(refusal)
+    assert unattended.request("patch.ipynb", {"stack": "web", "hosts": "w2"}, "bob", text=True).runbook_commit == new
+    refusal = refused(lambda: unattended.request("patch.ipynb", {"stack": "db", "hosts": ["w2"]}, "bob"))
+    assert "stacks.yaml has no stacks.db.hosts to take its choices from" in str(refusal)
+    assert unattended.request("patch.ipynb", {"stack": "db"}, "bob").parameters == {"stack": "db", "hosts": []}
+    refusal = refused(lambda: unattended.request("patch.ipynb", {"stack": "db"}, "bob", commit=old))
+    assert "parameter stack: 'db' is not one of lab, web (from stacks.yaml)" in str(refusal)
