@@ -432,7 +432,12 @@ def test_a_body_that_is_not_alertmanagers_is_refused_by_name(ready, tokens):
     answer = response.json()
     assert answer["started"] == [], answer
     assert any("{instance}" in p and SERVICE_DOWN in p for p in answer["problems"]), answer
-    assert len(alert_runs(hub, admin)) == before
+    # on record once, so the history says why the alert ran nothing (Alertmanager sends it again and again)
+    assert post_alerts(hub, bearer, json=notification(unlabelled)).json()["started"] == []
+    runs = alert_runs(hub, admin)
+    assert len(runs) == before + 1
+    assert runs[0]["status"] == "failed" and "Not run:" in runs[0]["error_summary"]
+    assert "{instance}" in runs[0]["error_summary"]
 
 
 def test_a_fingerprint_the_history_cannot_store_is_a_problem_not_a_500(ready, tokens):

@@ -126,15 +126,19 @@ class AlertsHandler(MachineHandler):
         """On record, once per alert and runbook (Alertmanager sends a firing alert again and again), so the
         history says why the alert ran nothing."""
         queue = self.settings["opshub_queue"]
-        run = queue.record_missed(
-            rule.runbook,
-            f"alert {rule.alertname} {fingerprint}"[:255],
-            f"{rule.runbook}!alert:{fingerprint}",
-            received,
-            f"Not run: {error}"[:4000],
-            status="failed",
-            trigger="alert",
-        )
+        try:
+            run = queue.record_missed(
+                rule.runbook,
+                f"alert {rule.alertname} {fingerprint}"[:255],
+                f"{rule.runbook}!alert:{fingerprint}",
+                received,
+                f"Not run: {error}"[:4000],
+                status="failed",
+                trigger="alert",
+            )
+        except ValueError as e:  # a field the history cannot store: the webhook's answer says the problem
+            log.error("alert %s (%s): its refusal cannot be recorded: %s", rule.alertname, fingerprint, e)
+            return
         if run is not None:
             self.hooks.ended(run)
 
