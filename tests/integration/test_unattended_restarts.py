@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import signal
 import subprocess
-import re
 import time
 from collections import Counter
 from pathlib import Path
