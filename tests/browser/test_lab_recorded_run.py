@@ -63,8 +63,9 @@ def test_run_as_recorded_run_from_jupyterlab(page, hub):
 def test_the_run_dialog_offers_the_patching_runbooks_typed_fields(page, hub):
     """Dropdowns from the inventory, the hosts following the stack, checkboxes, a bounded number field, and
     ssh_options fixed: the same declaration as the request page's. The dialog is cancelled: nothing runs."""
-    # a workspace of its own: the tab it leaves open is not in the way of the other tests' notebooks
-    log_in_to_lab(page, hub, "bob", "runbooks/patch-server-stack.ipynb", "lab/workspaces/opshub-typed-dialog/tree")
+    # a workspace of its own: the tab it leaves open is not in the way of the other tests' notebooks; alice's
+    # server: other modules count on bob's copy of the patching runbook being as the repository has it
+    log_in_to_lab(page, hub, "alice", "runbooks/patch-server-stack.ipynb", "lab/workspaces/opshub-typed-dialog/tree")
     expect(page.locator(".jp-NotebookPanel:visible .jp-Notebook")).to_contain_text("Patch", timeout=30_000)
     page.locator(".jp-NotebookPanel:visible .opshub-run-recorded").click()  # other runbooks may be open too
     dialog = page.locator(".jp-Dialog")

@@ -19,7 +19,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from playwright.sync_api import expect
 
 from tests.helpers import git
-from tests.livehub import wait_for
+from tests.livehub import Hub, wait_for
 
 from .conftest import screenshot
 from .test_unattended_browser import log_in_to_home, snap
@@ -71,14 +71,28 @@ def typed_runbook() -> dict:
     )
 
 
+RESTRICTED = "typed-form-restricted.ipynb"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A hub of this module's own, its repository holding the test's runbooks from the start: the
+    session's hub keeps its repository as the other modules expect it (people's checkouts at its commit)."""
+    the_hub = Hub(tmp_path_factory.mktemp("typed-form"))
+    restricted = typed_runbook()
+    restricted.metadata["opshub"]["run_groups"] = ["database-admins"]
+    nbformat.write(typed_runbook(), the_hub.upstream / RUNBOOK)
+    nbformat.write(restricted, the_hub.upstream / RESTRICTED)
+    git("add", RUNBOOK, RESTRICTED, cwd=the_hub.upstream)
+    git("commit", "-q", "-m", "the typed form's runbooks", cwd=the_hub.upstream)
+    the_hub.start()
+    yield the_hub
+    the_hub.stop()
+
+
 @pytest.fixture(scope="module")
 def typed(hub):
-    """The session's hub with the test's runbook committed to its repository, and tokens."""
-    path = hub.upstream / RUNBOOK
-    if not path.exists():
-        nbformat.write(typed_runbook(), path)
-        git("add", RUNBOOK, cwd=hub.upstream)
-        git("commit", "-q", "-m", f"add {RUNBOOK}", cwd=hub.upstream)
+    """The module's hub once its service has read the test's runbook, and tokens."""
     tokens = hub.tokens(users=["bob"])
     wait_for(
         lambda: hub.service_api(tokens["bob"], "GET", f"runbooks/{RUNBOOK}").status_code == 200,
@@ -259,19 +273,9 @@ def test_cancelling_a_running_run_asks_first(page, hub, typed):
     snap(page, "typed-cancelled")
 
 
-RESTRICTED = "typed-form-restricted.ipynb"
-
-
 def test_a_runbook_restricted_to_groups_says_who_may_request_it(page, hub, typed):
     """bob is in none of the runbook's run_groups: its page says so, naming them, and offers no form; a
     POST all the same is a page naming the refusal, never a traceback."""
-    path = hub.upstream / RESTRICTED
-    if not path.exists():
-        notebook = typed_runbook()
-        notebook.metadata["opshub"]["run_groups"] = ["database-admins"]
-        nbformat.write(notebook, path)
-        git("add", RESTRICTED, cwd=hub.upstream)
-        git("commit", "-q", "-m", f"add {RESTRICTED}", cwd=hub.upstream)
     wait_for(
         lambda: hub.service_api(typed["bob"], "GET", f"runbooks/{RESTRICTED}").status_code == 200,
         timeout=60,

@@ -29,7 +29,7 @@ def test_a_runbook_is_described_with_its_parameters_and_drift(hub, people):
     assert info["is_runbook"] and info["runbook"] == "patch-server-stack.ipynb"
     assert info["title"] == "Patch a server stack"
     assert info["changes_systems"] is True
-    assert [p["name"] for p in info["parameters"]][:3] == ["stack", "inventory", "dry_run"]
+    assert [p["name"] for p in info["parameters"]][:4] == ["stack", "hosts", "inventory", "dry_run"]
     assert info["drift"] is False and info["upstream_moved"] is False
     assert len(info["commit"]) == 40
 

@@ -67,7 +67,12 @@ def test_headless_run_succeeds_and_is_recorded(hub, bob):
     assert "▶" in out and "[dry run] ssh" in out  # progress per cell, then the cell's output
     run = find_run(hub, "patch-server-stack.ipynb", "succeeded")
     assert run["user"] == "bob" and run["trigger"] == "headless"
-    assert run["parameters"] == {"stack": "lab", "dry_run": True}
+    assert {name: run["parameters"][name] for name in ("stack", "hosts", "dry_run", "reboot")} == {
+        "stack": "lab",
+        "hosts": [],
+        "dry_run": True,
+        "reboot": True,
+    }  # every value that applied: the given ones and the defaults
     clone = hub.home("bob") / "runbooks"
     assert run["runbook_commit"] == git("rev-parse", "origin/main", cwd=clone) and run["drift"] is False
     assert run["output_notebook"]["cells"]

@@ -233,12 +233,13 @@ def run_runbook(
 class _Plan:
     path: Path
     name: str
-    parameters: dict[str, Any]
+    parameters: dict[str, Any]  # every value that applies: recorded
     kernel_name: str
     output: Path | None
     heartbeat: float
     commit: str | None = None
     drift: bool = True
+    injected: dict[str, Any] | None = None  # the values papermill sets: those that differ from the cell's
 
 
 def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = None, values=None) -> _Plan:
@@ -260,8 +261,19 @@ def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = Non
         except OSError as e:
             raise UsageError(f"cannot write the output notebook to {output}: {e}") from None
     plan = _Plan(path, name, parameters, kernel_name, output, heartbeat_interval(os.environ))
+    # a value equal to the cell's default needs no injected cell: the notebook runs as written
+    plan.injected = {
+        key: value
+        for key, value in parameters.items()
+        if not (typed[key].has_default and _same_value(value, typed[key].default))
+    }
     plan.commit, plan.drift = (commit, False) if commit else git_state(path.parent, path.name)
     return plan
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, and of the same type (True is not 1)."""
+    return type(a) is type(b) and a == b
 
 
 def local_parameters(runbook: str, runbooks_dir=None) -> tuple[Path, str, dict[str, Parameter], RepositoryFiles]:
@@ -336,7 +348,7 @@ def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
     heartbeat.start()
     try:
         try:
-            nb, error = execute_notebook(plan.path, plan.parameters, plan.kernel_name, terminal, stopper)
+            nb, error = execute_notebook(plan.path, plan.injected, plan.kernel_name, terminal, stopper)
         finally:
             heartbeat.stop()
         # The handlers stay until the end is recorded: a Ctrl-C now is noted and ignored, so that the
