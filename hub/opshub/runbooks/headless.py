@@ -45,6 +45,7 @@ from .typed_parameters import (
     RepositoryFiles,
     describe_for_help,
     form_fields,
+    is_default,
     parameters_of,
     resolve,
 )
@@ -262,18 +263,9 @@ def _prepare(runbook: str, pairs, output, runbooks_dir, commit: str | None = Non
             raise UsageError(f"cannot write the output notebook to {output}: {e}") from None
     plan = _Plan(path, name, parameters, kernel_name, output, heartbeat_interval(os.environ))
     # a value equal to the cell's default needs no injected cell: the notebook runs as written
-    plan.injected = {
-        key: value
-        for key, value in parameters.items()
-        if not (typed[key].has_default and _same_value(value, typed[key].default))
-    }
+    plan.injected = {key: value for key, value in parameters.items() if not is_default(typed[key], value)}
     plan.commit, plan.drift = (commit, False) if commit else git_state(path.parent, path.name)
     return plan
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    """Equal, and of the same type (True is not 1)."""
-    return type(a) is type(b) and a == b
 
 
 def local_parameters(runbook: str, runbooks_dir=None) -> tuple[Path, str, dict[str, Parameter], RepositoryFiles]:

@@ -353,9 +353,15 @@ def resolve(
 
 def _same(parameter: Parameter, value: Any) -> bool:
     try:
-        return coerce(parameter, value) == parameter.default
+        return is_default(parameter, coerce(parameter, value))
     except ParameterError:
         return False
+
+
+def is_default(parameter: Parameter, value: Any) -> bool:
+    """Whether the typed `value` is the parameter's default (True is not 1)."""
+    default = parameter.default
+    return parameter.has_default and value == default and isinstance(value, bool) == isinstance(default, bool)
 
 
 def choices_for(parameter: Parameter, values: Mapping[str, Any], read_file: ReadFile | None) -> list:
