@@ -15,6 +15,13 @@ from opshub.service.queue import RunQueue
 from opshub.service.store import RunStore
 from sqlalchemy import inspect
 
+from tests.unit.test_lifecycle import (  # noqa: F401 (the run's transitions, collected again here; its refusals
+    life,  # are decided before the database is written, and are not run twice)
+    test_a_deleted_runs_trail_stays,
+    test_a_rolled_back_change_tells_nobody,
+    test_each_transition_tells_the_subscribers_once_and_is_on_record,
+    test_recording_a_run_is_one_change_from_new,
+)
 from tests.unit.test_queue import *  # noqa: F403 (the shared tests, collected again here)
 from tests.unit.test_queue import all_runs, enqueue, queued_runs, run_together
 from tests.unit.test_store import *  # noqa: F403 (the shared tests, collected again here)

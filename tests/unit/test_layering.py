@@ -109,3 +109,62 @@ def test_the_rules_see_a_violation():
         assert "opshub.service.store" in opshub_imports(probe)
     finally:
         probe.unlink()
+
+
+DOOR = "opshub.service.lifecycle"
+
+
+def status_writes(source: str) -> list[str]:
+    """Writes of a run's status in this source: `.values(status=...)`, `x.status = ...`, `delete(Run)`,
+    and adding a run to a session (`session.add(run)`, `session.add(Run(...))`)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            parts = [p for t in targets for p in (t.elts if isinstance(t, ast.Tuple) else [t])]
+            for part in parts:  # `self.status` is an exception's HTTP status, not a run's
+                is_self = (
+                    isinstance(part, ast.Attribute) and isinstance(part.value, ast.Name) and part.value.id == "self"
+                )
+                if isinstance(part, ast.Attribute) and part.attr == "status" and not is_self:
+                    found.append(f"line {node.lineno}: assigns .status")
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute | ast.Name):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+        if name == "values" and any(k.arg == "status" for k in node.keywords):
+            found.append(f"line {node.lineno}: .values(status=...)")
+        if name == "delete" and any(isinstance(a, ast.Name) and a.id == "Run" for a in node.args):
+            found.append(f"line {node.lineno}: delete(Run)")
+        if name in ("add", "add_all", "merge") and any(
+            (isinstance(a, ast.Name) and "run" in a.id.lower())
+            or (isinstance(a, ast.Call) and isinstance(a.func, ast.Name) and a.func.id == "Run")
+            for a in node.args
+        ):
+            found.append(f"line {node.lineno}: adds a run to a session")
+    return found
+
+
+def test_a_runs_status_is_written_only_by_its_one_door():
+    """Every change of a run's status goes through service/lifecycle.py, which checks it against the
+    table of transitions, records the event and tells the subscribers (issue 21)."""
+    wrong = [
+        f"{name} {write}"
+        for name, path in modules().items()
+        if name != DOOR
+        for write in status_writes(path.read_text())
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_status_rule_sees_each_kind_of_write():
+    probes = [
+        "session.execute(update(Run).where(Run.id == x).values(status='failed'))",
+        "run.status = 'cancelled'",
+        "run.status, run.ended_at = 'cancelled', now",
+        "session.execute(delete(Run).where(Run.id == x))",
+        "session.add(run)",
+        "session.add(Run(id=x, status='running'))",
+    ]
+    for probe in probes:
+        assert status_writes(probe), probe
+    assert not status_writes("session.add(ScheduleState(key=k))\nupdate(Run).values(cancel_requested_by=by)")

@@ -635,7 +635,8 @@ def test_a_cancel_that_lands_while_claim_picks_runs_is_not_lost(queue, store, cl
     canceller: list[threading.Thread] = []
 
     def cancel_in_between(conn, cursor, statement, parameters, context, executemany):
-        if not canceller and statement.lstrip().upper().startswith("UPDATE RUNS SET STATUS"):
+        claiming = statement.lstrip().upper().startswith("UPDATE RUNS SET") and "STATUS=" in statement.upper()
+        if not canceller and claiming:
             thread = threading.Thread(target=queue.request_cancel, args=(run.id, "bob", False))
             canceller.append(thread)
             thread.start()

@@ -111,6 +111,7 @@ class Service:
         self.registry = CollectorRegistry()
         self.stats = RunStats()
         self.events = RunEvents(self.stats, self.registry, self.queue.queued_count)
+        store.bus.subscribe(self.events.changed)  # as the service subscribes its metrics at start
         self.woken = 0
         self.unattended = Unattended(self.queue, catalog, wake=self.wake)
         self.scheduler = Scheduler(

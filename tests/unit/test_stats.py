@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 
+from opshub.service.events import RunEvents
 from opshub.service.stats import DURATION_BUCKETS, RunStats
 from opshub.service.store import RunStore
+from prometheus_client import CollectorRegistry
 
 START = datetime.datetime(2026, 11, 1, 8, 0, tzinfo=datetime.timezone.utc)
 
@@ -18,11 +20,26 @@ class Clock:
         return self.now
 
 
-def test_incremental_stats_equal_stats_rebuilt_from_the_store(tmp_path):
+def assert_equal(live: RunStats, rebuilt: RunStats) -> None:
+    assert live.finished == rebuilt.finished
+    assert live.running == rebuilt.running
+    assert live.last_started == rebuilt.last_started
+    assert live.cell_failures == rebuilt.cell_failures
+    assert live.durations.keys() == rebuilt.durations.keys()
+    for key, durations in live.durations.items():
+        assert durations.buckets == rebuilt.durations[key].buckets, key
+        assert durations.count == rebuilt.durations[key].count
+        assert abs(durations.total - rebuilt.durations[key].total) < 0.01
+
+
+def test_stats_kept_by_the_runs_life_equal_stats_rebuilt_from_the_store(tmp_path):
+    """The service subscribes its metrics to the store's bus (lifecycle.py): every start, end, sweep and
+    deletion reaches them once, and they stay equal to the store without ever being rebuilt."""
     clock = Clock()
     store = RunStore(f"sqlite:///{tmp_path / 'runs.sqlite'}", now=clock)
     store.upgrade()
     live = RunStats.from_store(store)
+    store.bus.subscribe(RunEvents(live, CollectorRegistry(), lambda: 0).changed)
     plan = [
         ("patch.ipynb", "bob", "succeeded", 2, None),
         ("patch.ipynb", "bob", "failed", 400, 3),
@@ -30,36 +47,30 @@ def test_incremental_stats_equal_stats_rebuilt_from_the_store(tmp_path):
         ("health.ipynb", "alice", "interrupted", 20, None),
         ("tls.ipynb", "bob", "failed", 1, None),
     ]
+    finished = []
     for runbook, user, status, seconds, failed_cell in plan:
         run = store.start_run(runbook, user, "headless")
-        live.started(run)
         clock.now += datetime.timedelta(seconds=seconds)
-        live.ended(store.finish_run(run.id, user, status, failed_cell=failed_cell))
+        finished.append(store.finish_run(run.id, user, status, failed_cell=failed_cell))
     still_running = store.start_run("patch.ipynb", "carol", "headless")
-    live.started(still_running)
-    # the sweep ends a silent run; the service tells the stats
-    silent = store.start_run("health.ipynb", "bob", "headless")
-    live.started(silent)
+    # the sweep ends a silent run
+    store.start_run("health.ipynb", "bob", "headless")
     clock.now += datetime.timedelta(minutes=10)
     store.heartbeat(still_running.id, "carol")
-    (interrupted,) = store.interrupt_stale_runs(datetime.timedelta(minutes=5))
-    live.ended(store.get_run(interrupted))
+    store.interrupt_stale_runs(datetime.timedelta(minutes=5))
 
     rebuilt = RunStats.from_store(store)
-    assert live.finished == rebuilt.finished
-    assert live.running == rebuilt.running == {still_running.id: ("patch.ipynb", still_running.started_at)}
-    assert live.last_started == rebuilt.last_started
-    assert live.cell_failures == rebuilt.cell_failures == {"patch.ipynb": 1}
-    assert live.durations.keys() == rebuilt.durations.keys()
-    for key, durations in live.durations.items():
-        assert durations.buckets == rebuilt.durations[key].buckets, key
-        assert durations.count == rebuilt.durations[key].count
-        assert abs(durations.total - rebuilt.durations[key].total) < 0.01
+    assert_equal(live, rebuilt)
+    assert live.running == {still_running.id: ("patch.ipynb", still_running.started_at)}
+    assert live.cell_failures == {"patch.ipynb": 1}
     health = live.durations[("health.ipynb", "headless")]
     # 20 s, the silent run ended at exactly 600 s, and 7300 s
     assert health.count == 3 and health.buckets[DURATION_BUCKETS.index(600)] == 2
     assert health.buckets[DURATION_BUCKETS.index(7200)] == 2 and health.buckets[-1] == 3
 
-    store.delete_run(still_running.id)
-    live.reload(store)
-    assert live.running == {}
+    # deletions are taken out exactly: a running run, the latest failed run, the only tls run
+    for run in (still_running, finished[1], finished[4]):
+        assert store.delete_run(run.id, by="admin")
+        assert_equal(live, RunStats.from_store(store))
+    assert live.running == {} and ("tls.ipynb", "failed") not in live.last_started
+    assert live.cell_failures == {}

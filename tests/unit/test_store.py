@@ -516,7 +516,7 @@ def test_list_runs_hides_runbooks_except_from_whoever_ran_them(store, clock):
 
 
 def test_ids_and_values_no_database_can_store_are_refused_not_crashed_on(store):
-    assert store.get_run("a\x00b") is None and store.delete_run("a\x00b") is False
+    assert store.get_run("a\x00b") is None and store.delete_run("a\x00b", by="admin") is False
     run = start(store)
     for bad in ({"error_summary": "x\x00"}, {"error_summary": {"no": "text"}}, {"failed_cell": "3"}):
         with pytest.raises(ValueError):
@@ -528,10 +528,10 @@ def test_ids_and_values_no_database_can_store_are_refused_not_crashed_on(store):
 
 def test_delete_run(store):
     kept, deleted = start(store), start(store)
-    assert store.delete_run(deleted.id) is True
+    assert store.delete_run(deleted.id, by="admin") is True
     assert store.get_run(deleted.id) is None
     assert store.get_run(kept.id) is not None
-    assert store.delete_run(deleted.id) is False
+    assert store.delete_run(deleted.id, by="admin") is False
 
 
 # Retention

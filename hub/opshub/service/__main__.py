@@ -104,6 +104,9 @@ async def serve(args) -> None:
     queue = RunQueue(store)
     registry = CollectorRegistry(auto_describe=False)
     events = RunEvents(stats, registry, queue.queued_count)
+    # every change of a run's status, whoever writes it, reaches the metrics and (once it exists) the runner
+    store.bus.subscribe(events.changed)
+    store.bus.attach(asyncio.get_running_loop())
 
     # Runs left `running` by a crash or restart get no heartbeat any more: the sweep ends them. Not
     # before this service has listened for a whole window: while it was down nobody could reach it,
@@ -125,14 +128,12 @@ async def serve(args) -> None:
             outages.database.failed(e)
             return
         for run_id in stale:
-            events.ended(store.get_run(run_id))
             log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)
 
     def apply_retention():
         if retention:
             deleted = store.apply_retention(max_age=retention)
             if deleted:
-                stats.reload(store)
                 log.info("retention: deleted %d run(s) older than %s", deleted, retention)
 
     catalog = RunbookCatalog(args.runbooks_repository, args.runbooks_branch, args.cache_dir)
@@ -159,9 +160,7 @@ async def serve(args) -> None:
         archive=catalog.archive,
         max_concurrent=args.max_concurrent,
         start_timeout=args.runner_start_timeout,
-        on_claimed=events.claimed,
         on_lock_wait=events.lock_wait,
-        on_ended=events.ended,
     )
     events.runner = runner
     unattended = Unattended(queue, catalog, wake=runner.wake)

@@ -1,5 +1,6 @@
-"""What happens to runs, told once to everyone who keeps count: the metrics' aggregates (stats.py),
-the runner (which removes a finished run's server) and the unattended runs' own metrics.
+"""The metrics' and the runner's subscriber to the run's life (lifecycle.RunBus): every change of a
+run's status reaches the metrics' aggregates (stats.py) and the runner (which removes a finished
+run's server), once, whoever made it. Also the unattended runs' own metrics.
 
 Those metrics are kept by this process (Prometheus reads a restart as a counter reset), except the
 queue's length, which is read from the database at each scrape:
@@ -20,7 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .models import Run
+from .lifecycle import RunChanged
+from .models import QUEUED, RUNNER_TRIGGERS, RUNNING, Run
+from .run_states import DELETED
 from .stats import RunStats
 
 FIRE_RESULTS = ("fired", "missed", "refused")
@@ -54,18 +57,24 @@ class RunEvents:
             registry=registry,
         )
 
-    def claimed(self, run: Run) -> None:
-        self.stats.started(run)
+    def changed(self, change: RunChanged) -> None:
+        """A run's status changed (subscribed to the store's bus at the service's start)."""
+        run = change.run
+        if change.after == RUNNING:  # a person's start, the runner's claim
+            self.stats.started(run)
+        elif change.after == QUEUED and change.before == RUNNING:  # back in the queue: not running any more
+            self.stats.running.pop(run.id, None)
+        elif change.after == DELETED:
+            self.stats.removed(run)
+        elif change.ended:
+            self.stats.ended(run)
+            if self.runner is not None and run.trigger in RUNNER_TRIGGERS:
+                self.runner.ended(run)
 
     def began(self, run: Run) -> None:
         due = run.due_at or run.queued_at  # a request is due when it is made
         if run.first_cell_at and due:
             self.delay.labels(run.trigger).observe(max((run.first_cell_at - due).total_seconds(), 0))
-
-    def ended(self, run: Run) -> None:
-        self.stats.ended(run)
-        if self.runner is not None:
-            self.runner.ended(run)
 
     def lock_wait(self, run_id: str, lock: str) -> None:
         self.lock_waits.inc()
@@ -74,5 +83,3 @@ class RunEvents:
         """A schedule's fire on record (None: another process or an earlier life recorded it)."""
         if run is not None:
             self.fires.labels(result).inc()
-            if run.finished:
-                self.stats.ended(run)

@@ -11,20 +11,17 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-TRIGGERS = ("headless", "interactive", "api", "schedule", "requested", "alert")
-# What a person's server may report with its owner's token. Runs with other triggers (scheduled,
-# requested, alert-driven) are what the trusted side did: the service records those itself.
-REPORTED_TRIGGERS = ("headless", "interactive")
-# Runs the service records and the runner executes (unattended runs).
-RUNNER_TRIGGERS = ("requested", "schedule", "alert")
-QUEUED = "queued"  # recorded by the service, waiting for the runner (capacity, a lock)
-RUNNING = "running"
-ACTIVE_STATES = (QUEUED, RUNNING)
-# `cancelled`: stopped by its requester or an admin (or a resolved alert) before or while it ran;
-# `missed`: a schedule's fire that came due while opshub was down, beyond the catch-up window.
-END_STATES = ("succeeded", "failed", "interrupted", "cancelled", "missed")
-STATUSES = (QUEUED, RUNNING, *END_STATES)
-NOT_RUN = ("cancelled", "missed")  # end states of runs that may never have run: no duration is counted
+from .run_states import ACTIVE, END, NOT_RUN, REPORTED_TRIGGERS, RUNNER_TRIGGERS, TRIGGERS, Status, active_sql
+
+__all__ = ["NOT_RUN", "REPORTED_TRIGGERS", "RUNNER_TRIGGERS", "TRIGGERS"]  # re-exported for their readers
+
+# The statuses, the kinds of run and the transitions between them are declared in run_states.py;
+# these names are kept for the modules that read them.
+QUEUED = Status.QUEUED
+RUNNING = Status.RUNNING
+ACTIVE_STATES = ACTIVE
+END_STATES = END
+STATUSES = tuple(Status)
 
 # Named constraints and indexes, so later alembic revisions can refer to them on every database.
 NAMING_CONVENTION = {
@@ -131,8 +128,8 @@ class Run(Base):
             "runbook",
             "alert_fingerprint",
             unique=True,
-            sqlite_where=text("status IN ('queued', 'running') AND alert_fingerprint IS NOT NULL"),
-            postgresql_where=text("status IN ('queued', 'running') AND alert_fingerprint IS NOT NULL"),
+            sqlite_where=text(f"{active_sql()} AND alert_fingerprint IS NOT NULL"),
+            postgresql_where=text(f"{active_sql()} AND alert_fingerprint IS NOT NULL"),
         ),
     )
 
@@ -181,3 +178,59 @@ class ScheduleState(Base):
     # The latest due time looked at (fired or recorded missed): the runs of old fires may be deleted
     # by retention, and must not come back as "missed" after a restart.
     last_due_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+
+
+class RunEvent(Base):
+    """One thing that happened to a run, written by lifecycle.py in the transaction that did it: every
+    change of status (with the status before) and what people did that changes none (a cancel asked of
+    a running run). The audit trail, the JSON feed (`api/events`) and the notifier's outbox. Kept when
+    the run is deleted (its deletion is an event too), so the people it concerns cannot erase it."""
+
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # the feed's order
+    at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    run_id: Mapped[str] = mapped_column(String(36))  # no foreign key: the event outlives the run
+    runbook: Mapped[str] = mapped_column(String(512))
+    trigger: Mapped[str] = mapped_column(String(16))
+    run_user: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(32))  # "queued", "claimed", "ended", "cancel asked", ...
+    from_status: Mapped[str] = mapped_column(String(16))  # run_states.NEW for a new record
+    to_status: Mapped[str] = mapped_column(String(16))  # run_states.DELETED when the record was deleted
+    actor: Mapped[str] = mapped_column(String(255))  # who did it: a person, "opshub runner", "schedule x"
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "run_id", "id"),)
+
+
+class Notification(Base):
+    """A message about a run for one notification target, stored before it is sent (notifier.py), so it
+    is delivered after a restart and at most once per event and target (`key` is unique)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)  # "<event id>/<target>", "waiting/<run id>/<target>"
+    run_id: Mapped[str] = mapped_column(String(36))
+    event_id: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(32))  # failed, missed, interrupted, never_started, waiting, ...
+    target: Mapped[str] = mapped_column(String(64))  # a name under `notifications.targets`
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending, sent, failed (gave up)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index(None, "status", "next_attempt_at"), Index(None, "run_id"))
+
+
+class FeedPosition(Base):
+    """How far a reader of the events (the notifier) has read them, so a restart resumes there."""
+
+    __tablename__ = "feed_positions"
+
+    reader: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[int] = mapped_column(Integer)

@@ -33,6 +33,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import lifecycle
 from .models import QUEUED, RUNNER_TRIGGERS, RUNNING, Run, ScheduleState, new_run_id
 from .store import (
     NotRunOwner,
@@ -48,6 +49,7 @@ from .store import (
 
 ADVISORY_LOCK_KEY = 0x6F707368  # "opsh": one key for the whole admission of runs
 RUNNER_END_STATES = ("succeeded", "failed", "interrupted")
+RUNNER = "opshub runner"  # the actor of what the runner does, on the audit trail
 
 
 class LockHeld(RunStoreError):
@@ -117,10 +119,10 @@ class RunQueue:
         if trigger not in RUNNER_TRIGGERS:
             raise ValueError(f"trigger must be one of {', '.join(RUNNER_TRIGGERS)}, not {trigger!r}")
         now = self.store.now()
-        run = self._new(runbook, trigger, user, requested_by, parameters, commit, locks, now)
-        run.status, run.queued_at, run.due_at = QUEUED, now, due_at
+        run = self._new(runbook, trigger, user, requested_by, parameters, commit, locks, now, QUEUED)
+        run.queued_at, run.due_at = now, due_at
         run.fire_key, run.alert_fingerprint = fire_key, alert_fingerprint
-        return self._insert(run)
+        return self._insert(run, "queued")
 
     def record_missed(
         self,
@@ -135,11 +137,11 @@ class RunQueue:
         """Record a schedule's fire (or an alert) that will not run: `missed` (due while opshub was down) or
         `failed` (the runbook cannot run as asked). None if this `fire_key` is on record already."""
         now = self.store.now()
-        run = self._new(runbook, trigger, "opshub-runner", requested_by, {}, None, (), due_at)
-        run.status, run.ended_at, run.due_at, run.fire_key, run.error_summary = status, now, due_at, fire_key, reason
-        return self._insert(run)
+        run = self._new(runbook, trigger, "opshub-runner", requested_by, {}, None, (), due_at, status)
+        run.ended_at, run.due_at, run.fire_key, run.error_summary = now, due_at, fire_key, reason
+        return self._insert(run, "missed" if status == "missed" else "refused")
 
-    def _new(self, runbook, trigger, user, requested_by, parameters, commit, locks, started) -> Run:
+    def _new(self, runbook, trigger, user, requested_by, parameters, commit, locks, started, status) -> Run:
         check_text("runbook", runbook, 512)
         check_text("user", user, 255)
         check_text("requested_by", requested_by, 255)
@@ -158,6 +160,7 @@ class RunQueue:
             runbook_commit=commit,
             locks=locks,
             drift=False,
+            status=status,
             started_at=started,
             last_heartbeat_at=started,
             output_truncated=False,
@@ -165,10 +168,10 @@ class RunQueue:
             reported_from="recorded by the opshub service",
         )
 
-    def _insert(self, run: Run) -> Run | None:
+    def _insert(self, run: Run, action: str) -> Run | None:
         try:
             with self._admission() as session:
-                session.add(run)
+                lifecycle.create(session, run, actor=run.requested_by, at=self.store.now(), action=action)
         except IntegrityError:  # this fire, or a run for this alert, is already on record
             return None
         return run
@@ -187,7 +190,7 @@ class RunQueue:
                 if lock in held:
                     raise LockHeld(lock, held[lock])
             run.locks = sorted(set(locks))
-            session.add(run)
+            lifecycle.create(session, run, actor=run.reported_by or run.user, at=run.started_at, action="started")
         return run
 
     # -- the runner's side -------------------------------------------------------------------------
@@ -207,16 +210,29 @@ class RunQueue:
             if free <= 0:
                 return [], {}
             held = _held_locks(session)
-            queued = session.scalars(select(Run).where(Run.status == QUEUED).order_by(Run.queued_at, Run.id))
-            for run in queued:
-                blocking = next((lock for lock in run.locks or () if lock in held), None)
+            queued = session.execute(
+                select(Run.id, Run.locks).where(Run.status == QUEUED).order_by(Run.queued_at, Run.id)
+            )
+            for run_id, locks in queued.all():
+                blocking = next((lock for lock in locks or () if lock in held), None)
                 if blocking is not None:
-                    waiting[run.id] = blocking
+                    waiting[run_id] = blocking
                     continue
                 token = secrets.token_urlsafe(32)
-                run.status, run.started_at, run.last_heartbeat_at = RUNNING, now, now
-                run.runner_token_hash, run.runner_server = token_hash(token), runner_server_name(run.id)
-                held.update(dict.fromkeys(run.locks or (), run.id))
+                run = lifecycle.change(
+                    session,
+                    run_id,
+                    RUNNING,
+                    actor=RUNNER,
+                    at=now,
+                    action="claimed",
+                    from_states=(QUEUED,),
+                    started_at=now,
+                    last_heartbeat_at=now,
+                    runner_token_hash=token_hash(token),
+                    runner_server=runner_server_name(run_id),
+                )
+                held.update(dict.fromkeys(locks or (), run_id))
                 claims.append(Claim(run, token))
                 if len(claims) == free:
                     break
@@ -226,17 +242,25 @@ class RunQueue:
         """Put a claimed run back in the queue (its runner could not be asked to start: the hub was
         away), or end it `cancelled` if its cancel was asked meanwhile. Only before its first cell.
         Returns whether it went back to the queue."""
+        now = self.store.now()
         with self._admission() as session:
-            claimed = (Run.id == run_id, Run.status == RUNNING, Run.first_cell_at.is_(None))
-            run = session.scalars(select(Run).where(*claimed, Run.trigger.in_(RUNNER_TRIGGERS))).first()
+            claimed = (Run.first_cell_at.is_(None), Run.trigger.in_(RUNNER_TRIGGERS))
+            run = session.scalars(select(Run).where(Run.id == run_id, Run.status == RUNNING, *claimed)).first()
             if run is None:
                 return False
             if run.cancel_requested_by:
-                run.status, run.ended_at = "cancelled", self.store.now()
-                run.error_summary = f"Cancelled by {run.cancel_requested_by} before it started."
+                summary = f"Cancelled by {run.cancel_requested_by} before it started."
+                lifecycle.change(
+                    session, run_id, "cancelled", actor=run.cancel_requested_by, at=now, from_states=(RUNNING,),
+                    where=claimed, ended_at=now, error_summary=summary,
+                )  # fmt: skip
                 return False
-            run.status, run.runner_token_hash, run.runner_server = QUEUED, None, None
-            return True
+            back = lifecycle.change(
+                session, run_id, QUEUED, actor=RUNNER, at=now, action="released", from_states=(RUNNING,),
+                where=claimed, runner_token_hash=None, runner_server=None,
+                note="its runner's server could not be started now; it waits in the queue again",
+            )  # fmt: skip
+            return back is not None
 
     def touch(self, run_id: str) -> None:
         """A heartbeat on the runner's behalf while its server starts."""
@@ -247,7 +271,7 @@ class RunQueue:
 
     def fail(self, run_id: str, summary: str) -> Run | None:
         """End a claimed run that never reached its runner (the server would not start)."""
-        return self._end(run_id, "failed", summary, (RUNNING,))
+        return self._end(run_id, "failed", summary, (RUNNING,), action="never started")
 
     def lost(self, run_id: str) -> Run | None:
         """End a run past its first cell whose runner's server is gone without recording its end: its
@@ -258,7 +282,7 @@ class RunQueue:
         summary = "Its runner's server stopped before the run recorded its end; the run's processes ended with it."
         if run.cancel_requested_by:
             summary += f" ({run.cancel_requested_by}'s cancel found it stopped already.)"
-        return self._end(run_id, "interrupted", summary, (RUNNING,))
+        return self._end(run_id, "interrupted", summary, (RUNNING,), action="server lost")
 
     def runner_run(self, run_id: str, token: str) -> Run:
         """The run, if `token` is the one minted for it; BadRunToken otherwise."""
@@ -306,15 +330,24 @@ class RunQueue:
             )
         stored = None if output_notebook is None else cap_notebook(output_notebook, self.store.output_cap)
         now = self.store.now()
-        values = dict(
-            status=status,
-            ended_at=now,
-            last_heartbeat_at=now,
-            failed_cell=failed_cell,
-            error_summary=error_summary,
-            **({"output_notebook": stored.text, "output_truncated": stored.truncated} if stored else {}),
-        )
-        return self._runner_update(run_id, token, **values)
+        with self.store.transaction() as session:
+            ended = lifecycle.change(
+                session,
+                run_id,
+                status,
+                actor=RUNNER,
+                at=now,
+                action="finished",
+                from_states=(RUNNING,),
+                ended_at=now,
+                last_heartbeat_at=now,
+                failed_cell=failed_cell,
+                error_summary=error_summary,
+                **({"output_notebook": stored.text, "output_truncated": stored.truncated} if stored else {}),
+            )
+            if ended is None:
+                raise RunAlreadyFinished(f"run {run_id} has already ended and cannot be changed")
+        return self.store.get_run(run_id)
 
     def _runner_update(self, run_id: str, token: str, **values) -> Run:
         self.runner_run(run_id, token)
@@ -345,17 +378,19 @@ class RunQueue:
         if not may_cancel_any and not (run.trigger == "requested" and run.requested_by == by):
             raise NotRunOwner(f"only the person who requested run {run_id} and admins may cancel it")
         if run.status == QUEUED:
-            ended = self._end(run_id, "cancelled", f"Cancelled by {by} before it started.", (QUEUED,))
+            ended = self._end(run_id, "cancelled", f"Cancelled by {by} before it started.", (QUEUED,), by)
             if ended is not None:
                 return ended
             run = self.store.get_run(run_id)
         if run.status == RUNNING:
             with self.store.transaction() as session:
-                session.execute(
+                asked = session.execute(
                     update(Run)
                     .where(Run.id == run_id, Run.status == RUNNING, Run.cancel_requested_by.is_(None))
                     .values(cancel_requested_by=by)
                 )
+                if asked.rowcount == 1:
+                    lifecycle.note(session, run, "cancel asked", actor=by, at=self.store.now())
             return self.store.get_run(run_id)
         raise NotCancellable(f"run {run_id} has already ended ({run.status})")
 
@@ -366,19 +401,20 @@ class RunQueue:
                 select(Run.id).where(Run.status == QUEUED, Run.alert_fingerprint == fingerprint)
             ).all()
         summary = f"Cancelled: {by} before it started."
-        return [run for run_id in ids if (run := self._end(run_id, "cancelled", summary, (QUEUED,))) is not None]
+        return [run for run_id in ids if (run := self._end(run_id, "cancelled", summary, (QUEUED,), by)) is not None]
 
-    def _end(self, run_id: str, status: str, summary: str, from_states: Sequence[str]) -> Run | None:
+    def _end(
+        self, run_id: str, status: str, summary: str, from_states: Sequence[str], by: str = RUNNER, action=None
+    ) -> Run | None:
         """End a queued or claimed run; under the admission lock, so a claim never hands out a run
         that was cancelled between its look at the queue and its write."""
         now = self.store.now()
         with self._admission() as session:
-            result = session.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status.in_(from_states))
-                .values(status=status, ended_at=now, error_summary=summary)
-            )
-            if result.rowcount != 1:
+            ended = lifecycle.change(
+                session, run_id, status, actor=by, at=now, action=action, from_states=from_states,
+                ended_at=now, error_summary=summary,
+            )  # fmt: skip
+            if ended is None:
                 return None
         return self.store.get_run(run_id)
 

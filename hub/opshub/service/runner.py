@@ -51,9 +51,7 @@ class Runner:
         archive: Callable[[str], bytes],
         max_concurrent: int,
         start_timeout: float = 120,
-        on_claimed: Callable[[Run], None] = lambda run: None,
         on_lock_wait: Callable[[Run | str, str], None] = lambda run, lock: None,
-        on_ended: Callable[[Run], None] = lambda run: None,
     ):
         self.queue = queue
         self.hub = hub
@@ -62,9 +60,7 @@ class Runner:
         self.archive = archive
         self.max_concurrent = max_concurrent
         self.start_timeout = start_timeout
-        self.on_claimed = on_claimed
         self.on_lock_wait = on_lock_wait
-        self.on_ended = on_ended  # a run this runner ended itself (it never started, its server was lost)
         self.launching: dict[str, asyncio.Task] = {}  # run id -> its start
         self.stopping: set[str] = set()  # servers asked to stop
         self.waiting: dict[str, str] = {}  # run id -> the lock it waits for
@@ -125,7 +121,6 @@ class Runner:
                 log.info("run %s waits for the lock %s", run_id, lock)
         self.waiting = waiting
         for claim in claims:
-            self.on_claimed(claim.run)
             self.launching[claim.run.id] = asyncio.ensure_future(self.launch(claim))
         for run in await loop.run_in_executor(None, self.queue.cancel_requested):
             if run.runner_server and run.runner_server not in self.stopping and run.id not in self.launching:
@@ -170,7 +165,6 @@ class Runner:
             ended = await loop.run_in_executor(None, self.queue.lost, run_id)
             if ended is not None:
                 log.warning("run %s: its runner's server is gone; recorded interrupted", run_id)
-                self.on_ended(ended)
 
     # -- one run ------------------------------------------------------------------------------------
 
@@ -189,11 +183,7 @@ class Runner:
             await loop.run_in_executor(None, self.queue.release, run.id)
         except RunnerStartFailed as e:
             log.error("run %s failed to start: %s", run.id, e)
-            failed = await loop.run_in_executor(
-                None, self.queue.fail, run.id, f"The runner could not start the run: {e}"
-            )
-            if failed is not None:
-                self.on_ended(failed)
+            await loop.run_in_executor(None, self.queue.fail, run.id, f"The runner could not start the run: {e}")
             with contextlib.suppress(OSError):
                 await self.remove(run.runner_server)
         finally:

@@ -39,11 +39,14 @@ from opshub.service.models import (
     RUNNING,
     STATUSES,
     TRIGGERS,
+    Notification,
     Run,
+    RunEvent,
     new_run_id,
 )
 
 from ..settings import schema_default
+from . import lifecycle
 from .run_filters import parameter_equals
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -142,6 +145,11 @@ class RunStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: the Run objects we return stay readable after their session closes.
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Every change of a run's status is written by lifecycle.py and told, once committed, to the
+        # bus's subscribers (registered at the service's start).
+        self.bus = lifecycle.RunBus()
+        event.listen(self._sessions, "after_commit", self.bus.committed)
+        event.listen(self._sessions, "after_rollback", self.bus.rolled_back)
 
     def close(self) -> None:
         """Close every pooled database connection."""
@@ -200,7 +208,7 @@ class RunStore:
                 raise RunConflict(f"run {run.id} already exists and is another run")
             return existing
         with self._sessions.begin() as session:
-            session.add(run)
+            lifecycle.create(session, run, actor=reported_by or user, at=run.started_at, action="started")
         return run
 
     def new_run(
@@ -293,20 +301,22 @@ class RunStore:
         now = self._current_time()
         with self._sessions.begin() as session:
             # One conditional UPDATE, so a concurrent finish or stale-run sweep cannot both win.
-            result = session.execute(
-                update(Run)
-                .where(*_owned_and_running(run_id, user))
-                .values(
-                    status=status,
-                    ended_at=now,
-                    failed_cell=failed_cell,
-                    error_summary=error_summary,
-                    output_notebook=stored.text if stored else None,
-                    output_truncated=stored.truncated if stored else False,
-                    **({"drift": True} if drift else {}),
-                )
+            finished = lifecycle.change(
+                session,
+                run_id,
+                status,
+                actor=user,
+                at=now,
+                action="finished",
+                where=_owned_and_running(run_id, user),
+                ended_at=now,
+                failed_cell=failed_cell,
+                error_summary=error_summary,
+                output_notebook=stored.text if stored else None,
+                output_truncated=stored.truncated if stored else False,
+                **({"drift": True} if drift else {}),
             )
-            if result.rowcount != 1:
+            if finished is None:
                 _explain_refusal(session, run_id, user)
         return self.get_run(run_id)
 
@@ -324,22 +334,33 @@ class RunStore:
             f"Interrupted by opshub at {now.isoformat(timespec='seconds')}: no heartbeat for more than"
             f" {max_silence}. The process running it stopped or lost contact with the opshub service."
         )
+        interrupted = []
         with self._sessions.begin() as session:
-            result = session.execute(
-                update(Run)
-                .where(Run.status == RUNNING, Run.last_heartbeat_at < cutoff)
-                .values(status="interrupted", ended_at=now, error_summary=summary)
-                .returning(Run.id)
-            )
-            return sorted(result.scalars())
+            stale = session.scalars(select(Run.id).where(Run.status == RUNNING, Run.last_heartbeat_at < cutoff))
+            for run_id in sorted(stale.all()):
+                silent = (Run.last_heartbeat_at < cutoff,)  # a heartbeat meanwhile keeps it running
+                run = lifecycle.change(
+                    session,
+                    run_id,
+                    "interrupted",
+                    actor="opshub sweep",
+                    at=now,
+                    from_states=(RUNNING,),
+                    where=silent,
+                    ended_at=now,
+                    error_summary=summary,
+                )
+                if run is not None:
+                    interrupted.append(run_id)
+        return interrupted
 
-    def delete_run(self, run_id: str) -> bool:
-        """Delete one run, whatever its status. Returns whether there was one to delete."""
+    def delete_run(self, run_id: str, by: str) -> bool:
+        """Delete one run, whatever its status (`by`: who, for the audit trail, which keeps the
+        deletion). Returns whether there was one to delete."""
         if not storable(run_id):
             return False
         with self._sessions.begin() as session:
-            result = session.execute(delete(Run).where(Run.id == run_id))
-            return result.rowcount == 1
+            return lifecycle.delete_run(session, run_id, actor=by, at=self._current_time()) is not None
 
     def apply_retention(self, max_age: datetime.timedelta | None = None, max_runs: int | None = None) -> int:
         """Delete finished runs started more than `max_age` ago, and all but the newest `max_runs` finished runs.
@@ -350,14 +371,26 @@ class RunStore:
         if max_runs is not None and max_runs < 0:
             raise ValueError(f"max_runs must not be negative, not {max_runs}")
         finished = Run.status.not_in(ACTIVE_STATES)
-        deleted = 0
-        with self._sessions.begin() as session:
+        now = self._current_time()
+        doomed: set[str] = set()
+        with self._sessions() as session:
             if max_age is not None:
-                cutoff = self._current_time() - max_age
-                deleted += session.execute(delete(Run).where(finished, Run.started_at < cutoff)).rowcount
+                doomed |= set(session.scalars(select(Run.id).where(finished, Run.started_at < now - max_age)))
             if max_runs is not None:
-                beyond_newest = select(Run.id).where(finished).order_by(*_NEWEST_FIRST).offset(max_runs)
-                deleted += session.execute(delete(Run).where(Run.id.in_(beyond_newest))).rowcount
+                doomed |= set(session.scalars(select(Run.id).where(finished).order_by(*_NEWEST_FIRST).offset(max_runs)))
+        deleted = 0
+        ids = sorted(doomed)
+        for start in range(0, len(ids), 500):  # one transaction per batch: a long pass never holds the table
+            with self._sessions.begin() as session:
+                for run_id in ids[start : start + 500]:
+                    run = lifecycle.delete_run(
+                        session, run_id, actor="retention", at=now, action="deleted by retention"
+                    )
+                    deleted += run is not None
+        if max_age is not None:  # the audit trail and notifications of runs that old go too
+            with self._sessions.begin() as session:
+                session.execute(delete(RunEvent).where(RunEvent.at < now - max_age))
+                session.execute(delete(Notification).where(Notification.created_at < now - max_age))
         return deleted
 
     # Reading runs
@@ -448,6 +481,12 @@ class RunStore:
         query = select(Run.runbook, Run.status, func.max(Run.started_at)).group_by(Run.runbook, Run.status)
         with self._sessions() as session:
             return {(runbook, status): latest for runbook, status, latest in session.execute(query)}
+
+    def last_run_time(self, runbook: str, status: str) -> datetime.datetime | None:
+        """When the latest run of `runbook` with `status` started (the metrics' index answers it)."""
+        query = select(func.max(Run.started_at)).where(Run.runbook == runbook, Run.status == status)
+        with self._sessions() as session:
+            return session.scalar(query)
 
     def duration_histogram(self, bounds: Sequence[float]) -> dict[tuple[str, str], tuple[list[int], float, int]]:
         """Durations of finished runs by (runbook, trigger): cumulative counts per upper bound in

@@ -81,9 +81,7 @@ class RequestMixin:
             raise web.HTTPError(403, str(e)) from None
         except NotCancellable as e:
             raise web.HTTPError(409, str(e)) from None
-        if run.finished:
-            self.settings["opshub_run_events"].ended(run)
-        else:
+        if not run.finished:
             self.settings["opshub_runner"].wake()  # it stops the run's server
         log.info("run %s cancelled by %s (%s)", run_id, name, run.status)
         return run

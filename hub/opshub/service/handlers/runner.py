@@ -67,7 +67,6 @@ class RunnerReportHandler(MachineHandler):
                     body.get("error_summary"),
                     notebook_field(body.get("output_notebook")),
                 )
-                self.hooks.ended(run)
                 log.info("run %s of %s %s on the runner", run.id, run.runbook, run.status)
         except RunNotFound as e:
             raise web.HTTPError(404, str(e)) from None
@@ -100,9 +99,7 @@ class AlertsHandler(MachineHandler):
                 continue
             if status == "resolved":
                 by = f"alert {labels.get('alertname', '')} resolved"
-                for run in queue.cancel_queued_alert_runs(fingerprint, by):
-                    cancelled.append(run.id)
-                    self.hooks.ended(run)
+                cancelled += [run.id for run in queue.cancel_queued_alert_runs(fingerprint, by)]
                 continue
             for rule in self.rules():
                 if not rule.matches(labels):
@@ -127,7 +124,7 @@ class AlertsHandler(MachineHandler):
         history says why the alert ran nothing."""
         queue = self.settings["opshub_queue"]
         try:
-            run = queue.record_missed(
+            queue.record_missed(
                 rule.runbook,
                 f"alert {rule.alertname} {fingerprint}"[:255],
                 f"{rule.runbook}!alert:{fingerprint}",
@@ -138,9 +135,6 @@ class AlertsHandler(MachineHandler):
             )
         except ValueError as e:  # a field the history cannot store: the webhook's answer says the problem
             log.error("alert %s (%s): its refusal cannot be recorded: %s", rule.alertname, fingerprint, e)
-            return
-        if run is not None:
-            self.hooks.ended(run)
 
     def rules(self):
         catalog = self.settings["opshub_unattended"].catalog

@@ -97,6 +97,7 @@ class RunsHandler(ApiHandler):
                 f"a person's token reports only {allowed} runs, not {trigger!r}:"
                 f" {trigger} runs are recorded by the opshub service itself",
             )
+        sent_again = isinstance(body.get("id"), str) and self.store.get_run(body["id"]) is not None
         run = self.store_call(
             self.start_run,
             self.person_run_locks(body),
@@ -110,11 +111,9 @@ class RunsHandler(ApiHandler):
             reported_by=user,
             reported_from=self.reported_from(),
         )
-        if run.id in self.settings["opshub_stats"].running or run.finished:
-            # the same start sent again by a client that spools runs (its first answer was lost)
+        if sent_again:  # by a client that spools runs (its first answer was lost): the run it recorded then
             self.write(run_json(run, self.prefix))
             return
-        self.settings["opshub_stats"].started(run)
         log.info("run %s of %s started by %s (%s)", run.id, run.runbook, user, run.trigger)
         self.set_status(201)
         self.write(run_json(run, self.prefix))
@@ -160,9 +159,8 @@ class RunHandler(ApiHandler):
     def delete(self, run_id):
         user = self.require(DELETE_SCOPE)
         self.run_or_404(run_id)  # admins see every run: this only refuses malformed and unknown ids
-        if not self.store.delete_run(run_id):
+        if not self.store.delete_run(run_id, by=user):
             raise web.HTTPError(404, f"no run with id {run_id!r}")
-        self.settings["opshub_stats"].reload(self.store)
         log.info("run %s deleted by %s", run_id, user)
         self.set_status(204)
 
@@ -194,7 +192,6 @@ class FinishHandler(ApiHandler):
             output_notebook=notebook_field(body.get("output_notebook")),
             drift=body.get("drift") is True,
         )
-        self.settings["opshub_stats"].ended(run)
         log.info("run %s of %s ended %s", run.id, run.runbook, run.status)
         self.write(run_json(run, self.prefix))
 
