@@ -32,6 +32,7 @@ from .dashboards import Dashboards
 from .events import RunEvents
 from .handlers.base import MAX_BODY_BYTES, BodyTooLarge, NotFoundHandler, base_handlers
 from .handlers.dashboards import dashboard_handlers
+from .handlers.events import event_handlers
 from .handlers.metrics import metrics_handlers
 from .handlers.pages import page_handlers
 from .handlers.requests import request_handlers
@@ -157,6 +158,7 @@ def make_app(
     registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
     registry.register(RunMetrics(stats, known_runbooks))
     handlers = page_handlers(prefix) + metrics_handlers(prefix) + base_handlers(prefix) + run_handlers(prefix)
+    handlers += event_handlers(prefix)
     if dashboards is not None:
         handlers += dashboard_handlers(prefix)
     if unattended is not None:

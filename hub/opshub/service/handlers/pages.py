@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ..audit import Audit
 from ..models import RUNNER_TRIGGERS, STATUSES, TRIGGERS
 from ..run_filters import parameter_filter
 from .base import BaseHandler, int_argument, notebook_html, parse_time
@@ -66,7 +67,15 @@ class RunPage(BaseHandler):
     @web.authenticated
     def get(self, run_id):
         run = self.run_or_404(run_id)
-        self.render_page("run.html", run=run, has_output=bool(run.output_notebook), defaults=self.defaults(run))
+        audit = Audit(self.store)
+        self.render_page(
+            "run.html",
+            run=run,
+            has_output=bool(run.output_notebook),
+            defaults=self.defaults(run),
+            events=audit.of_run(run.id),
+            notifications=audit.notifications_of(run.id),
+        )
 
     def defaults(self, run) -> dict[str, str]:
         """The defaults that applied to an unattended run recorded with only the values given (before runs
