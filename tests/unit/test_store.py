@@ -25,6 +25,7 @@ from opshub.service.store import (
     RunStore,
     alembic_config,
 )
+from opshub.service.visibility import RunVisibility
 from sqlalchemy import event, insert, inspect
 from sqlalchemy.orm.exc import DetachedInstanceError
 
@@ -503,15 +504,14 @@ def test_list_runs_hides_runbooks_except_from_whoever_ran_them(store, clock):
     bobs = start(store, runbook="secret.ipynb", user="bob")
     clock.advance(seconds=1)
     alices = start(store, runbook="secret.ipynb", user="alice")
-    hidden = {"hidden_runbooks": ["secret.ipynb"]}
 
-    def ids(**filters):
-        runs, total = store.list_runs(**hidden, **filters)
+    def ids(viewer, **filters):
+        runs, total = store.list_runs(visible_to=RunVisibility.of(viewer, ["secret.ipynb"]), **filters)
         return [r.id for r in runs], total
 
-    assert ids(viewer="carol") == ([open_run.id], 1)
-    assert ids(viewer="bob") == ([bobs.id, open_run.id], 2)
-    assert ids(runbook="secret.ipynb", viewer="alice") == ([alices.id], 1)
+    assert ids("carol") == ([open_run.id], 1)
+    assert ids("bob") == ([bobs.id, open_run.id], 2)
+    assert ids("alice", runbook="secret.ipynb") == ([alices.id], 1)
     assert store.list_runs()[1] == 3
 
 

@@ -5,13 +5,13 @@ change they record, and deleted only by retention."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from .models import Notification, RunEvent
 from .store import RunStore
+from .visibility import RunVisibility
 
 MAX_FEED_PAGE = 1000
 
@@ -46,12 +46,11 @@ class Audit:
         self,
         after: int = 0,
         limit: int = 100,
-        hidden_runbooks: Collection[str] = (),
-        viewer: str | None = None,
+        visible_to: RunVisibility | None = None,
         since: datetime.datetime | None = None,
     ) -> list[RunEvent]:
-        """Events after the event id `after`, oldest first; those of `hidden_runbooks` only when their run
-        is `viewer`'s (the run history's own rule)."""
+        """Events after the event id `after`, oldest first; `visible_to`: only those of runs that viewer
+        may see (visibility.py, the run history's own rule)."""
         if not 1 <= limit <= MAX_FEED_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_FEED_PAGE}, not {limit}")
         if not 0 <= after < 2**63:
@@ -59,8 +58,9 @@ class Audit:
         conditions = [RunEvent.id > after]
         if since is not None:
             conditions.append(RunEvent.at >= since)
-        if hidden_runbooks:
-            conditions.append(or_(RunEvent.runbook.not_in(list(hidden_runbooks)), RunEvent.run_user == (viewer or "")))
+        visible = visible_to.condition(RunEvent.runbook, RunEvent.run_user) if visible_to is not None else None
+        if visible is not None:
+            conditions.append(visible)
         query = select(RunEvent).where(*conditions).order_by(RunEvent.id).limit(limit)
         with self.store.transaction() as session:
             return list(session.scalars(query))

@@ -21,14 +21,14 @@ import copy
 import datetime
 import json
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import ColumnElement, case, create_engine, delete, event, func, select, update
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from opshub.service.models import (
@@ -48,6 +48,7 @@ from opshub.service.models import (
 from ..settings import schema_default
 from . import lifecycle
 from .run_filters import parameter_equals
+from .visibility import RunVisibility
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_OUTPUT_CAP = schema_default("history.output_cap_bytes")  # bytes of notebook JSON kept per run
@@ -412,8 +413,7 @@ class RunStore:
         until: datetime.datetime | None = None,
         limit: int = 50,
         offset: int = 0,
-        hidden_runbooks: Collection[str] = (),
-        viewer: str | None = None,
+        visible_to: RunVisibility | None = None,
         user_contains: str | None = None,
         parameter: tuple[str, str] | None = None,
     ) -> tuple[list[Run], int]:
@@ -421,7 +421,7 @@ class RunStore:
 
         `since` and `until` bound the start time (since <= started_at < until). The output notebook is
         not loaded (reading `run.output_notebook` raises): use `get_run` for one run's output.
-        Runs of `hidden_runbooks` are left out, except those `viewer` started. `user_contains`: part of
+        `visible_to`: only the runs that viewer may see (visibility.py). `user_contains`: part of
         the user's name, any case; `parameter`: (name, value as text), run_filters.parameter_equals.
         """
         if not 1 <= limit <= MAX_LIST_LIMIT:
@@ -452,8 +452,9 @@ class RunStore:
             conditions.append(Run.started_at >= _aware("since", since))
         if until is not None:
             conditions.append(Run.started_at < _aware("until", until))
-        if hidden_runbooks:
-            conditions.append(or_(Run.runbook.not_in(list(hidden_runbooks)), Run.user == (viewer or "")))
+        visible = visible_to.condition(Run.runbook, Run.user) if visible_to is not None else None
+        if visible is not None:
+            conditions.append(visible)
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(Run).where(*conditions))
             page = session.scalars(

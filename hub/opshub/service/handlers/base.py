@@ -38,6 +38,7 @@ from ..store import (
     RunNotFound,
     RunStore,
 )
+from ..visibility import RunVisibility
 
 log = logging.getLogger("opshub.service")
 
@@ -318,11 +319,12 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
             log.exception("error page for %s", self.request.path)
             return super().error_page(status_code, message)
 
-    def hidden_runbooks(self) -> frozenset[str]:
-        """Runbooks whose runs this person may not see: those of dashboards restricted to groups they
-        are not in (see Dashboards.hidden_runbooks); nothing without dashboards."""
+    def visibility(self) -> RunVisibility:
+        """Which runs this person may see (visibility.py): runbooks of dashboards restricted to groups
+        they are not in show only their own runs (Dashboards.hidden_runbooks); nothing hidden without dashboards."""
         dashboards = self.settings.get("opshub_dashboards")
-        return dashboards.hidden_runbooks(self.current_user) if dashboards is not None else frozenset()
+        hidden = dashboards.hidden_runbooks(self.current_user) if dashboards is not None else ()
+        return RunVisibility.of(self.current_user["name"], hidden)
 
     def run_or_404(self, run_id: str) -> Run:
         """The run, if this person may see it: 404 for an unknown or malformed id, 403 for a restricted one."""
@@ -333,12 +335,9 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
         run = self.store.get_run(run_id)
         if run is None:
             raise web.HTTPError(404, f"no run with id {run_id!r}")
-        if run.runbook in self.hidden_runbooks() and run.user != self.current_user["name"]:
-            raise web.HTTPError(
-                403,
-                f"run {run_id} is of {run.runbook}, whose dashboard is restricted to groups"
-                f" {self.current_user['name']} is not in",
-            )
+        visibility = self.visibility()
+        if not visibility.sees(run.runbook, run.user):
+            raise web.HTTPError(403, f"run {run_id}: {visibility.refusal(run.runbook)}")
         return run
 
     def user_name(self) -> str:

@@ -79,12 +79,9 @@ class DashboardMixin:
     def visible_run(self, dashboard: Dashboard) -> Run | None:
         """The latest finished run a snapshot shows, if its runbook's runs are not restricted for this person."""
         run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
-        if run is not None and run.runbook in self.hidden_runbooks() and run.user != self.current_user["name"]:
-            raise web.HTTPError(
-                403,
-                f"the runs of {dashboard.runbook} are restricted to the groups of another dashboard that"
-                f" {self.current_user['name']} is not in",
-            )
+        visibility = self.visibility()
+        if run is not None and not visibility.sees(run.runbook, run.user):
+            raise web.HTTPError(403, visibility.refusal(dashboard.runbook))
         return run
 
 
@@ -135,12 +132,12 @@ class DashboardsPage(DashboardPageBase):
     @web.authenticated
     def get(self):
         rows = []
-        hidden = self.hidden_runbooks()
+        visibility = self.visibility()
         for dashboard in self.dashboards.all():
             if not self.dashboards.may_view(self.current_user, dashboard):
                 continue
             run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
-            if run is not None and run.runbook in hidden and run.user != self.current_user["name"]:
+            if run is not None and not visibility.sees(run.runbook, run.user):
                 run = None  # restricted by another dashboard of the same runbook
             rows.append((dashboard, run))
         self.render_page("dashboards.html", nav="dashboards", rows=rows)

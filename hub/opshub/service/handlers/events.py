@@ -34,7 +34,7 @@ class EventsApi(ApiHandler):
             self.run_or_404(run_id)  # who may see the run may see its trail
             events = [e for e in audit.of_run(run_id) if e.id > after][:limit]
         else:
-            events = audit.feed(after, limit, self.hidden_runbooks(), self.current_user["name"])
+            events = audit.feed(after, limit, self.visibility())
         self.write({"events": [event_json(e) for e in events], "next_after": events[-1].id if events else after})
 
 

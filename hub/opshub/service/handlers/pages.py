@@ -29,7 +29,7 @@ class HistoryPage(BaseHandler):
         searches = {key: self.get_argument(key, "").strip() or None for key in ("user", "param")}
         dates = {key: self.get_argument(key, "") or None for key in ("since", "until")}
         offset = int_argument(self, "offset", 0)
-        hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
+        hidden = {"visible_to": self.visibility()}
         error = None
         try:
             args = {key: parse_time(key, value) if value else None for key, value in dates.items()}

@@ -116,8 +116,9 @@ class RunbookApi(RequestMixin, ApiHandler):
 
 def runbook_for(handler: BaseHandler, runbook: str, commit: str | None = None):
     """The runbook at `commit` (default: the latest), if this person may see its runs."""
-    if runbook in handler.hidden_runbooks():
-        raise web.HTTPError(403, f"{runbook}'s dashboard is restricted to groups {handler.user_name()} is not in")
+    visibility = handler.visibility()
+    if not visibility.sees_runbook(runbook):
+        raise web.HTTPError(403, visibility.refusal(runbook))
     try:
         return handler.settings["opshub_unattended"].runbook(runbook, commit)
     except RequestRefused as e:
@@ -152,8 +153,8 @@ class CancelApi(RequestMixin, ApiHandler):
 def visible_schedules(handler: BaseHandler) -> list[dict]:
     """The schedules of runbooks whose runs this person may see (dashboards restricted to groups hide
     their runbook's runs, hub/docs/dashboards.md)."""
-    hidden = handler.hidden_runbooks()
-    return [row for row in handler.settings["opshub_scheduler"].overview() if row["runbook"] not in hidden]
+    visibility = handler.visibility()
+    return [row for row in handler.settings["opshub_scheduler"].overview() if visibility.sees_runbook(row["runbook"])]
 
 
 class SchedulesApi(ApiHandler):
@@ -240,7 +241,7 @@ class RunbookPage(RequestMixin, BaseHandler):
         runbook's defaults standing in for what an older record left out); None when there is none."""
         defaults = {name: p.default for name, p in found.parameters.items() if p.has_default}
         wanted = {name: value for name, value in resolved.items() if name != DRY_RUN}
-        hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.user_name()}
+        hidden = {"visible_to": self.visibility()}
         limit = min(MAX_LIST_LIMIT, 500)
         for offset in range(0, DRY_RUNS_LOOKED_AT, limit):
             runs, total = self.store.list_runs(runbook=found.name, limit=limit, offset=offset, **hidden)
@@ -400,10 +401,10 @@ class RunbooksPage(RequestMixin, BaseHandler):
     @web.authenticated
     def get(self):
         catalog = self.settings["opshub_unattended"].catalog
-        hidden = self.hidden_runbooks()
+        visibility = self.visibility()
         self.render_page(
             "runbooks.html",
-            runbooks=sorted((name, meta) for name, meta in catalog.metadata().items() if name not in hidden),
+            runbooks=sorted((name, meta) for name, meta in catalog.metadata().items() if visibility.sees_runbook(name)),
             invalid=sorted(catalog.invalid().items()),
             commit=catalog.commit(),
             may_request=self.may_request(),

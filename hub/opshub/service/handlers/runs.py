@@ -74,8 +74,7 @@ class RunsHandler(ApiHandler):
             raise web.HTTPError(400, str(e)) from None
         args["limit"] = int_argument(self, "limit", 50)
         args["offset"] = int_argument(self, "offset", 0)
-        hidden = {"hidden_runbooks": self.hidden_runbooks(), "viewer": self.current_user["name"]}
-        runs, total = self.store_call(self.store.list_runs, **args, **hidden)
+        runs, total = self.store_call(self.store.list_runs, **args, visible_to=self.visibility())
         self.write({"runs": [run_json(r, self.prefix) for r in runs], "total": total})
 
     @web.authenticated
