@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 
 from opshub.service.events import RunEvents
+from opshub.service.queue import RunQueue
 from opshub.service.stats import DURATION_BUCKETS, RunStats
 from opshub.service.store import RunStore
 from prometheus_client import CollectorRegistry
@@ -74,3 +75,31 @@ def test_stats_kept_by_the_runs_life_equal_stats_rebuilt_from_the_store(tmp_path
         assert_equal(live, RunStats.from_store(store))
     assert live.running == {} and ("tls.ipynb", "failed") not in live.last_started
     assert live.cell_failures == {}
+
+
+def test_runs_the_runner_releases_or_never_starts_are_counted(tmp_path):
+    """A claimed run put back in the queue (the hub was away) is not in progress any more; a run whose
+    server never started ends failed and is counted; a released run whose cancel was asked meanwhile
+    ends cancelled and is counted: the metrics hear it from the store's bus, whoever wrote it."""
+    clock = Clock()
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.sqlite'}", now=clock)
+    store.upgrade()
+    queue = RunQueue(store)
+    live = RunStats.from_store(store)
+    store.bus.subscribe(RunEvents(live, CollectorRegistry(), queue.queued_count).changed)
+
+    first = queue.enqueue("patch.ipynb", "requested", user="bob", requested_by="bob")
+    second = queue.enqueue("patch.ipynb", "requested", user="bob", requested_by="bob")
+    queue.claim(max_concurrent=2)
+    assert set(live.running) == {first.id, second.id}
+    assert queue.release(first.id) is True  # the hub was away: back in the queue
+    assert set(live.running) == {second.id}
+    clock.now += datetime.timedelta(seconds=30)
+    queue.fail(second.id, "The runner could not start the run: the hub answered 404")
+    queue.claim(max_concurrent=2)
+    queue.request_cancel(first.id, "bob", may_cancel_any=False)  # asked while its server starts
+    assert queue.release(first.id) is False  # ... which never came up: it ends cancelled
+
+    assert live.running == {}
+    assert live.finished == {("patch.ipynb", "failed", "requested"): 1, ("patch.ipynb", "cancelled", "requested"): 1}
+    assert_equal(live, RunStats.from_store(store))
