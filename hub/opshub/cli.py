@@ -113,8 +113,16 @@ def cmd_run(args) -> int:
 
         return StoreRecorder(url)
 
+    # --events json: stdout is the programs' (one JSON object per line), the human lines go to stderr
+    events = sys.stdout if args.events == "json" else None
     return run_runbook(
-        args.runbook, args.parameter, output=args.output, runbooks_dir=args.runbooks_dir, open_store=open_store
+        args.runbook,
+        args.parameter,
+        output=args.output,
+        runbooks_dir=args.runbooks_dir,
+        open_store=open_store,
+        out=sys.stderr if events else None,
+        events=events,
     )
 
 
@@ -256,6 +264,15 @@ def parser() -> argparse.ArgumentParser:
     add_runbook_arguments(run, "runbook path inside the runbooks folder, .ipynb optional (net/check)")
     run.add_argument("--output", help="where to save the executed notebook (default ~/.opshub/runs/RUN_ID.ipynb)")
     run.add_argument("--runbooks-dir", help="runbooks folder (default $HOME/$OPSHUB_RUNBOOKS_TARGET, else ~/runbooks)")
+    run.add_argument(
+        "--events",
+        choices=["json"],
+        help="for programs: one JSON object per line on stdout, the progress for people on stderr."
+        ' {"event": "started", "run_id", "url", "runbook", "runbook_commit", "drift", "parameters"};'
+        ' {"event": "cell", "index" (from 0), "status" (succeeded/failed), "seconds"} per code cell;'
+        ' {"event": "ended", "run_id", "status", "failed_cell", "error_summary", "url", "exit_code", "notebook"}.'
+        " No started event: nothing ran (stderr says why)",
+    )
     run.set_defaults(func=cmd_run)
 
     request = sub.add_parser(

@@ -4,6 +4,7 @@ opshub service: his server's environment, his account, his home, as a person run
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 
@@ -129,3 +130,20 @@ def test_ctrl_c_ends_the_record_as_interrupted(hub, bob):
         assert rc == 130, out
     run = find_run(hub, "slow-rollout.ipynb", "interrupted")
     assert run["ended_at"] and run["user"] == "bob"
+
+
+def test_events_json_gives_a_program_json_lines_with_a_run_id_the_history_knows(hub, bob):
+    # as a program runs it: stdout only (people's progress goes to stderr)
+    out, rc = bob.run("opshub run patch-server-stack -p stack lab --events json 2>/dev/null", timeout=300)
+    assert rc == 0, out
+    lines = [line for line in out.splitlines() if line.startswith("{")]  # the rest: the typed line's echo
+    events = [json.loads(line) for line in lines]
+    assert [event["event"] for event in events[:1] + events[-1:]] == ["started", "ended"], out
+    assert all(event["event"] == "cell" and event["status"] == "succeeded" for event in events[1:-1])
+    assert len(events) > 3 and "▶" not in out  # a line per code cell, and no line for people
+    started, ended = events[0], events[-1]
+    assert ended["run_id"] == started["run_id"] and ended["status"] == "succeeded" and ended["exit_code"] == 0
+    token = hub.tokens(users=["carol"])["carol"]
+    run = hub.service_api(token, "GET", f"runs/{started['run_id']}").json()
+    assert run["status"] == "succeeded" and run["user"] == "bob" and run["runbook"] == "patch-server-stack.ipynb"
+    assert started["url"] == run["url"] and started["parameters"] == run["parameters"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from opshub.run_record import CellProgress, RunEnd, RunEnded, RunStart, RunStarted, parse_event
 from opshub.runbooks.headless import run_runbook
 from opshub.runbooks.masking import MASK
 from opshub.service.store import RunStore
@@ -80,17 +81,21 @@ class StoreRecorder:
         self.store = store
         self.heartbeats = 0
 
-    def start_run(self, runbook, parameters=None, trigger="headless", runbook_commit=None, drift=False):
-        run = self.store.start_run(runbook, "tester", trigger, parameters, runbook_commit, drift)
+    def start_run(self, start: RunStart):
+        run = self.store.start_run(
+            start.runbook, "tester", start.trigger, start.parameters, start.runbook_commit, start.drift
+        )
         return {"id": run.id, "url": f"/services/opshub/runs/{run.id}"}
 
-    def heartbeat(self, run_id):
+    def heartbeat(self, run_id, beat=None):
         self.store.heartbeat(run_id, "tester")
         self.heartbeats += 1
         return {"id": run_id}
 
-    def finish_run(self, run_id, status, failed_cell=None, error_summary=None, output_notebook=None):
-        run = self.store.finish_run(run_id, "tester", status, failed_cell, error_summary, output_notebook)
+    def finish_run(self, run_id, end: RunEnd):
+        run = self.store.finish_run(
+            run_id, "tester", end.status, end.failed_cell, end.error_summary, end.output_notebook
+        )
         return {"id": run.id, "status": run.status, "url": f"/services/opshub/runs/{run.id}"}
 
 
@@ -328,3 +333,59 @@ def test_a_service_gone_at_the_end_exits_3_naming_the_run_and_the_saved_notebook
     assert str(output) in message and "Connection refused" in message
     assert "mark the run interrupted once its heartbeat window has passed" in message
     assert output.exists()
+
+
+# `opshub run --events json`: for programs
+
+
+def test_events_json_tells_the_run_its_cells_and_its_end_and_nothing_else_on_stdout(checkout, tmp_path):
+    """The command as a program runs it: stdout is JSON lines only, people's progress goes to stderr."""
+    folder, store, url = checkout
+    env = {**os.environ, "OPSHUB_RECORDER": f"store:{url}", "JUPYTERHUB_USER": "tester"}
+    command = [str(VENV_BIN / "opshub"), "run", "net/fail", "--runbooks-dir", str(folder), "--events", "json"]
+    done = subprocess.run(
+        [*command, "-p", "threshold", "5", "--output", str(tmp_path / "o.ipynb")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    events = [parse_event(line) for line in done.stdout.splitlines()]  # every line is an event
+    record = only_run(store)
+    started, *cells, ended = events
+    assert started == RunStarted(record.id, None, "net/fail.ipynb", record.runbook_commit, False, {"threshold": 5})
+    # each code cell that ran, by its place as it ran (0: the markdown title; 2: the values papermill
+    # injected), the failing one last
+    assert [(cell.index, cell.status) for cell in cells] == [
+        (1, "succeeded"),
+        (2, "succeeded"),
+        (3, "succeeded"),
+        (4, "failed"),
+    ]
+    assert all(isinstance(cell, CellProgress) and cell.seconds >= 0 for cell in cells)
+    # the end as recorded: failed_cell in the stored notebook, where papermill added its error cells
+    summary, saved = "ValueError: threshold 5 exceeded", str(tmp_path / "o.ipynb")
+    assert ended == RunEnded(record.id, "failed", record.failed_cell, summary, None, 1, saved)
+    assert "raise ValueError" in "".join(json.loads(record.output_notebook)["cells"][record.failed_cell]["source"])
+    # people's lines, unchanged, on stderr
+    assert "opshub run net/fail.ipynb  commit " in done.stderr and "✗ failed in " in done.stderr
+    assert "before the failure" in done.stderr
+
+
+def test_events_json_masks_secrets_and_without_it_stdout_is_for_people(checkout, monkeypatch):
+    folder, store, _ = checkout
+    monkeypatch.setenv("DEMO_API_TOKEN", SECRET)
+    out, err, events = io.StringIO(), io.StringIO(), io.StringIO()
+    code = run_runbook(
+        "secret", [("api_token", SECRET)], recorder=StoreRecorder(store), out=out, err=err, events=events
+    )
+    assert code == 1
+    assert SECRET not in events.getvalue() and MASK in events.getvalue()
+    started, *_, ended = [parse_event(line) for line in events.getvalue().splitlines()]
+    assert started.parameters["api_token"] == MASK and started.url == f"/services/opshub/runs/{started.run_id}"
+    assert ended.status == "failed" and SECRET not in ended.error_summary
+    assert "{" not in out.getvalue().splitlines()[0]  # the progress for people, where it always was
+
+    code, out, _, _ = run(folder, store, "check")
+    assert code == 0 and not any(line.startswith('{"event"') for line in out.splitlines())

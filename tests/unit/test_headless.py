@@ -9,6 +9,7 @@ import time
 
 import nbformat
 import pytest
+from opshub.run_record import RunEnd, RunStart
 from opshub.runbooks import execute, headless
 from opshub.runbooks.client import ServiceClient, ServiceError
 from opshub.runbooks.execute import Heartbeat
@@ -368,13 +369,13 @@ def test_store_recorder_and_make_recorder(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_USER", "bob")
     recorder = make_recorder({"OPSHUB_RECORDER": f"store:{url}"}, open_store=StoreRecorder)
     assert isinstance(recorder, StoreRecorder)
-    run = recorder.start_run("patch.ipynb", {"stack": "web"}, "headless", None, True)
+    run = recorder.start_run(RunStart("patch.ipynb", "headless", {"stack": "web"}, None, True))
     recorder.heartbeat(run["id"])
-    recorder.finish_run(run["id"], "succeeded")
+    recorder.finish_run(run["id"], RunEnd("succeeded"))
     stored = RunStore(url).get_run(run["id"])
     assert (stored.user, stored.status, stored.parameters, stored.drift) == ("bob", "succeeded", {"stack": "web"}, True)
     with pytest.raises(ServiceError, match="already ended"):
-        recorder.finish_run(run["id"], "failed")
+        recorder.finish_run(run["id"], RunEnd("failed"))
 
     with pytest.raises(UsageError, match="OPSHUB_RECORDER"):
         make_recorder({"OPSHUB_RECORDER": "http://x"})
@@ -468,6 +469,20 @@ def test_cli_run_usage_errors_exit_2(runbooks, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["run", "patch", "-p", "only-a-name"])
     assert exited.value.code == 2
+
+
+def test_cli_run_events_json_refusals_print_no_event(runbooks, capsys):
+    """Nothing ran, so no `started` event: stdout stays empty for the program, stderr says why."""
+    from opshub.cli import main
+
+    assert main(["run", "--runbooks-dir", str(runbooks), "nope", "--events", "json"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and "net/check.ipynb" in printed.err
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "patch", "--events", "xml"])
+    assert exited.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
+    main(["run", "--help"])
+    assert "--events {json}" in capsys.readouterr().out
 
 
 def test_signal_handlers_are_restored():

@@ -11,8 +11,9 @@ from opshub.settings import PACKAGE_DIR
 # folder (or top-level module) -> what it may import from opshub. Modules at the top not listed
 # here (settings, contract, startup, cli...) are the shared base or the composition roots.
 ALLOWED = {
-    "runbooks": {"runbooks", "settings", "contract", "git", "hardening"},  # the execution side: never the service
-    "lab": {"lab", "runbooks", "settings", "contract", "git"},  # a person's server
+    # the execution side: never the service; run_record: what every side sends and the service takes
+    "runbooks": {"runbooks", "settings", "contract", "run_record", "git", "hardening"},
+    "lab": {"lab", "runbooks", "settings", "contract", "run_record", "git"},  # a person's server
     "dashboards_backend": {
         "dashboards_backend",
         "archive",
@@ -23,12 +24,23 @@ ALLOWED = {
         "runner",
         "runbooks",
         "contract",
+        "run_record",
         "archive",
         "hardening",
         "sandbox",
     },  # the runner's server: runs runbooks, reports
     # the control plane; settings for the schema's defaults (declared once)
-    "service": {"service", "runbooks", "contract", "git", "settings", "dashboards_backend", "runner", "hardening"},
+    "service": {
+        "service",
+        "runbooks",
+        "contract",
+        "run_record",
+        "git",
+        "settings",
+        "dashboards_backend",
+        "runner",
+        "hardening",
+    },
     "configure": {
         "configure",
         "settings",

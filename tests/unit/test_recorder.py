@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from opshub.lab.recorder import FAILED_CELL_TAG, Deliverer, Recorder, Spool
 from opshub.lab.spool import deployment_folder
+from opshub.runbooks.client import ServiceClient
 
 from tests.helpers import run_async
 
@@ -330,7 +331,7 @@ def test_a_real_kernel_is_heard_from_the_first_cell_sent_at_once_after_its_start
     assert recorded == expected
 
 
-class FakeService:
+class FakeService(ServiceClient):
     """What a deployment's opshub service heard from a person's server: every request, in order."""
 
     def __init__(self):
@@ -388,3 +389,23 @@ def test_a_deployment_id_that_is_not_a_folder_name_spools_where_runs_always_were
     with caplog.at_level("ERROR", logger="opshub.recorder"):
         assert deployment_folder(base, "../../elsewhere") == base
     assert "not a folder name" in caplog.text
+
+
+def test_a_spooled_run_that_is_not_a_run_record_is_set_aside_naming_the_field(server, tmp_path):
+    """Records are checked as the service checks them (opshub.run_record) before they are sent: one the
+    service would refuse for good is set aside with the reason, and the others are still delivered."""
+    open_notebook(server, "runbooks/check.ipynb")
+    recorder = recorder_for(server, tmp_path)
+    run_cell(recorder, "r1", "print('a')")
+    recorder.end(KERNEL, "the kernel was shut down")
+    (good,) = spooled(tmp_path)
+    spool = Spool(tmp_path / "spool")
+    bad = {**good, "id": "bad-run", "end": {**good["end"], "failed_cell": "1"}}
+    spool.write(bad)
+    service = FakeService()
+    assert Deliverer(spool, lambda: service).deliver_once()
+    assert spool.records() == []
+    reason = (tmp_path / "spool" / "bad-run.refused.reason").read_text()
+    assert "failed_cell must be a whole number or null" in reason
+    assert ("POST", f"api/runs/{good['id']}/finish") in service.requests
+    assert ("POST", "api/runs/bad-run/finish") not in service.requests

@@ -54,9 +54,10 @@ def guard_pull_links(serverapp) -> None:
 
 def _load_jupyter_server_extension(serverapp) -> None:
     from ..contract import DEPLOYMENT_ID_ENV
+    from ..run_record import RunEnd
     from ..runbooks.client import SERVICE_URL_ENV, ServiceClient
     from .handlers import default_runbooks_dir, handlers, service_prefix
-    from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool
+    from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool, spooled_end
     from .spool import deployment_folder
 
     show_our_logs_in(serverapp.log)
@@ -75,11 +76,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
     spool = Spool(deployment_folder(SPOOL_DIR.expanduser(), os.environ.get(DEPLOYMENT_ID_ENV)))  # this deployment's
     for record in spool.records():
         if record.get("end") is None:  # left open by a server that stopped before its kernels ended
-            record["end"] = {
-                "status": "interrupted",
-                "failed_cell": None,
-                "error_summary": "Interactive session ended: the Jupyter server stopped.",
-            }
+            summary = "Interactive session ended: the Jupyter server stopped."
+            record["end"] = spooled_end(RunEnd("interrupted", error_summary=summary))
             record["version"] += 1
             spool.write(record)
     deliverer = Deliverer(spool, ServiceClient)

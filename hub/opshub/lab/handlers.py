@@ -3,8 +3,8 @@
     GET  runbook?path=P         what JupyterLab needs to know about the open notebook P: is it a runbook,
                                 its parameters as forms show them (typed_parameters.form_fields: type,
                                 default, description, choices or choices_by, min/max...), its commit and drift
-    POST runs {path, parameters}  run P headless as a recorded run (`opshub run`); answers a job id
-    GET  runs/<job>             that job's progress lines, state, exit code and run id
+    POST runs {path, parameters}  run P headless as a recorded run (`opshub run --events json`); answers a job id
+    GET  runs/<job>             that job's progress lines, state, exit code, run id and run status
     POST publish {path, name, mode, groups}  publish P as a dashboard, through the opshub service
     GET  links                  where the run history and the dashboards are
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -35,6 +34,7 @@ from ..contract import (
 )
 from ..contract import service_prefix as service_prefix_under
 from ..git import run_git
+from ..run_record import RecordError, RunEnded, RunStarted, parse_event
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.gitstate import git_state
 from ..runbooks.headless import default_runbooks_dir
@@ -42,41 +42,56 @@ from ..runbooks.metadata import DEFAULTS, RunbookMetadataError, read_runbook_met
 from ..runbooks.params import declared_parameters
 from ..runbooks.typed_parameters import RepositoryFiles, form_fields, parameters_of
 
-RUN_LINE = re.compile(r"^run ([0-9a-f-]{36})\b")
 MAX_JOB_LINES = 2000
+# a line of a cell's output may be long: read up to this much of one (the default, 64 KiB, fails the read)
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class Job:
-    """One `opshub run` started from JupyterLab, with its output kept for the progress dialog."""
+    """One `opshub run --events json` started from JupyterLab: its progress for people (stderr) kept for
+    the progress dialog, its events (stdout) read for the run's id and how it ended."""
 
     def __init__(self, runbook: str, argv: list[str]):
         self.id = str(uuid.uuid4())
         self.runbook = runbook
-        self.argv = argv
+        self.argv = [*argv, "--events", "json"]
         self.lines: list[str] = []
         self.exit_code: int | None = None
         self.run_id: str | None = None
+        self.status: str | None = None  # the run's, once it ended
 
     async def run(self) -> None:
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.argv,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=asyncio.subprocess.PIPE,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},  # progress line by line, not at the end
+                limit=MAX_LINE_BYTES,
             )
         except OSError as e:
             self.lines.append(f"cannot start opshub run: {e}")
             self.exit_code = 2
             return
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            match = RUN_LINE.match(line)
-            if match:
-                self.run_id = match.group(1)
-            self.lines.append(line)
-            del self.lines[:-MAX_JOB_LINES]
+        await asyncio.gather(self._read_events(process.stdout), self._read_lines(process.stderr))
         self.exit_code = await process.wait()
+
+    async def _read_lines(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+            del self.lines[:-MAX_JOB_LINES]
+
+    async def _read_events(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            try:
+                event = parse_event(raw.decode(errors="replace"))
+            except RecordError as e:  # not ours to fail on: shown, and the run goes on
+                self.lines.append(f"opshub: {e}")
+                continue
+            if isinstance(event, RunStarted):
+                self.run_id = event.run_id
+            elif isinstance(event, RunEnded):
+                self.status = event.status
 
     def json(self) -> dict:
         return {
@@ -85,6 +100,7 @@ class Job:
             "state": "running" if self.exit_code is None else "done",
             "exit_code": self.exit_code,
             "run_id": self.run_id,
+            "status": self.status,
             "lines": self.lines,
         }
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..run_record import RunEnd, RunStart
 from ..runbooks.gitstate import committed_text, git_state, notebook_cells
 from ..runbooks.masking import kernel_environment, mask_notebook, mask_obj, secret_values
 from ..runbooks.results import error_summary, failed_cell_index, is_failure
@@ -88,7 +89,7 @@ class InteractiveRun:
     by_request: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
     last_activity: float = field(default_factory=time.monotonic)
     version: int = 0  # bumped on every change, so the deliverer knows what the service has not seen
-    end: dict[str, Any] | None = None
+    end: RunEnd | None = None  # its status, failing cell and summary (the notebook and drift are sent with it)
     # every secret value seen in the server's or the kernel's environment: masked whenever it is spooled
     secrets: set[str] = field(default_factory=set)
 
@@ -112,17 +113,10 @@ class InteractiveRun:
         return {
             "id": self.id,
             "version": self.version,
-            "start": {
-                "id": self.id,
-                "runbook": self.runbook,
-                "trigger": "interactive",
-                "runbook_commit": self.commit,
-                "drift": self.drift,
-                "parameters": {},
-            },
+            "start": RunStart(self.runbook, "interactive", {}, self.commit, self.drift, self.id).to_json(),
             "drift": self.drift,
             "notebook": mask_notebook(self.notebook(finished_only=self.end is None), secrets),
-            "end": mask_obj(self.end, secrets),
+            "end": mask_obj(spooled_end(self.end), secrets),
         }
 
 
@@ -448,11 +442,7 @@ class Recorder:
         summary = summary[:1000] if summary else None
         for cell, _ in run.by_request.values():  # cells still running when the kernel went away
             cell["metadata"]["opshub"]["unfinished"] = True
-        run.end = {
-            "status": "failed" if failed is not None else "succeeded",
-            "failed_cell": failed,
-            "error_summary": summary,
-        }
+        run.end = RunEnd("failed" if failed is not None else "succeeded", failed, summary)
         run.metadata["opshub_run"]["ended"] = how  # shown with the recorded notebook
         self._save(run)
         log.info("opshub: interactive run %s of %s ended (%s)", run.id, run.runbook, how)
@@ -461,6 +451,13 @@ class Recorder:
         run.version += 1
         self.spool.write(run.spool_record())
         self.on_change()
+
+
+def spooled_end(end: RunEnd | None) -> dict[str, Any] | None:
+    """What the spool keeps of a run's end: the notebook and drift are in the spooled record once."""
+    if end is None:
+        return None
+    return {key: value for key, value in end.to_json().items() if key not in ("output_notebook", "drift")}
 
 
 def _output_fields(kind: str, content: dict) -> dict[str, Any]:

@@ -4,6 +4,11 @@ The recorder (recorder.py) writes each run's state here after every cell; a `Del
 records to the service in order and retries while the service is unreachable. The run id is chosen
 by the recorder, so a retried start is recognised by the service instead of recorded twice, and a
 finish already recorded answers 409, which counts as done.
+
+A spooled run's `start` and `end` are records of `opshub.run_record` as JSON (`RunStart`; `RunEnd`
+without the notebook and drift, which the deliverer adds), checked again when they are sent: files
+spooled by an older version are delivered as they are, and one that is not a record is set aside,
+naming the field.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..run_record import Heartbeat, RecordError, RunEnd, RunStart
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.execute import DEFAULT_HEARTBEAT_SECONDS
 
@@ -156,6 +162,9 @@ class Deliverer:
         for record in records:
             try:
                 self._deliver(client, record)
+            except RecordError as e:  # not a record the service takes: sending it again will not change that
+                log.error("opshub: spooled run %s is not a run record: %s", record["id"], e)
+                self.spool.set_aside(record["id"], str(e))
             except ServiceError as e:
                 if e.status == 0 or e.status >= 500:
                     log.warning("opshub: run %s kept on disk until the service answers: %s", record["id"], e)
@@ -168,14 +177,14 @@ class Deliverer:
         run_id, version = record["id"], record["version"]
         delivered = self.spool.delivered(run_id)
         if delivered is None:
-            client.request("POST", "api/runs", record["start"])
+            client.start_run(RunStart.from_json(record["start"]))
             delivered = 0
             self.spool.mark_delivered(run_id, delivered)
         end = record.get("end")
         if end is not None:
             body = {**end, "drift": record["drift"], "output_notebook": record["notebook"]}
             try:
-                client.request("POST", f"api/runs/{run_id}/finish", body)
+                client.finish_run(run_id, RunEnd.from_json(body))
             except ServiceError as e:
                 if e.status != 409:  # 409: already ended, by an earlier attempt whose answer was lost
                     raise
@@ -184,13 +193,9 @@ class Deliverer:
         elif delivered < version and time.monotonic() - self.last_heartbeat.get(run_id, 0) >= PROGRESS_SECONDS:
             # progress: the cells so far, so the history shows them and nothing is lost if this server
             # dies; at most every PROGRESS_SECONDS, as each sends the whole notebook so far
-            client.request(
-                "POST",
-                f"api/runs/{run_id}/heartbeat",
-                {"output_notebook": record["notebook"], "drift": record["drift"]},
-            )
+            client.heartbeat(run_id, Heartbeat(output_notebook=record["notebook"], drift=record["drift"]))
             self.spool.mark_delivered(run_id, version)
             self.last_heartbeat[run_id] = time.monotonic()
         elif time.monotonic() - self.last_heartbeat.get(run_id, 0) >= self.heartbeat_seconds:
-            client.request("POST", f"api/runs/{run_id}/heartbeat")
+            client.heartbeat(run_id)
             self.last_heartbeat[run_id] = time.monotonic()

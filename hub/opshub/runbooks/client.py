@@ -3,11 +3,12 @@
 The identity is the user's JupyterHub token (JUPYTERHUB_API_TOKEN in every single-user server);
 the service takes who records from the token, never from the request body.
 
-API (JSON, under the service's URL, `Authorization: token <token>`):
-    POST   api/runs                     {runbook, trigger, parameters, runbook_commit, drift, id?} -> 201 run
-                                        (an `id` already recorded for the same run answers 200: a retry)
-    POST   api/runs/<id>/heartbeat      {output_notebook?, drift?} (progress so far)          -> 200 run
-    POST   api/runs/<id>/finish         {status, failed_cell, error_summary, output_notebook, drift?} -> 200 run
+API (JSON, under the service's URL, `Authorization: token <token>`): the records and paths of
+`opshub.run_record`, which the service accepts exactly (an unknown field is a 400 naming it):
+    POST   api/runs                     a RunStart -> 201 run (an `id` already recorded for the same
+                                        run answers 200: a retry)
+    POST   api/runs/<id>/heartbeat      a Heartbeat (progress so far)                              -> 200 run
+    POST   api/runs/<id>/finish         a RunEnd                                                   -> 200 run
     GET    api/runs?runbook=&user=&status=&trigger=&since=&until=&limit=&offset=      -> 200 {runs, total}
     GET    api/runs/<id>                                                               -> 200 run
     DELETE api/runs/<id>                (admins)                                       -> 204
@@ -23,6 +24,7 @@ import urllib.request
 from typing import Any
 
 from ..contract import SERVICE_URL_ENV
+from ..run_record import RUN, RUN_FINISH, RUN_HEARTBEAT, RUNS, Heartbeat, RunEnd, RunStart, path
 
 TOKEN_ENV = "JUPYTERHUB_API_TOKEN"
 LOCK_HELD = "lock held"  # how a 409 refusing a start for a lock begins: the run waits, then starts
@@ -73,44 +75,20 @@ class ServiceClient:
             raise ServiceError(0, f"cannot reach {self.url}: {getattr(e, 'reason', e)}") from None
         return json.loads(text) if text else None
 
-    def start_run(
-        self,
-        runbook: str,
-        parameters: dict | None = None,
-        trigger: str = "headless",
-        runbook_commit: str | None = None,
-        drift: bool = False,
-    ) -> dict:
-        body = {
-            "runbook": runbook,
-            "trigger": trigger,
-            "parameters": parameters or {},
-            "runbook_commit": runbook_commit,
-            "drift": drift,
-        }
-        return self.request("POST", "api/runs", body)
+    # The recorder `opshub run` and the interactive runs' spool use (runbooks/headless.py): records in,
+    # the service's answer (the run as JSON) out.
 
-    def heartbeat(self, run_id: str) -> dict:
-        return self.request("POST", f"api/runs/{run_id}/heartbeat", {})
+    def start_run(self, start: RunStart) -> dict:
+        return self.request("POST", RUNS, start.to_json())
 
-    def finish_run(
-        self,
-        run_id: str,
-        status: str,
-        failed_cell: int | None = None,
-        error_summary: str | None = None,
-        output_notebook: dict | None = None,
-    ) -> dict:
-        body = {
-            "status": status,
-            "failed_cell": failed_cell,
-            "error_summary": error_summary,
-            "output_notebook": output_notebook,
-        }
-        return self.request("POST", f"api/runs/{run_id}/finish", body)
+    def heartbeat(self, run_id: str, beat: Heartbeat | None = None) -> dict:
+        return self.request("POST", path(RUN_HEARTBEAT, run_id), (beat or Heartbeat()).to_json())
+
+    def finish_run(self, run_id: str, end: RunEnd) -> dict:
+        return self.request("POST", path(RUN_FINISH, run_id), end.to_json())
 
     def get_run(self, run_id: str) -> dict:
-        return self.request("GET", f"api/runs/{run_id}")
+        return self.request("GET", path(RUN, run_id))
 
 
 def _message(body: bytes) -> str:

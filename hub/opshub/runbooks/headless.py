@@ -12,9 +12,10 @@ together the parts of its sibling modules: `params` (declared parameters, values
 drift), `execute` (kernel, papermill, heartbeat, signals), `results` (the failing cell, the summary) and
 `terminal` (what is printed).
 
-Recorder: anything with `start_run`, `heartbeat` and `finish_run` like `opshub.runbooks.client.ServiceClient`
-(the default). `OPSHUB_RECORDER=store:<SQLAlchemy URL>` records straight into a `RunStore` instead, with
-no service in between: a testing and offline aid (the user is $JUPYTERHUB_USER, else the login name).
+Recorder: anything with `start_run(RunStart)`, `heartbeat(run_id)` and `finish_run(run_id, RunEnd)` (the
+records of `opshub.run_record`) like `opshub.runbooks.client.ServiceClient` (the default).
+`OPSHUB_RECORDER=store:<SQLAlchemy URL>` records straight into a `RunStore` instead, with no service in
+between: a testing and offline aid (the user is $JUPYTERHUB_USER, else the login name).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..contract import RUNBOOKS_TARGET_ENV
+from ..run_record import CellProgress, Record, RunEnd, RunEnded, RunStart, RunStarted, event_line
 from .client import ServiceClient, ServiceError
 from .execute import DEFAULT_HEARTBEAT_SECONDS, Heartbeat, Stopper, execute_notebook
 from .gitstate import git_state
 from .masking import mask_notebook, mask_obj, secrets_for
 from .metadata import RunbookMetadataError, read_runbook_metadata
 from .params import UsageError, declared_parameters
-from .results import error_summary, failed_cell_index
+from .results import error_summary, exited_cleanly, failed_cell_index
 from .terminal import Terminal, format_duration
 from .typed_parameters import (
     Parameter,
@@ -203,6 +205,7 @@ def run_runbook(
     err: TextIO | None = None,
     commit: str | None = None,
     values: dict[str, Any] | None = None,
+    events: TextIO | None = None,
 ) -> int:
     """Run `runbook` headless, recorded; return the exit code (see the module docstring and EXIT_*).
 
@@ -211,12 +214,14 @@ def run_runbook(
     `make_recorder(open_store=open_store)`. `commit` says which commit `runbooks_dir` holds when it
     is not a git checkout (the runner's copy of the repository at that commit: no drift).
     Secrets are taken from the process environment, which the kernel inherits, and from the kernel's own
-    environment after each cell (a cell may set one).
+    environment after each cell (a cell may set one). `events` (`--events json`) gets one JSON line per
+    event of `opshub.run_record` (started, cell, ended): for programs, which then read no human text.
     """
     out = out or sys.stdout
     err = err or sys.stderr
     pairs = [tuple(pair) for pair in parameters]
-    terminal = Terminal(out, err, secrets_for(os.environ, values or {name: value for name, value in pairs}))
+    secrets = secrets_for(os.environ, values or {name: value for name, value in pairs})
+    terminal = RunTerminal(out, err, secrets, events)
     try:
         plan = _prepare(runbook, pairs, output, runbooks_dir, commit, values)
         if recorder is None:
@@ -307,7 +312,7 @@ def _kernel_name(path: Path, name: str) -> str:
     return kernel
 
 
-def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
+def _execute_recorded(plan: _Plan, recorder, terminal: RunTerminal) -> int:
     say = terminal.say
     masked_parameters = mask_obj(plan.parameters, terminal.secrets)
     commit = plan.commit[:12] if plan.commit else "none (not a git checkout)"
@@ -331,6 +336,7 @@ def _execute_recorded(plan: _Plan, recorder, terminal: Terminal) -> int:
         return EXIT_SIGNAL_BASE + e.signum
     url = record.get("url")
     say(f"run {run_id}" + (f"  {url}" if url else ""))
+    terminal.event(RunStarted(run_id, url, plan.name, plan.commit, plan.drift, masked_parameters))
 
     heartbeat = Heartbeat(recorder, run_id, plan.heartbeat, terminal.warn)
     terminal.check_interrupt = stopper.check
@@ -369,7 +375,7 @@ def _start_when_free(recorder, plan: _Plan, parameters: dict, terminal: Terminal
     said = False
     while True:
         try:
-            return recorder.start_run(plan.name, parameters, "headless", plan.commit, plan.drift)
+            return recorder.start_run(RunStart(plan.name, "headless", parameters, plan.commit, plan.drift))
         except ServiceError as e:
             if not e.lock_held:
                 raise
@@ -383,7 +389,7 @@ def _start_when_free(recorder, plan: _Plan, parameters: dict, terminal: Terminal
             time.sleep(0.1)
 
 
-def _finish(plan: _Plan, recorder, terminal: Terminal, record: dict, nb, error, signum, seconds: float) -> int:
+def _finish(plan: _Plan, recorder, terminal: RunTerminal, record: dict, nb, error, signum, seconds: float) -> int:
     """Save the masked notebook, record the end, say how it went. Returns the exit code."""
     say = terminal.say
     run_id, url = str(record["id"]), record.get("url")
@@ -402,14 +408,16 @@ def _finish(plan: _Plan, recorder, terminal: Terminal, record: dict, nb, error, 
     stored = mask_notebook(nb, terminal.secrets) if nb is not None else None
 
     saved = _save(stored, plan.output or Path.home() / ".opshub" / "runs" / f"{run_id}.ipynb", terminal)
+    end = RunEnd(status, failed_cell, summary, stored)
     try:
-        finished = recorder.finish_run(run_id, status, failed_cell, summary, stored)
+        finished = recorder.finish_run(run_id, end)
     except ServiceError as e:
         terminal.warn(
             f"run {run_id} {status}, but its end could not be recorded: {e}\n"
             f"  executed notebook: {saved or 'not saved'}\n"
             "  The run history will mark the run interrupted once its heartbeat window has passed."
         )
+        terminal.event(RunEnded(run_id, status, failed_cell, summary, url, EXIT_RECORDING, _text(saved)))
         return EXIT_RECORDING
 
     mark = {"succeeded": "✓", "failed": "✗"}.get(status, "■")
@@ -418,7 +426,12 @@ def _finish(plan: _Plan, recorder, terminal: Terminal, record: dict, nb, error, 
     say(f"run {run_id}" + (f"  {url}" if url else ""))
     if saved:
         say(f"executed notebook: {saved}")
+    terminal.event(RunEnded(run_id, status, failed_cell, summary, url, exit_code, _text(saved)))
     return exit_code
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _describe_error(error: Exception) -> str:
@@ -440,3 +453,26 @@ def _save(nb, path: Path, terminal: Terminal) -> Path | None:
     except OSError as e:
         terminal.warn(f"cannot save the executed notebook to {path}: {e}")
         return None
+
+
+class RunTerminal(Terminal):
+    """What `opshub run` prints, and with `--events json` one JSON line per event (`opshub.run_record`)
+    to `events` (stdout, which then carries nothing else: the command sends the human lines to stderr)."""
+
+    def __init__(self, out: TextIO, err: TextIO, secrets, events: TextIO | None = None):
+        super().__init__(out, err, secrets)
+        self.events = events
+
+    def event(self, record: Record) -> None:
+        if self.events is None:
+            return
+        with self.lock:  # a whole line, never interleaved with output written from another thread
+            self.events.write(event_line(record) + "\n")
+            self.events.flush()
+
+    def on_cell_executed(self, cell, cell_index, execute_reply, **kwargs):
+        seconds = time.monotonic() - self.cell_started
+        super().on_cell_executed(cell, cell_index, execute_reply, **kwargs)
+        # the rule of the terminal's ✓ and ✗: a clean exit is answered "error", yet is no failure
+        ok = (execute_reply or {}).get("content", {}).get("status") == "ok" or exited_cleanly(cell)
+        self.event(CellProgress(cell_index, "succeeded" if ok else "failed", round(seconds, 3)))

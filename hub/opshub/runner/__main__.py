@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from ..archive import extract_runbooks
 from ..contract import SERVICE_NAME, SERVICE_URL_ENV
 from ..hardening import keep_memory_private
+from ..run_record import RunEnd
 from ..runbooks.client import ServiceError
 from ..runbooks.headless import EXIT_SIGNAL_BASE
 from ..runbooks.metadata import RunbookMetadataError, read_runbook_metadata
@@ -292,7 +293,7 @@ def main() -> None:
 
     def refuse(summary: str) -> None:
         try:
-            state["reporter"].finish_run(state["run_id"], "failed", error_summary=summary)
+            state["reporter"].finish_run(state["run_id"], RunEnd("failed", error_summary=summary))
         except ServiceError as e:
             log.error("run %s: cannot record its end: %s", state["run_id"], e)
 
@@ -308,7 +309,7 @@ def main() -> None:
         status = "interrupted" if code < 0 or code >= EXIT_SIGNAL_BASE else "failed"
         summary = f"The runner's process for this run ended (exit {code}) before it recorded the run's end."
         try:
-            state["reporter"].finish_run(state["run_id"], status, error_summary=summary)
+            state["reporter"].finish_run(state["run_id"], RunEnd(status, error_summary=summary))
             log.warning("run %s: %s", state["run_id"], summary)
         except ServiceError as e:
             if e.status != 409:

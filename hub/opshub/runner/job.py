@@ -16,6 +16,7 @@ import sys
 import time
 
 from ..hardening import keep_memory_private
+from ..run_record import RUNNER_BEGIN, RUNNER_FINISH, RUNNER_HEARTBEAT, FirstCell, Heartbeat, RunEnd, RunStart, path
 from ..runbooks.client import ServiceClient, ServiceError
 from ..runbooks.headless import EXIT_USAGE, run_runbook
 from . import RUN_TOKEN_SCHEME
@@ -38,29 +39,23 @@ class RunnerReporter(ServiceClient):
 
         self.started = False
 
-    def start_run(self, runbook, parameters=None, trigger="headless", runbook_commit=None, drift=False) -> dict:
+    def start_run(self, start: RunStart) -> dict:
         """The service recorded the run when it queued it: this only says the runner has it."""
-        record = self.request("POST", f"api/runner/runs/{self.run_id}/heartbeat", {})
+        record = self.heartbeat(self.run_id)
         self.started = True
         return record
 
     def first_cell(self, run_id: str) -> dict:
-        return self.request("POST", f"api/runner/runs/{run_id}/begin", {})
+        return self.request("POST", path(RUNNER_BEGIN, run_id), FirstCell().to_json())
 
-    def heartbeat(self, run_id: str) -> dict:
-        return self.request("POST", f"api/runner/runs/{run_id}/heartbeat", {})
+    def heartbeat(self, run_id: str, beat: Heartbeat | None = None) -> dict:
+        return self.request("POST", path(RUNNER_HEARTBEAT, run_id), (beat or Heartbeat()).to_json())
 
-    def finish_run(self, run_id, status, failed_cell=None, error_summary=None, output_notebook=None) -> dict:
-        body = {
-            "status": status,
-            "failed_cell": failed_cell,
-            "error_summary": error_summary,
-            "output_notebook": output_notebook,
-        }
+    def finish_run(self, run_id: str, end: RunEnd) -> dict:
         deadline = time.monotonic() + self.retry_seconds
         while True:
             try:
-                return self.request("POST", f"api/runner/runs/{run_id}/finish", body)
+                return self.request("POST", path(RUNNER_FINISH, run_id), end.to_json())
             except ServiceError as e:
                 # unreachable or failing (a restart): try again; a refusal (4xx) will not change
                 if 400 <= e.status < 500 or time.monotonic() > deadline:
@@ -96,7 +91,7 @@ def main() -> int:
     )
     if not reporter.started:  # refused before it ran (a parameter, a missing kernel): on record as failed
         summary = err.getvalue().strip()[:2000] or f"the runner could not start the run (exit {code})"
-        reporter.finish_run(job["run_id"], "failed", error_summary=summary)
+        reporter.finish_run(job["run_id"], RunEnd("failed", error_summary=summary))
     return code
 
 

@@ -10,6 +10,7 @@ import contextlib
 import getpass
 import os
 
+from ..run_record import Heartbeat, RunEnd, RunStart
 from ..runbooks.client import ServiceError
 from .store import RunStore
 
@@ -29,18 +30,26 @@ class StoreRecorder:
         except Exception as e:
             raise ServiceError(0, f"cannot open the run store {url}: {e}") from None
 
-    def start_run(self, runbook, parameters=None, trigger="headless", runbook_commit=None, drift=False) -> dict:
+    # The same records as the service's API takes (opshub.run_record), written straight into the store.
+
+    def start_run(self, start: RunStart) -> dict:
         with self._errors():
-            run = self.store.start_run(runbook, self.user, trigger, parameters, runbook_commit, drift)
+            run = self.store.start_run(
+                start.runbook, self.user, start.trigger, start.parameters, start.runbook_commit, start.drift, start.id
+            )
             return {"id": run.id, "runbook": run.runbook, "status": run.status}
 
-    def heartbeat(self, run_id: str) -> dict:
+    def heartbeat(self, run_id: str, beat: Heartbeat | None = None) -> dict:
+        beat = beat or Heartbeat()
         with self._errors():
-            return {"id": run_id, "last_heartbeat_at": self.store.heartbeat(run_id, self.user).isoformat()}
+            at = self.store.heartbeat(run_id, self.user, beat.output_notebook, beat.drift)
+            return {"id": run_id, "last_heartbeat_at": at.isoformat()}
 
-    def finish_run(self, run_id, status, failed_cell=None, error_summary=None, output_notebook=None) -> dict:
+    def finish_run(self, run_id: str, end: RunEnd) -> dict:
         with self._errors():
-            run = self.store.finish_run(run_id, self.user, status, failed_cell, error_summary, output_notebook)
+            run = self.store.finish_run(
+                run_id, self.user, end.status, end.failed_cell, end.error_summary, end.output_notebook, end.drift
+            )
             return {"id": run.id, "status": run.status}
 
     @contextlib.contextmanager

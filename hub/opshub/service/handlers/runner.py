@@ -19,11 +19,12 @@ import re
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ...run_record import RUNNER_BEGIN, RUNNER_FINISH, RUNNER_HEARTBEAT, FirstCell, Heartbeat, RunEnd, route
 from ...runbooks.triggers import alert_rules_of
 from ..queue import BadRunToken
 from ..store import RunAlreadyFinished, RunNotFound
 from .base import ServiceHandler, json_object, notebook_field
-from .runs import run_json
+from .runs import record_of, run_json
 
 log = logging.getLogger("opshub.service")
 
@@ -46,26 +47,36 @@ class MachineHandler(ServiceHandler):
 
 
 class RunnerReportHandler(MachineHandler):
-    def post(self, run_id: str, action: str):
+    """One of the runner's reports (`action`: begin, heartbeat, finish), each the record of
+    opshub.run_record its path takes."""
+
+    RECORDS = {"begin": FirstCell, "heartbeat": Heartbeat, "finish": RunEnd}
+
+    def initialize(self, action: str) -> None:
+        self.action = action
+
+    def post(self, run_id: str):
         queue = self.settings["opshub_queue"]
         scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise web.HTTPError(401, "send the run's token: Authorization: Bearer <token>")
-        body = self.body()
+        report = record_of(self.RECORDS[self.action], self.body())
+        if getattr(report, "drift", False):
+            raise web.HTTPError(400, "drift: the runner runs the runbook as its commit has it, never drifted")
         try:
-            if action == "begin":
+            if self.action == "begin":
                 run = queue.runner_begin(run_id, token)
                 self.hooks.began(run)
-            elif action == "heartbeat":
-                run = queue.runner_heartbeat(run_id, token, notebook_field(body.get("output_notebook")))
+            elif self.action == "heartbeat":
+                run = queue.runner_heartbeat(run_id, token, notebook_field(report.output_notebook))
             else:
                 run = queue.runner_finish(
                     run_id,
                     token,
-                    body.get("status"),
-                    body.get("failed_cell"),
-                    body.get("error_summary"),
-                    notebook_field(body.get("output_notebook")),
+                    report.status,
+                    report.failed_cell,
+                    report.error_summary,
+                    notebook_field(report.output_notebook),
                 )
                 log.info("run %s of %s %s on the runner", run.id, run.runbook, run.status)
         except RunNotFound as e:
@@ -155,6 +166,8 @@ def _alert_fields(alert) -> tuple[dict | None, str, str]:
 
 def runner_handlers(prefix: str) -> list[tuple]:
     return [
-        (url_path_join(prefix, r"api/runner/runs/([^/]+)/(begin|heartbeat|finish)"), RunnerReportHandler),
+        (url_path_join(prefix, route(RUNNER_BEGIN)), RunnerReportHandler, {"action": "begin"}),
+        (url_path_join(prefix, route(RUNNER_HEARTBEAT)), RunnerReportHandler, {"action": "heartbeat"}),
+        (url_path_join(prefix, route(RUNNER_FINISH)), RunnerReportHandler, {"action": "finish"}),
         (url_path_join(prefix, "api/alerts"), AlertsHandler),
     ]

@@ -14,6 +14,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from ...contract import DELETE_SCOPE, RECORD_SCOPE
+from ...run_record import RUN, RUN_FINISH, RUN_HEARTBEAT, RUNS, Heartbeat, Record, RecordError, RunEnd, RunStart, route
 from ...runbooks.client import LOCK_HELD
 from ..models import REPORTED_TRIGGERS, TRIGGERS, Run
 from ..queue import LockHeld
@@ -80,33 +81,28 @@ class RunsHandler(ApiHandler):
     @web.authenticated
     def post(self):
         user = self.require(RECORD_SCOPE)
-        body = self.body()
-        unknown = set(body) - {"id", "runbook", "trigger", "parameters", "runbook_commit", "drift"}
-        if unknown:
-            raise web.HTTPError(400, f"unknown field(s) {', '.join(sorted(unknown))} (the user comes from the token)")
-        if not isinstance(body.get("parameters", {}), dict):
-            raise web.HTTPError(400, "parameters must be a JSON object")
-        trigger = body.get("trigger", "headless")
+        start = record_of(RunStart, self.body())
+        trigger = start.trigger
         if trigger not in REPORTED_TRIGGERS:
             allowed = " or ".join(REPORTED_TRIGGERS)
-            if not isinstance(trigger, str) or trigger not in TRIGGERS:
+            if trigger not in TRIGGERS:
                 raise web.HTTPError(400, f"trigger must be one of {', '.join(REPORTED_TRIGGERS)}, not {trigger!r}")
             raise web.HTTPError(
                 403,
                 f"a person's token reports only {allowed} runs, not {trigger!r}:"
                 f" {trigger} runs are recorded by the opshub service itself",
             )
-        sent_again = isinstance(body.get("id"), str) and self.store.get_run(body["id"]) is not None
+        sent_again = start.id is not None and self.store.get_run(start.id) is not None
         run = self.store_call(
             self.start_run,
-            self.person_run_locks(body),
-            runbook=body.get("runbook"),
+            self.person_run_locks(start),
+            runbook=start.runbook,
             user=user,
             trigger=trigger,
-            parameters=body.get("parameters") or {},
-            runbook_commit=body.get("runbook_commit"),
-            drift=bool(body.get("drift", False)),
-            run_id=body.get("id"),
+            parameters=start.parameters,
+            runbook_commit=start.runbook_commit,
+            drift=start.drift,
+            run_id=start.id,
             reported_by=user,
             reported_from=self.reported_from(),
         )
@@ -117,27 +113,27 @@ class RunsHandler(ApiHandler):
         self.set_status(201)
         self.write(run_json(run, self.prefix))
 
-    def person_run_locks(self, body: dict) -> list[str]:
+    def person_run_locks(self, start: RunStart) -> list[str]:
         """The locks a person's `opshub run` of a repository runbook holds (its metadata's, with its
         parameters and the declared defaults at its commit), or 403 when the runbook's `run_groups` leave
         this person out; none for a notebook the repository does not
         have, nor for an interactive run (a person working cell by cell: its parameters are whatever the
         cells set, and a lock would keep its record out of the history)."""
         unattended = self.settings.get("opshub_unattended")
-        runbook, commit = body.get("runbook"), body.get("runbook_commit")
-        if body.get("trigger", "headless") != "headless":
+        runbook, commit = start.runbook, start.runbook_commit
+        if start.trigger != "headless":
             return []
-        if unattended is None or not isinstance(runbook, str) or runbook not in unattended.catalog.names():
+        if unattended is None or runbook not in unattended.catalog.names():
             return []
         try:
-            found = unattended.runbook(runbook, commit if isinstance(commit, str) and commit else None)
+            found = unattended.runbook(runbook, commit or None)
         except RequestRefused:  # a commit the repository does not have (a local one): today's metadata
             found = unattended.runbook(runbook)
         refusal = unattended.group_refusal(found, self.user_name(), self.current_user.get("groups") or [])
         if refusal:  # `opshub run` of a runbook kept for some groups: refused before it runs, like a request
             raise web.HTTPError(403, refusal)
         defaults = {name: p.default for name, p in found.parameters.items() if p.has_default}
-        return unattended.locks(found, {**defaults, **(body.get("parameters") or {})})
+        return unattended.locks(found, {**defaults, **start.parameters})
 
     def start_run(self, locks: list[str], **start):
         queue = self.settings.get("opshub_queue")
@@ -169,9 +165,10 @@ class HeartbeatHandler(ApiHandler):
     def post(self, run_id):
         user = self.require(RECORD_SCOPE)
         body = self.body()
-        self.run_or_404(run_id)
-        notebook = notebook_field(body.get("output_notebook"))
-        self.store_call(self.store.heartbeat, run_id, user, notebook, body.get("drift") is True)
+        self.run_or_404(run_id)  # an unknown run is a 404 whatever the body
+        beat = record_of(Heartbeat, body)
+        notebook = notebook_field(beat.output_notebook)
+        self.store_call(self.store.heartbeat, run_id, user, notebook, beat.drift)
         self.write(run_json(self.store.get_run(run_id), self.prefix))
 
 
@@ -181,25 +178,34 @@ class FinishHandler(ApiHandler):
         user = self.require(RECORD_SCOPE)
         body = self.body()
         self.run_or_404(run_id)
+        end = record_of(RunEnd, body)
         run = self.store_call(
             self.store.finish_run,
             run_id,
             user,
-            body.get("status"),
-            failed_cell=body.get("failed_cell"),
-            error_summary=body.get("error_summary"),
-            output_notebook=notebook_field(body.get("output_notebook")),
-            drift=body.get("drift") is True,
+            end.status,
+            failed_cell=end.failed_cell,
+            error_summary=end.error_summary,
+            output_notebook=notebook_field(end.output_notebook),
+            drift=end.drift,
         )
         log.info("run %s of %s ended %s", run.id, run.runbook, run.status)
         self.write(run_json(run, self.prefix))
 
 
+def record_of(kind: type[Record], body: dict):
+    """The record `kind` (opshub.run_record) in a request's body, exactly: 400 naming the field otherwise."""
+    try:
+        return kind.from_json(body)
+    except RecordError as e:
+        raise web.HTTPError(400, str(e)) from None
+
+
 def run_handlers(prefix: str) -> list[tuple]:
-    """The run API's routes under the service's prefix."""
+    """The run API's routes under the service's prefix (its paths: opshub.run_record)."""
     return [
-        (url_path_join(prefix, "api/runs"), RunsHandler),
-        (url_path_join(prefix, r"api/runs/([^/]+)"), RunHandler),
-        (url_path_join(prefix, r"api/runs/([^/]+)/heartbeat"), HeartbeatHandler),
-        (url_path_join(prefix, r"api/runs/([^/]+)/finish"), FinishHandler),
+        (url_path_join(prefix, route(RUNS)), RunsHandler),
+        (url_path_join(prefix, route(RUN)), RunHandler),
+        (url_path_join(prefix, route(RUN_HEARTBEAT)), HeartbeatHandler),
+        (url_path_join(prefix, route(RUN_FINISH)), FinishHandler),
     ]
