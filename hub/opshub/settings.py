@@ -105,6 +105,7 @@ def load_settings(
 
 def validate(data: dict[str, Any], source: str = "<settings>", cwd: str | os.PathLike | None = None) -> Settings:
     """Validate raw settings against the schema and the cross-section rules."""
+    _yaml_on_key(data)
     the_schema = schema()
     validator = jsonschema.Draft202012Validator(the_schema)
     problems = [_describe(err) for err in sorted(validator.iter_errors(data), key=_error_sort_key)]
@@ -116,6 +117,16 @@ def validate(data: dict[str, Any], source: str = "<settings>", cwd: str | os.Pat
         raise SettingsError(source, problems)
     _resolve_paths(complete, Path(cwd or os.getcwd()))
     return Settings(data=complete, source=source)
+
+
+def _yaml_on_key(data: dict[str, Any]) -> None:
+    """YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean True: a notification rule's `on`
+    is meant, so it is given its name back."""
+    notifications = data.get("notifications")
+    rules = notifications.get("rules") if isinstance(notifications, dict) else None
+    for rule in rules if isinstance(rules, list) else ():
+        if isinstance(rule, dict) and True in rule and "on" not in rule:
+            rule["on"] = rule.pop(True)
 
 
 def _key_path(parts) -> str:
@@ -206,6 +217,15 @@ def _check_consistency(data: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"auth.shared_password.groups.{group}: group {group!r} has no role in `roles`;"
                     " its members could not log in"
+                )
+    notifications = data["notifications"]
+    for i, rule in enumerate(notifications["rules"]):
+        for target in rule["to"]:
+            if target not in notifications["targets"]:
+                known = ", ".join(sorted(notifications["targets"])) or "none"
+                problems.append(
+                    f"notifications.rules.{i}.to: unknown target {target!r} (known targets: {known});"
+                    " declare it under notifications.targets"
                 )
     runbooks = data["runbooks"]
     if runbooks["mirror_from"] and _is_url(runbooks["repository"]):

@@ -22,6 +22,7 @@ from tests.unit.test_lifecycle import (  # noqa: F401 (the run's transitions, co
     test_each_transition_tells_the_subscribers_once_and_is_on_record,
     test_recording_a_run_is_one_change_from_new,
 )
+from tests.unit.test_notifier import *  # noqa: F403 (the notifier's outbox on PostgreSQL: two processes, one send)
 from tests.unit.test_queue import *  # noqa: F403 (the shared tests, collected again here)
 from tests.unit.test_queue import all_runs, enqueue, queued_runs, run_together
 from tests.unit.test_store import *  # noqa: F403 (the shared tests, collected again here)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 from opshub.configure import (
     Runtime,
     apply_all,
@@ -327,3 +328,27 @@ def test_a_credential_s_docker_source_is_a_host_path_and_errors_name_the_key(tmp
     base["SSH_KEY"]["docker_source"] = "relative/ssh-key"
     with pytest.raises(SettingsError, match=r"runner\.credentials\.SSH_KEY\.docker_source"):
         validate(data, cwd=tmp_path)
+
+
+def test_the_service_gets_the_notifications_section_its_links_url_and_the_targets_variables(tmp_path, monkeypatch):
+    path = tmp_path / "s.yaml"
+    data = yaml.safe_load(EMBEDDED_SETTINGS.read_text())
+    data["hub"]["public_url"] = "https://ops.example.com/"
+    data["notifications"] = {"targets": {"chat": {"url_env": "OPSHUB_NOTIFY_CHAT"}}, "rules": [{"to": ["chat"]}]}
+    path.write_text(yaml.safe_dump(data))
+    settings = load_settings(path, cwd=tmp_path)
+    c = Config()
+    apply_services(c, settings, RUNTIME)
+    command = c.JupyterHub.services[0]["command"]
+    section = json.loads(command[command.index("--notifications-settings") + 1])
+    assert section == settings["notifications"] and section["targets"] == {"chat": {"url_env": "OPSHUB_NOTIFY_CHAT"}}
+    assert command[command.index("--public-url") + 1] == "https://ops.example.com/"
+    # the URL (a secret) is the hub's own variable, read when JupyterHub starts the service
+    variable = c.JupyterHub.services[0]["environment"]["OPSHUB_NOTIFY_CHAT"]
+    monkeypatch.setenv("OPSHUB_NOTIFY_CHAT", "json://127.0.0.1:9/hook")
+    assert variable(None) == "json://127.0.0.1:9/hook"
+    assert json.loads(json.dumps(variable)) == "OPSHUB_NOTIFY_CHAT"  # what the hub's database keeps: the name
+    assert "json://" not in json.dumps(command)
+    second = Config()
+    apply_services(second, settings, RUNTIME)
+    assert second == c  # still pure

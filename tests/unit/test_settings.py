@@ -198,3 +198,49 @@ def test_the_schema_is_the_one_place_defaults_are_declared(tmp_path):
         filled["history"]["retention_days"],
         filled["history"]["output_cap_bytes"],
     )
+
+
+NOTIFICATIONS = """
+notifications:
+  targets:
+    ops-chat: {url_env: OPSHUB_NOTIFY_OPS_CHAT}
+  rules:
+    - to: [ops-chat]
+      on: [failed, never_started]
+      runbooks: ["patching/*"]
+    - to: [ops-chat]
+"""
+
+
+def test_notifications_are_off_by_default_and_an_unquoted_on_is_the_rule_s(tmp_path):
+    assert load_settings(write(tmp_path, MINIMAL), cwd=tmp_path)["notifications"] == {
+        "targets": {},
+        "rules": [],
+        "max_attempts": 10,
+    }
+    notifications = load_settings(write(tmp_path, MINIMAL + NOTIFICATIONS), cwd=tmp_path)["notifications"]
+    first, second = notifications["rules"]
+    assert first == {"to": ["ops-chat"], "on": ["failed", "never_started"], "runbooks": ["patching/*"]}
+    assert second == {"to": ["ops-chat"]}  # the notifier takes the rest from the schema's defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            MINIMAL + NOTIFICATIONS.replace("- to: [ops-chat]\n", "- to: [ops-chat, pager]\n", 1),
+            "notifications.rules.0.to: unknown target 'pager' (known targets: ops-chat);"
+            " declare it under notifications.targets",
+        ),
+        (
+            MINIMAL + NOTIFICATIONS.replace("never_started", "sometimes"),
+            "notifications.rules.0.on.1: 'sometimes' is not one of",
+        ),
+        (MINIMAL + NOTIFICATIONS.replace("url_env:", "url:"), "notifications.targets.ops-chat: unknown key(s) url"),
+        (MINIMAL + "notifications: {rules: [{to: [x]}]}\n", "unknown target 'x' (known targets: none)"),
+    ],
+)
+def test_bad_notifications_name_the_key(tmp_path, text, expected):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, text), cwd=tmp_path)
+    assert any(expected in problem for problem in caught.value.problems), caught.value.problems

@@ -4,9 +4,10 @@ in embedded mode, the runbooks mirror."""
 from __future__ import annotations
 
 import json
+import os
 
 from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, REQUEST_SCOPE, SERVICE_NAME, service_prefix
-from ..settings import Settings, repository_url
+from ..settings import Settings, public_url, repository_url
 
 METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
 DATABASE_PASSWORD_ENV = "OPSHUB_DATABASE_PASSWORD"  # ... and the database password
@@ -70,9 +71,29 @@ def service_arguments(settings: Settings, proxy: str | None = None) -> list[str]
         # published dashboards: their copies, the Voila backend's home and log
         "--dashboards-dir", str(settings.state_dir / "dashboards"),
         "--dashboards-settings", json.dumps(settings["dashboards"]),
+        # notifications: the section (no secrets: the targets' URLs are in the environment) and the
+        # hub's URL as browsers see it, for the links to runs' pages
+        "--notifications-settings", json.dumps(settings["notifications"]),
+        "--public-url", public_url(settings.data),
         # the dashboards server is reached through the proxy, like any server
         "--proxy-url", proxy or proxy_url(settings),
     ]  # fmt: skip
+
+
+class HubEnvironment(str):
+    """A service's environment variable whose value is the hub's own: JupyterHub calls a callable value
+    of `environment` when it starts the service, so the apply functions stay pure and the secret is read
+    only then. A str (the variable's name) because JupyterHub also stores the services' environment in
+    its database: it stores the name, never the secret, and has no non-JSON value to warn about."""
+
+    def __call__(self, spawner) -> str:
+        return os.environ.get(str(self), "")
+
+
+def notification_environment(settings: Settings) -> dict[str, HubEnvironment]:
+    """The variables holding the notification targets' Apprise URLs, passed through from the hub."""
+    targets = settings["notifications"]["targets"].values()
+    return {target["url_env"]: HubEnvironment(target["url_env"]) for target in targets}
 
 
 def idle_culler_enabled(settings: Settings) -> bool:
@@ -89,6 +110,7 @@ def apply_services(c, settings: Settings, runtime) -> None:
             "command": [runtime.python, "-m", "opshub.service", *service_arguments(settings)],
             # secrets reach the service in its environment, never on its command line
             "environment": {
+                **notification_environment(settings),
                 METRICS_TOKEN_ENV: runtime.metrics_token or "",
                 DATABASE_PASSWORD_ENV: runtime.database_password or "",
                 ALERTS_TOKEN_ENV: runtime.alerts_token or "",

@@ -30,6 +30,7 @@ from .app import UnattendedRuns, make_app
 from .dashboards import Dashboards
 from .events import RunEvents
 from .hub_api import HubApi
+from .notifier import Notifier
 from .outages import is_database_outage
 from .queue import RunQueue
 from .runner import Runner
@@ -80,6 +81,8 @@ def parse_args(argv=None):
         "--catch-up-minutes", type=int, default=runner["catch_up_minutes"], help="how late a missed fire may still run"
     )
     p.add_argument("--alerts-token-env", default="OPSHUB_ALERTS_TOKEN", help="variable holding the alerts token")
+    p.add_argument("--notifications-settings", default="{}", help="the `notifications:` settings section, as JSON")
+    p.add_argument("--public-url", default="http://127.0.0.1:8000/", help="the hub's URL for browsers (in messages)")
     return p.parse_args(argv)
 
 
@@ -106,6 +109,9 @@ async def serve(args) -> None:
     events = RunEvents(stats, registry, queue.queued_count)
     # every change of a run's status, whoever writes it, reaches the metrics and (once it exists) the runner
     store.bus.subscribe(events.changed)
+    # notifications: the events are stored with the changes (the outbox); the bus only wakes the notifier
+    notifier = Notifier(store, json.loads(args.notifications_settings), args.public_url, registry=registry)
+    store.bus.subscribe(notifier.changed)
     store.bus.attach(asyncio.get_running_loop())
 
     # Runs left `running` by a crash or restart get no heartbeat any more: the sweep ends them. Not
@@ -209,6 +215,7 @@ async def serve(args) -> None:
     )
     app.listen(url.port, address=url.hostname)
     runner.start()
+    notifier.start()
     PeriodicCallback(fire_schedules, 1000).start()
     if dashboards is not None:
         await dashboards.start()
@@ -221,6 +228,7 @@ async def serve(args) -> None:
     if dashboards is not None:
         dashboards.stop()
     runner.stop()
+    notifier.stop()
     store.close()
 
 
