@@ -5,6 +5,9 @@ system accounts are and how they are reached. Each is declared here once."""
 from __future__ import annotations
 
 SERVICE_NAME = "opshub"  # the JupyterHub service: /services/opshub/
+# The settings sections the service reads: the hub hands them over whole, as one JSON document
+# (configure/services.py `service_settings`, read by service/__main__.py).
+SERVICE_SETTINGS_SECTIONS = ("history", "runner", "runbooks", "dashboards", "notifications")
 
 # Custom RBAC scopes (JupyterHub >= 3): the hub hands them out through roles, the service checks them.
 RECORD_SCOPE = "custom:opshub:runs:record"

@@ -7,6 +7,7 @@ queued (the runner cannot start them) and only the records and the services' log
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -43,13 +44,13 @@ def start_service(index: int, database_url: str, password: str, repository, tmp_
     }
     log_file = ARTIFACTS / f"service-replica-{index}-{port}.log"
     log = open(log_file, "w")  # noqa: SIM115 (the process writes to it)
-    argv = [
-        sys.executable, "-m", "opshub.service",
-        "--database-url", database_url,
-        "--runbooks-repository", repository.as_uri(),
-        "--cache-dir", str(tmp_path / f"cache-{index}"),
-        "--dashboards-settings", '{"git_sync_interval": 1}',
-    ]  # fmt: skip
+    place = {
+        "database_url": database_url,
+        "runbooks_repository": repository.as_uri(),
+        "cache_dir": str(tmp_path / f"cache-{index}"),
+    }
+    document = {"service": place, "dashboards": {"git_sync_interval": 1}}
+    argv = [sys.executable, "-m", "opshub.service", "--settings", json.dumps(document)]
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log_file
 
 

@@ -222,7 +222,8 @@ def test_services_run_history_always_and_mirror_when_mirroring(settings, tmp_pat
     history, mirror = c.JupyterHub.services
     assert history["name"] == "opshub" and history["url"] == "http://127.0.0.1:8003"
     assert history["command"][:3] == ["/opt/opshub/bin/python", "-m", "opshub.service"]
-    assert f"sqlite:///{tmp_path / 'state' / 'opshub.sqlite'}" in history["command"]
+    document = json.loads(history["command"][history["command"].index("--settings") + 1])
+    assert document["service"]["database_url"] == f"sqlite:///{tmp_path / 'state' / 'opshub.sqlite'}"
     assert set(c.JupyterHub.custom_scopes) == {
         "custom:opshub:runs:record",
         "custom:opshub:runs:delete",
@@ -340,9 +341,10 @@ def test_the_service_gets_the_notifications_section_its_links_url_and_the_target
     c = Config()
     apply_services(c, settings, RUNTIME)
     command = c.JupyterHub.services[0]["command"]
-    section = json.loads(command[command.index("--notifications-settings") + 1])
+    document = json.loads(command[command.index("--settings") + 1])
+    section = document["notifications"]
     assert section == settings["notifications"] and section["targets"] == {"chat": {"url_env": "OPSHUB_NOTIFY_CHAT"}}
-    assert command[command.index("--public-url") + 1] == "https://ops.example.com/"
+    assert document["service"]["public_url"] == "https://ops.example.com/"
     # the URL (a secret) is the hub's own variable, read when JupyterHub starts the service
     variable = c.JupyterHub.services[0]["environment"]["OPSHUB_NOTIFY_CHAT"]
     monkeypatch.setenv("OPSHUB_NOTIFY_CHAT", "json://127.0.0.1:9/hook")

@@ -269,8 +269,9 @@ def test_roles_scopes_and_service_arguments():
     service = c.JupyterHub.services[0]
     assert PUBLISH_SCOPE in c.JupyterHub.custom_scopes and PUBLISH_SCOPE in service["oauth_client_allowed_scopes"]
     args = service["command"]
-    assert args[args.index("--dashboards-dir") + 1] == str(settings.state_dir / "dashboards")
-    assert json.loads(args[args.index("--dashboards-settings") + 1])["pool_size"] == 2
+    document = json.loads(args[args.index("--settings") + 1])
+    assert document["service"]["dashboards_dir"] == str(settings.state_dir / "dashboards")
+    assert document["dashboards"]["pool_size"] == 2
 
 
 def test_the_shipped_dashboard_is_a_read_only_live_dashboard_that_runs_anywhere():

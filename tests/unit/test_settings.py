@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import yaml
+from opshub.contract import SERVICE_SETTINGS_SECTIONS
 from opshub.settings import (
     EMBEDDED_SETTINGS,
     MASK,
@@ -192,12 +195,39 @@ def test_the_schema_is_the_one_place_defaults_are_declared(tmp_path):
     filled = load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
     assert DEFAULTS == schema_default("dashboards") == filled["dashboards"]
     assert filled["history"]["output_cap_bytes"] == DEFAULT_OUTPUT_CAP
-    args = parse_args(["--database-url", "sqlite://", "--runbooks-repository", "x", "--cache-dir", "y"])
-    assert (args.heartbeat_timeout, args.retention_days, args.output_cap) == (
-        filled["history"]["heartbeat_timeout"],
-        filled["history"]["retention_days"],
-        filled["history"]["output_cap_bytes"],
-    )
+    place = {"database_url": "sqlite://", "runbooks_repository": "x", "cache_dir": "y"}
+    read = parse_args(["--settings", json.dumps({"service": place})])
+    plain = [section for section in SERVICE_SETTINGS_SECTIONS if section != "runbooks"]  # paths get resolved
+    assert {section: read[section] for section in plain} == {section: filled[section] for section in plain}
+    assert read["runbooks"]["branch"] == filled["runbooks"]["branch"]
+
+
+def test_the_service_reads_every_section_it_needs_as_one_document_from_the_hub(tmp_path):
+    """What the hub hands over is what the service reads: the validated sections, whole, so a new
+    setting needs no argument of its own; and a document without a place the service needs is refused
+    naming it."""
+    from opshub.configure.services import service_arguments
+    from opshub.service.__main__ import SettingsDocumentError, parse_args, read_settings
+
+    data = yaml.safe_load(EMBEDDED_SETTINGS.read_text())
+    data.setdefault("runner", {})["catch_up_minutes"] = 7
+    data.setdefault("history", {})["retention_days"] = 3
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    settings = load_settings(path, cwd=tmp_path)
+    read = parse_args(service_arguments(settings, proxy="http://proxy:8000"))
+    assert read["runner"]["catch_up_minutes"] == 7 and read["history"]["retention_days"] == 3
+    assert read["notifications"] == settings["notifications"] and read["dashboards"] == settings["dashboards"]
+    assert read["service"]["proxy_url"] == "http://proxy:8000"
+    assert read["service"]["dashboards_dir"] == str(settings.state_dir / "dashboards")
+    for document, problem in [
+        ("{}", "service.database_url is required"),
+        ('{"service": {"database_url": "sqlite://"}, "histroy": {}}', "unknown section(s) histroy"),
+        ("[1]", "must be a JSON object"),
+        ("{", "is not JSON"),
+    ]:
+        with pytest.raises(SettingsDocumentError, match=re.escape(problem)):
+            read_settings(document)
 
 
 NOTIFICATIONS = """

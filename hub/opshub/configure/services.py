@@ -6,7 +6,15 @@ from __future__ import annotations
 import json
 import os
 
-from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, REQUEST_SCOPE, SERVICE_NAME, service_prefix
+from ..contract import (
+    DELETE_SCOPE,
+    PUBLISH_SCOPE,
+    RECORD_SCOPE,
+    REQUEST_SCOPE,
+    SERVICE_NAME,
+    SERVICE_SETTINGS_SECTIONS,
+    service_prefix,
+)
 from ..settings import Settings, public_url, repository_url
 
 METRICS_TOKEN_ENV = "OPSHUB_METRICS_TOKEN"  # how the hub hands the token to the service process
@@ -50,34 +58,36 @@ def database_url(settings: Settings) -> str:
     return settings["history"]["database_url"] or f"sqlite:///{settings.state_dir / 'opshub.sqlite'}"
 
 
+def service_settings(settings: Settings, proxy: str | None = None) -> dict:
+    """What the opshub service reads, as one document: the validated sections it needs, whole (a new
+    setting there reaches it with nothing to thread through), and `service`: where things are, derived
+    here from the settings. No secrets: those reach the service in its environment."""
+    return {
+        **{section: settings[section] for section in SERVICE_SETTINGS_SECTIONS},
+        "service": {
+            "database_url": database_url(settings),
+            "runbooks_repository": repository_url(settings),
+            "cache_dir": str(settings.state_dir / "service-runbooks.git"),
+            # published dashboards: their copies, the Voila backend's home and log
+            "dashboards_dir": str(settings.state_dir / "dashboards"),
+            # the dashboards server and the runner are reached through the proxy, like any server
+            "proxy_url": proxy or proxy_url(settings),
+            # the hub's URL as browsers see it, for the links to runs' pages in notifications
+            "public_url": public_url(settings.data),
+            "metrics_token_env": METRICS_TOKEN_ENV,
+            "alerts_token_env": ALERTS_TOKEN_ENV,
+        },
+    }
+
+
 def service_arguments(settings: Settings, proxy: str | None = None) -> list[str]:
     """The opshub service's command-line arguments, the same in every mode (the Helm chart's
     service pod passes them too, with the proxy's address in the cluster: opshub.kubernetes)."""
-    history = settings["history"]
-    return [
-        "--database-url", database_url(settings),
-        "--heartbeat-timeout", str(history["heartbeat_timeout"]),
-        "--retention-days", str(history["retention_days"]),
-        "--output-cap", str(history["output_cap_bytes"]),
-        "--runbooks-repository", repository_url(settings),
-        "--runbooks-branch", settings["runbooks"]["branch"],
-        "--cache-dir", str(settings.state_dir / "service-runbooks.git"),
-        "--metrics-token-env", METRICS_TOKEN_ENV,
-        # unattended runs: the runner's limits, schedules' catch-up, Alertmanager's token
-        "--max-concurrent", str(settings["runner"]["max_concurrent"]),
-        "--runner-start-timeout", str(settings["runner"]["start_timeout"]),
-        "--catch-up-minutes", str(settings["runner"]["catch_up_minutes"]),
-        "--alerts-token-env", ALERTS_TOKEN_ENV,
-        # published dashboards: their copies, the Voila backend's home and log
-        "--dashboards-dir", str(settings.state_dir / "dashboards"),
-        "--dashboards-settings", json.dumps(settings["dashboards"]),
-        # notifications: the section (no secrets: the targets' URLs are in the environment) and the
-        # hub's URL as browsers see it, for the links to runs' pages
-        "--notifications-settings", json.dumps(settings["notifications"]),
-        "--public-url", public_url(settings.data),
-        # the dashboards server is reached through the proxy, like any server
-        "--proxy-url", proxy or proxy_url(settings),
-    ]  # fmt: skip
+    return ["--settings", json.dumps(service_settings(settings, proxy), sort_keys=True)]
+
+
+def __call__(self, spawner) -> str:
+    return os.environ.get(str(self), "")
 
 
 class HubEnvironment(str):

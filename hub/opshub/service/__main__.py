@@ -21,7 +21,7 @@ from jupyterhub.utils import url_path_join
 from prometheus_client import CollectorRegistry
 from tornado.ioloop import PeriodicCallback
 
-from ..contract import DASHBOARDS_ACCOUNT, server_prefix
+from ..contract import DASHBOARDS_ACCOUNT, SERVICE_SETTINGS_SECTIONS, server_prefix
 from ..hardening import die_with_parent
 from ..runbooks.catalog import RunbookCatalog
 from ..settings import schema_default
@@ -43,47 +43,59 @@ from .voila import VoilaBackend
 log = logging.getLogger("opshub.service")
 
 
-def parse_args(argv=None):
+# The settings sections the service reads (contract.py), handed over by the hub as one JSON document
+# (configure/services.py `service_settings`): a new setting is its schema and the code that reads it.
+SECTIONS = SERVICE_SETTINGS_SECTIONS
+# `service`: where things are, derived by the hub from the settings (paths, URLs, variable names).
+PLACES = {
+    "database_url": None,  # SQLAlchemy URL of the run history (its password in $OPSHUB_DATABASE_PASSWORD)
+    "runbooks_repository": None,  # git URL of the runbooks
+    "cache_dir": None,  # the service's copy of the runbooks repository
+    "dashboards_dir": "",  # the published dashboards' copies (empty: no dashboards)
+    "proxy_url": "http://127.0.0.1:8000",  # the hub's proxy as this service reaches it (no base URL)
+    "public_url": "http://127.0.0.1:8000/",  # the hub's URL for browsers (links in notifications)
+    "metrics_token_env": "OPSHUB_METRICS_TOKEN",  # variables holding the tokens Prometheus and
+    "alerts_token_env": "OPSHUB_ALERTS_TOKEN",  # Alertmanager send
+}
+
+
+class SettingsDocumentError(ValueError):
+    """The settings document is not what the service needs; the message names the problem."""
+
+
+def parse_args(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m opshub.service", description=__doc__.splitlines()[0])
-    p.add_argument("--database-url", required=True, help="SQLAlchemy URL of the run history database")
-    # the defaults are the settings schema's, declared there once (the hub always passes all of them)
-    history, runbooks = schema_default("history"), schema_default("runbooks")
     p.add_argument(
-        "--heartbeat-timeout",
-        type=int,
-        default=history["heartbeat_timeout"],
-        help="seconds of silence before a run is interrupted",
+        "--settings",
+        required=True,
+        help="the settings the service reads, as one JSON document: the validated sections"
+        f" {', '.join(SECTIONS)} of the settings file, and `service` ({', '.join(PLACES)})",
     )
-    p.add_argument(
-        "--retention-days",
-        type=int,
-        default=history["retention_days"],
-        help="delete finished runs older than this (0: never)",
-    )
-    p.add_argument(
-        "--output-cap", type=int, default=history["output_cap_bytes"], help="largest executed notebook kept, in bytes"
-    )
-    p.add_argument("--runbooks-repository", required=True, help="git URL of the runbooks (metric labels)")
-    p.add_argument("--runbooks-branch", default=runbooks["branch"])
-    p.add_argument("--cache-dir", required=True, help="folder for the service's copy of the runbooks repository")
-    p.add_argument("--metrics-token-env", default="OPSHUB_METRICS_TOKEN", help="variable holding the metrics token")
-    p.add_argument("--dashboards-dir", help="folder for the published dashboards' copies (none: no dashboards)")
-    p.add_argument("--dashboards-settings", default="{}", help="the `dashboards:` settings section, as JSON")
-    p.add_argument(
-        "--proxy-url", default="http://127.0.0.1:8000", help="the hub's proxy as this service reaches it (no base URL)"
-    )
-    runner = schema_default("runner")
-    p.add_argument("--max-concurrent", type=int, default=runner["max_concurrent"], help="unattended runs at once")
-    p.add_argument(
-        "--runner-start-timeout", type=int, default=runner["start_timeout"], help="seconds a runner's server may take"
-    )
-    p.add_argument(
-        "--catch-up-minutes", type=int, default=runner["catch_up_minutes"], help="how late a missed fire may still run"
-    )
-    p.add_argument("--alerts-token-env", default="OPSHUB_ALERTS_TOKEN", help="variable holding the alerts token")
-    p.add_argument("--notifications-settings", default="{}", help="the `notifications:` settings section, as JSON")
-    p.add_argument("--public-url", default="http://127.0.0.1:8000/", help="the hub's URL for browsers (in messages)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        return read_settings(args.settings)
+    except SettingsDocumentError as e:
+        p.error(str(e))
+
+
+def read_settings(document: str) -> dict:
+    """The settings document, each section completed with the schema's defaults (the hub hands over
+    whole validated sections; a document written by hand may leave settings out)."""
+    try:
+        given = json.loads(document)
+    except ValueError as e:
+        raise SettingsDocumentError(f"--settings is not JSON: {e}") from None
+    if not isinstance(given, dict):
+        raise SettingsDocumentError("--settings must be a JSON object")
+    unknown = sorted(set(given) - {*SECTIONS, "service"})
+    if unknown:
+        raise SettingsDocumentError(f"--settings: unknown section(s) {', '.join(unknown)}")
+    settings = {section: {**schema_default(section), **(given.get(section) or {})} for section in SECTIONS}
+    settings["service"] = {**PLACES, **(given.get("service") or {})}
+    missing = [name for name, value in settings["service"].items() if value is None]
+    if missing:
+        raise SettingsDocumentError(f"--settings: service.{missing[0]} is required")
+    return settings
 
 
 def database_url(url: str) -> str:
@@ -97,12 +109,14 @@ def database_url(url: str) -> str:
     return make_url(url).set(password=password).render_as_string(hide_password=False)
 
 
-async def serve(args) -> None:
-    store = RunStore(database_url(args.database_url), output_cap=args.output_cap)
+async def serve(settings: dict) -> None:
+    history, runner_settings, place = settings["history"], settings["runner"], settings["service"]
+    store = RunStore(database_url(place["database_url"]), output_cap=history["output_cap_bytes"])
     outages.database.what = f"the run history's database ({store.engine.url.render_as_string(hide_password=True)})"
     store.upgrade()
-    timeout = datetime.timedelta(seconds=args.heartbeat_timeout)
-    retention = datetime.timedelta(days=args.retention_days) if args.retention_days else None
+    timeout = datetime.timedelta(seconds=history["heartbeat_timeout"])
+    days = history["retention_days"]
+    retention = datetime.timedelta(days=days) if days else None
     stats = RunStats.from_store(store)
     queue = RunQueue(store)
     registry = CollectorRegistry(auto_describe=False)
@@ -110,7 +124,7 @@ async def serve(args) -> None:
     # every change of a run's status, whoever writes it, reaches the metrics and (once it exists) the runner
     store.bus.subscribe(events.changed)
     # notifications: the events are stored with the changes (the outbox); the bus only wakes the notifier
-    notifier = Notifier(store, json.loads(args.notifications_settings), args.public_url, registry=registry)
+    notifier = Notifier(store, settings["notifications"], place["public_url"], registry=registry)
     store.bus.subscribe(notifier.changed)
     store.bus.attach(asyncio.get_running_loop())
 
@@ -142,7 +156,7 @@ async def serve(args) -> None:
             if deleted:
                 log.info("retention: deleted %d run(s) older than %s", deleted, retention)
 
-    catalog = RunbookCatalog(args.runbooks_repository, args.runbooks_branch, args.cache_dir)
+    catalog = RunbookCatalog(place["runbooks_repository"], settings["runbooks"]["branch"], place["cache_dir"])
     catalog.refresh()
 
     async def refresh_catalog():
@@ -150,7 +164,7 @@ async def serve(args) -> None:
 
     PeriodicCallback(sweep, max(timeout.total_seconds() / 4, 5) * 1000).start()
     # schedules and alerts are read from the catalog: as often as the repository is looked at for dashboards
-    sync_seconds = json.loads(args.dashboards_settings).get("git_sync_interval") or 60
+    sync_seconds = settings["dashboards"]["git_sync_interval"] or 60
     PeriodicCallback(refresh_catalog, sync_seconds * 1000).start()
     PeriodicCallback(apply_retention, 3600 * 1000).start()
     apply_retention()
@@ -161,16 +175,16 @@ async def serve(args) -> None:
     runner = Runner(
         queue,
         hub_api,
-        proxy_url=args.proxy_url,
+        proxy_url=place["proxy_url"],
         hub_base_url=os.environ.get("JUPYTERHUB_BASE_URL", "/"),
         archive=catalog.archive,
-        max_concurrent=args.max_concurrent,
-        start_timeout=args.runner_start_timeout,
+        max_concurrent=runner_settings["max_concurrent"],
+        start_timeout=runner_settings["start_timeout"],
         on_lock_wait=events.lock_wait,
     )
     events.runner = runner
     unattended = Unattended(queue, catalog, wake=runner.wake)
-    scheduler = Scheduler(unattended, queue, events, datetime.timedelta(minutes=args.catch_up_minutes))
+    scheduler = Scheduler(unattended, queue, events, datetime.timedelta(minutes=runner_settings["catch_up_minutes"]))
 
     async def fire_schedules():
         try:
@@ -181,27 +195,26 @@ async def serve(args) -> None:
             else:
                 log.exception("firing schedules")
 
-    alerts_token = os.environ.get(args.alerts_token_env, "")
+    alerts_token = os.environ.get(place["alerts_token_env"], "")
     if not alerts_token:
-        log.warning("$%s is not set: the alerts receiver answers 401 to everyone", args.alerts_token_env)
+        log.warning("$%s is not set: the alerts receiver answers 401 to everyone", place["alerts_token_env"])
     # A per-process secret for the service's own OAuth state cookies: after a restart people are
     # sent through the hub's OAuth again, without noticing.
-    metrics_token = os.environ.get(args.metrics_token_env, "")
+    metrics_token = os.environ.get(place["metrics_token_env"], "")
     if not metrics_token:
-        log.warning("$%s is not set: /metrics answers 401 to everyone", args.metrics_token_env)
+        log.warning("$%s is not set: /metrics answers 401 to everyone", place["metrics_token_env"])
     dashboards = None
-    if args.dashboards_dir:
+    if place["dashboards_dir"]:
         # The dashboards server: a system account's server, started through the hub, reached through the proxy.
         backend = VoilaBackend(
             hub_api_url=os.environ.get("JUPYTERHUB_API_URL", ""),
             api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
-            proxy_url=args.proxy_url,
+            proxy_url=place["proxy_url"],
             server_prefix=server_prefix(os.environ.get("JUPYTERHUB_BASE_URL", "/"), DASHBOARDS_ACCOUNT),
             base_url=url_path_join(prefix, "dashboards", "-") + "/",
             account=DASHBOARDS_ACCOUNT,
         )
-        settings = json.loads(args.dashboards_settings)
-        dashboards = Dashboards(store, args.dashboards_dir, prefix, backend, catalog, settings, stats)
+        dashboards = Dashboards(store, place["dashboards_dir"], prefix, backend, catalog, settings["dashboards"], stats)
     app = make_app(
         store,
         prefix,
