@@ -1,6 +1,8 @@
 """Notifications on a live hub: a `notifications:` setting whose target's Apprise URL (`json://`) reaches
 the service from the hub's environment, a real HTTP receiver on 127.0.0.1, unattended runs that fail on
-the runner, and the opshub service killed (SIGKILL) between a run's end and its notification's delivery."""
+the runner, the opshub service killed (SIGKILL) between a run's end and its notification's delivery,
+a failed scheduled run, a run stuck behind a lock and a schedule's fire missed while the service was
+frozen (SIGSTOP)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,20 @@ QUIET = "quiet-probe.ipynb"  # fails too, but no rule is about it
 CODE = 'raise RuntimeError(f"disk full on {host}")'
 
 
-def failing_runbook():
-    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+SCHEDULED = "notify-every-minute.ipynb"  # fails every minute (committed by the last test only)
+LOCKED = "notify-locked.ipynb"  # holds the lock stack:<stack> while it sleeps
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def failing_runbook(opshub: dict | None = None):
     cells = [new_code_cell('host = "web1"\nattempt = 1', metadata={"tags": ["parameters"]}), new_code_cell(CODE)]
-    return new_notebook(cells=cells, metadata={"kernelspec": kernel, "opshub": {}})
+    return new_notebook(cells=cells, metadata={"kernelspec": KERNEL, "opshub": opshub or {}})
+
+
+def sleeping_runbook():
+    cells = [new_code_cell('stack = "web"\nseconds = 1', metadata={"tags": ["parameters"]})]
+    cells.append(new_code_cell("import time\ntime.sleep(seconds)"))
+    return new_notebook(cells=cells, metadata={"kernelspec": KERNEL, "opshub": {"locks": ["stack:{stack}"]}})
 
 
 def free_port() -> int:
@@ -46,13 +58,23 @@ def hub(tmp_path_factory, port):
         settings.setdefault("dashboards", {})["git_sync_interval"] = 1
         settings["notifications"] = {
             "targets": {"ops-chat": {"url_env": "OPSHUB_NOTIFY_OPS_CHAT"}},
-            "rules": [{"to": ["ops-chat"], "runbooks": ["notify-*.ipynb"], "on": ["failed"]}],
+            "rules": [
+                {
+                    "to": ["ops-chat"],
+                    "runbooks": ["notify-*.ipynb"],
+                    "on": ["failed", "missed", "waiting"],
+                    "waiting_minutes": 1,
+                },
+            ],
         }
+        # a fire more than a minute late (the service frozen) is missed, not run late
+        settings.setdefault("runner", {})["catch_up_minutes"] = 0
 
     env = {"OPSHUB_NOTIFY_OPS_CHAT": f"json://127.0.0.1:{port}/hook"}
     the_hub = Hub(tmp_path_factory.mktemp("notifications-hub"), configure=configure, env=env)
     commit_runbook(the_hub, RUNBOOK, failing_runbook())
     commit_runbook(the_hub, QUIET, failing_runbook())
+    commit_runbook(the_hub, LOCKED, sleeping_runbook())
     the_hub.start()
     yield the_hub
     the_hub.stop()
@@ -122,5 +144,47 @@ def test_a_service_killed_between_the_event_and_the_delivery_delivers_it_after_i
         assert len(posts_about(receiver, run_id)) == 1
         ((status, attempts_now, error),) = notification_rows(hub, run_id)
         assert status == "sent" and attempts_now > attempts and error is None
+    finally:
+        receiver.close()
+
+
+def titled(receiver: Receiver, title: str) -> list[dict]:
+    return [post for post in receiver.posts if post["title"] == title]
+
+
+def test_a_failed_scheduled_run_a_run_stuck_behind_a_lock_and_a_missed_fire_are_each_told_once(hub, bob, port):
+    receiver = Receiver(port)
+    try:
+        # a run holding stack:web for a while, and one queued behind it
+        holder = request(hub, bob, runbook=LOCKED, seconds=300).json()["id"]
+        wait_for(lambda: hub.service_api(bob, "GET", f"runs/{holder}").json()["first_cell_at"], 90, what="the holder")
+        waiting = request(hub, bob, runbook=LOCKED, seconds=1).json()["id"]
+        # and a schedule that fails every minute
+        commit_runbook(hub, SCHEDULED, failing_runbook({"schedules": [{"name": "every-minute", "cron": "* * * * *"}]}))
+
+        wait_for(lambda: titled(receiver, f"opshub: {SCHEDULED} failed"), 150, interval=1, what="the schedule's")
+        (failed,) = titled(receiver, f"opshub: {SCHEDULED} failed")
+        assert "Trigger: schedule" in failed["message"] and "Who: schedule every-minute" in failed["message"]
+        assert "disk full on web1" in failed["message"]
+
+        # told once that it waits (the rule's waiting_minutes: 1, the default being 60), with the lock
+        wait_for(lambda: posts_about(receiver, waiting), 120, interval=1, what="the waiting run's notification")
+        (told,) = posts_about(receiver, waiting)
+        assert told["title"] == f"opshub: {LOCKED} is waiting behind a lock" and "stack:web" in told["message"]
+        for run_id in (waiting, holder):
+            assert hub.service_api(bob, "POST", f"runs/{run_id}/cancel").status_code == 200
+
+        # frozen over a fire's due time and a minute more: the fire is missed, and told once
+        pid = service_pid(hub)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(60 - time.time() % 60 + 65)  # past the next minute, by more than the minute a fire may be late
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: titled(receiver, f"opshub: {SCHEDULED} was missed"), 60, interval=1, what="the missed fire's")
+        time.sleep(5)  # a second one would have come by now
+        (missed,) = titled(receiver, f"opshub: {SCHEDULED} was missed")
+        assert "Status: missed" in missed["message"] and "while opshub was not running" in missed["message"]
+        assert len(posts_about(receiver, waiting)) == 1
     finally:
         receiver.close()
