@@ -113,7 +113,9 @@ class Service:
         self.events = RunEvents(self.stats, self.registry, self.queue.queued_count)
         store.bus.subscribe(self.events.changed)  # as the service subscribes its metrics at start
         self.woken = 0
-        self.unattended = Unattended(self.queue, catalog, wake=self.wake)
+        self.unattended = Unattended(self.queue, catalog)
+        # what wakes the runner in the service: a run queued, heard from the store's bus
+        store.bus.subscribe(lambda change: change.after == "queued" and self.wake())
         self.scheduler = Scheduler(
             self.unattended, self.queue, self.events, datetime.timedelta(minutes=catch_up_minutes)
         )
@@ -437,7 +439,7 @@ def refused(call) -> RequestRefused:
 
 def test_a_request_is_queued_at_the_branch_s_commit_with_its_locks(unattended, patch_repository, store, clock):
     woken = []
-    unattended.wake = lambda: woken.append(True)
+    store.bus.subscribe(lambda change: change.after == "queued" and woken.append(True))  # as the runner is told
 
     run = unattended.request("patch.ipynb", {"stack": "web", "dry_run": False}, "bob")
 

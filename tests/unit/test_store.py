@@ -17,8 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from opshub.service.models import RUNNER_TRIGGERS, TRIGGERS, Base, Run
+from opshub.service.notebook_cap import TRUNCATION_MARKER_ID
 from opshub.service.store import (
-    TRUNCATION_MARKER_ID,
     NotRunOwner,
     RunAlreadyFinished,
     RunNotFound,

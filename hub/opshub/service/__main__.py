@@ -121,7 +121,7 @@ async def serve(settings: dict) -> None:
     queue = RunQueue(store)
     registry = CollectorRegistry(auto_describe=False)
     events = RunEvents(stats, registry, queue.queued_count)
-    # every change of a run's status, whoever writes it, reaches the metrics and (once it exists) the runner
+    # every change of a run's status, whoever writes it, reaches the metrics (and, below, the runner)
     store.bus.subscribe(events.changed)
     # notifications: the events are stored with the changes (the outbox); the bus only wakes the notifier
     notifier = Notifier(store, settings["notifications"], place["public_url"], registry=registry)
@@ -182,8 +182,8 @@ async def serve(settings: dict) -> None:
         start_timeout=runner_settings["start_timeout"],
         on_lock_wait=events.lock_wait,
     )
-    events.runner = runner
-    unattended = Unattended(queue, catalog, wake=runner.wake)
+    store.bus.subscribe(runner.changed)  # a finished run's server goes; a queued run is looked at now
+    unattended = Unattended(queue, catalog)
     scheduler = Scheduler(unattended, queue, events, datetime.timedelta(minutes=runner_settings["catch_up_minutes"]))
 
     async def fire_schedules():

@@ -1,6 +1,5 @@
-"""The metrics' and the runner's subscriber to the run's life (lifecycle.RunBus): every change of a
-run's status reaches the metrics' aggregates (stats.py) and the runner (which removes a finished
-run's server), once, whoever made it. Also the unattended runs' own metrics.
+"""The metrics' subscriber to the run's life (lifecycle.RunBus): every change of a run's status
+reaches the metrics' aggregates (stats.py) once, whoever made it. Also the unattended runs' own metrics.
 
 Those metrics are kept by this process (Prometheus reads a restart as a counter reset), except the
 queue's length, which is read from the database at each scrape:
@@ -22,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .lifecycle import RunChanged
-from .models import QUEUED, RUNNER_TRIGGERS, RUNNING, Run
+from .models import QUEUED, RUNNING, Run
 from .run_states import DELETED
 from .stats import RunStats
 
@@ -41,7 +40,6 @@ class QueueLength(Collector):
 class RunEvents:
     def __init__(self, stats: RunStats, registry: CollectorRegistry, queue_length: Callable[[], int]):
         self.stats = stats
-        self.runner = None  # set once the runner exists (it needs the loop)
         registry.register(QueueLength(queue_length))
         self.lock_waits = Counter(
             "opshub_runner_lock_waits", "Times a queued run found one of its locks held.", registry=registry
@@ -68,8 +66,6 @@ class RunEvents:
             self.stats.removed(run)
         elif change.ended:
             self.stats.ended(run)
-            if self.runner is not None and run.trigger in RUNNER_TRIGGERS:
-                self.runner.ended(run)
 
     def began(self, run: Run) -> None:
         due = run.due_at or run.queued_at  # a request is due when it is made

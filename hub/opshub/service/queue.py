@@ -35,13 +35,13 @@ from sqlalchemy.orm import Session
 
 from . import lifecycle
 from .models import QUEUED, RUNNER_TRIGGERS, RUNNING, Run, ScheduleState, new_run_id
+from .notebook_cap import cap_notebook
 from .store import (
     NotRunOwner,
     RunAlreadyFinished,
     RunNotFound,
     RunStore,
     RunStoreError,
-    cap_notebook,
     check_end,
     check_text,
     json_roundtrip,

@@ -26,7 +26,8 @@ from ..contract import RUNNER_ACCOUNT, server_prefix
 from ..runner import JOB_PATH
 from . import outages
 from .hub_api import HubApi
-from .models import Run
+from .lifecycle import RunChanged
+from .models import QUEUED, RUNNER_TRIGGERS, Run
 from .outages import is_database_outage
 from .queue import Claim, RunQueue
 
@@ -246,12 +247,16 @@ class Runner:
                 "the hub answered %s removing the runner's server %s: %s", response.code, name, _message(response)
             )
 
-    def ended(self, run: Run) -> None:
-        """A run ended (its runner reported it): its server goes."""
-        self.stopping.discard(run.runner_server or "")
-        if run.runner_server:
-            asyncio.ensure_future(self._remove_quietly(run.runner_server))
-        self.wake()
+    def changed(self, change: RunChanged) -> None:
+        """A run's status changed (the store's bus): a runner run that ended loses its server, and a run
+        queued or ended may let a queued one start now."""
+        run = change.run
+        if change.ended and run.trigger in RUNNER_TRIGGERS:
+            self.stopping.discard(run.runner_server or "")
+            if run.runner_server:
+                asyncio.ensure_future(self._remove_quietly(run.runner_server))
+        if change.ended or change.after == QUEUED:
+            self.wake()
 
     async def _remove_quietly(self, name: str) -> None:
         try:

@@ -10,19 +10,17 @@
 Every datetime going in or coming out is timezone-aware UTC. The clock is injectable (`now=`) so tests
 move time instead of sleeping.
 
-Over 500 lines on purpose: one class is the one door to the runs table, with every refusal typed
+Over 500 lines on purpose: one class holds the runs table's storage, with every refusal typed
 (RunNotFound, NotRunOwner, RecordedByService, RunAlreadyFinished, RunConflict) next to the write it
 guards.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +45,14 @@ from opshub.service.models import (
 
 from ..settings import schema_default
 from . import lifecycle
+from .notebook_cap import MIN_OUTPUT_CAP, cap_notebook
 from .run_filters import parameter_equals
 from .visibility import RunVisibility
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_OUTPUT_CAP = schema_default("history.output_cap_bytes")  # bytes of notebook JSON kept per run
-MIN_OUTPUT_CAP = 10_000  # room for the truncation marker and a useful part of the notebook
 MAX_LIST_LIMIT = 1000
 MAX_OFFSET = 2**63 - 1  # databases count rows in signed 64-bit integers
-TRUNCATION_MARKER_ID = "opshub-output-truncated"
 MIGRATION_LOCK_KEY = 0x6F706D67  # "opmg": PostgreSQL advisory lock of the store's migrations
 
 
@@ -90,14 +87,6 @@ class RunConflict(RunStoreError):
 
 class RunAlreadyFinished(RunStoreError):
     """The run has reached an end state; it cannot be changed any more."""
-
-
-@dataclass(frozen=True)
-class StoredOutput:
-    """An executed notebook as it is stored: JSON text within the size cap."""
-
-    text: str
-    truncated: bool
 
 
 def utcnow() -> datetime.datetime:
@@ -598,73 +587,3 @@ def _aware(name: str, value: datetime.datetime) -> datetime.datetime:
     if not isinstance(value, datetime.datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, not {value!r}")
     return value.astimezone(datetime.timezone.utc)
-
-
-# Size cap of executed notebooks
-
-
-def _dumps(value: Any) -> str:
-    # Compact separators: the stored text is for machines, and every byte counts against the cap.
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _size(value: Any) -> int:
-    return len(_dumps(value).encode())
-
-
-def cap_notebook(notebook: Mapping[str, Any] | str, cap: int) -> StoredOutput:
-    """The notebook as JSON text of at most `cap` bytes.
-
-    A notebook too big keeps its cells but loses outputs, from the last cell backwards, until it fits
-    (the first cells usually say what the run was about); if the sources alone are too big, cells
-    are dropped from the end. A markdown cell appended at the end (so cell indexes such as
-    `failed_cell` stay right) and `metadata.opshub.output_truncated` say so and give the original size.
-    """
-    if isinstance(notebook, str):
-        try:
-            notebook = json.loads(notebook)
-        except ValueError as e:
-            raise ValueError(f"output_notebook is not valid JSON: {e}") from e
-    if not isinstance(notebook, Mapping) or not isinstance(notebook.get("cells"), list):
-        raise ValueError("output_notebook must be a notebook: a JSON object with a list of cells")
-    text = _dumps(notebook)
-    original_size = len(text.encode())
-    if original_size <= cap:
-        return StoredOutput(text, truncated=False)
-
-    truncated = copy.deepcopy(dict(notebook))
-    cells = truncated["cells"]
-    cells.append(_truncation_marker(original_size, cap))
-    truncated.setdefault("metadata", {}).setdefault("opshub", {})["output_truncated"] = {
-        "original_size": original_size,
-        "cap": cap,
-    }
-    # Track the size by difference rather than serialising the whole notebook after every change:
-    # compact JSON of a list is the JSON of its items joined by commas, so the arithmetic is exact.
-    size = _size(truncated)
-    for cell in reversed(cells[:-1]):
-        if size <= cap:
-            break
-        if cell.get("outputs"):
-            size -= _size(cell["outputs"]) - _size([])
-            cell["outputs"] = []
-    while size > cap and len(cells) > 1:
-        size -= _size(cells[-2]) + len(",")
-        del cells[-2]
-    text = _dumps(truncated)
-    if len(text.encode()) > cap:  # only with a cap smaller than MIN_OUTPUT_CAP and a huge marker
-        raise ValueError(f"cannot fit even the truncation marker in {cap} bytes")
-    return StoredOutput(text, truncated=True)
-
-
-def _truncation_marker(original_size: int, cap: int) -> dict[str, Any]:
-    return {
-        "cell_type": "markdown",
-        "id": TRUNCATION_MARKER_ID,
-        "metadata": {"tags": [TRUNCATION_MARKER_ID]},
-        "source": (
-            f"**Output truncated by opshub.** The executed notebook was {original_size:,} bytes, more than the"
-            f" {cap:,} bytes kept per run. Outputs were removed starting from the last cell (and, if that was"
-            " not enough, the last cells themselves) until it fitted."
-        ),
-    }

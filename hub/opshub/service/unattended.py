@@ -55,10 +55,9 @@ class RunbookAt:
 
 
 class Unattended:
-    def __init__(self, queue: RunQueue, catalog: RunbookCatalog, wake=lambda: None):
+    def __init__(self, queue: RunQueue, catalog: RunbookCatalog):
         self.queue = queue
         self.catalog = catalog
-        self.wake = wake  # tells the runner there is something in the queue
         self._runbooks: dict[tuple[str, str], RunbookAt] = {}
         self._refreshed = 0.0
 
@@ -189,6 +188,5 @@ class Unattended:
             commit=runbook.commit,
             locks=self.locks(runbook, parameters),
             **fields,
-        )
-        self.wake()
+        )  # the runner hears of it from the store's bus
         return run
