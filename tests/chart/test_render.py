@@ -111,6 +111,8 @@ def test_all_options_render_valid_kubernetes_objects(chart):
         "key": "password",
     }
     assert env["OPSHUB_METRICS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "opshub-metrics-token", "key": "token"}
+    # service.extraEnv: a notification target's Apprise URL, from a Secret
+    assert env["OPSHUB_NOTIFY_OPS_CHAT"]["valueFrom"]["secretKeyRef"] == {"name": "opshub-notify", "key": "ops-chat"}
     # the ServiceMonitor scrapes the Service's named port, at the metrics path, with the same token
     monitor = by_kind["ServiceMonitor"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
