@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 
+from opshub.service.audit import Audit
 from opshub.service.events import RunEvents
 from opshub.service.queue import RunQueue
 from opshub.service.stats import DURATION_BUCKETS, RunStats
@@ -103,3 +104,25 @@ def test_runs_the_runner_releases_or_never_starts_are_counted(tmp_path):
     assert live.running == {}
     assert live.finished == {("patch.ipynb", "failed", "requested"): 1, ("patch.ipynb", "cancelled", "requested"): 1}
     assert_equal(live, RunStats.from_store(store))
+
+
+def test_retention_takes_the_runs_it_deletes_out_of_the_metrics_and_leaves_their_deletion_on_record(tmp_path):
+    clock = Clock()
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.sqlite'}", now=clock)
+    store.upgrade()
+    live = RunStats.from_store(store)
+    store.bus.subscribe(RunEvents(live, CollectorRegistry(), lambda: 0).changed)
+    old = []
+    for status in ("succeeded", "failed", "failed"):
+        run = store.start_run("patch.ipynb", "bob", "headless")
+        clock.now += datetime.timedelta(seconds=5)
+        old.append(store.finish_run(run.id, "bob", status, failed_cell=2 if status == "failed" else None))
+    clock.now += datetime.timedelta(days=40)
+    kept = store.start_run("patch.ipynb", "bob", "headless")
+
+    assert store.apply_retention(max_age=datetime.timedelta(days=30)) == 3
+    assert_equal(live, RunStats.from_store(store))
+    assert live.running == {kept.id: ("patch.ipynb", kept.started_at)} and live.finished == {}
+    feed = Audit(store).feed(0, 100)
+    assert sorted(e.run_id for e in feed if e.to_status == "deleted") == sorted(run.id for run in old)
+    assert {e.actor for e in feed if e.to_status == "deleted"} == {"retention"}

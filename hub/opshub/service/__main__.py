@@ -150,9 +150,9 @@ async def serve(settings: dict) -> None:
         for run_id in stale:
             log.warning("run %s interrupted: no heartbeat for %s", run_id, timeout)
 
-    def apply_retention():
-        if retention:
-            deleted = store.apply_retention(max_age=retention)
+    async def apply_retention():
+        if retention:  # off the event loop: a first pass over a long history deletes many runs
+            deleted = await asyncio.get_running_loop().run_in_executor(None, store.apply_retention, retention)
             if deleted:
                 log.info("retention: deleted %d run(s) older than %s", deleted, retention)
 
@@ -167,7 +167,7 @@ async def serve(settings: dict) -> None:
     sync_seconds = settings["dashboards"]["git_sync_interval"] or 60
     PeriodicCallback(refresh_catalog, sync_seconds * 1000).start()
     PeriodicCallback(apply_retention, 3600 * 1000).start()
-    apply_retention()
+    await apply_retention()
 
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/opshub/")
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))

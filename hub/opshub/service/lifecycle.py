@@ -109,14 +109,27 @@ def delete_run(
     session: Session, run_id: str, *, actor: str, at: datetime.datetime, action: str = "deleted"
 ) -> Run | None:
     """Delete one run's record, whatever its status; the event stays. None if there is none."""
-    run = _load(session, run_id)
-    if run is None:
-        return None
-    check(run.trigger, run.status, DELETED)
-    if session.execute(delete(Run).where(Run.id == run_id, Run.status == run.status)).rowcount != 1:
-        return None
-    _record(session, run, run.status, DELETED, actor, at, action, None)
-    return run
+    deleted = delete_runs(session, [run_id], actor=actor, at=at, action=action)
+    return deleted[0] if deleted else None
+
+
+def delete_runs(
+    session: Session, run_ids: Collection[str], *, actor: str, at: datetime.datetime, action: str
+) -> list[Run]:
+    """Delete runs' records (retention deletes thousands in a pass: a statement per status, not per
+    run), each change checked against the table and recorded. Returns the runs deleted."""
+    query = select(Run).where(Run.id.in_(list(run_ids))).options(defer(Run.output_notebook, raiseload=True))
+    runs = list(session.scalars(query.execution_options(populate_existing=True)))
+    for run in runs:
+        check(run.trigger, run.status, DELETED)
+    deleted: set[str] = set()
+    for status in {run.status for run in runs}:  # the status before in the WHERE: a run moved meanwhile stays
+        ids = [run.id for run in runs if run.status == status]
+        deleted |= set(session.scalars(delete(Run).where(Run.id.in_(ids), Run.status == status).returning(Run.id)))
+    gone = [run for run in runs if run.id in deleted]
+    for run in gone:
+        _record(session, run, run.status, DELETED, actor, at, action, None)
+    return gone
 
 
 def note(
