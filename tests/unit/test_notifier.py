@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from opshub.service.audit import Audit
-from opshub.service.notifier import Notifier
+from opshub.service.notifier import Notifier, scrub
 from prometheus_client import CollectorRegistry
 
 from tests.unit import test_queue as queue_suite
@@ -349,3 +349,15 @@ def test_two_service_processes_stepping_at_once_send_each_notification_once(stor
     other.close()
     assert errors == []
     assert sorted(post["message"].rsplit("/", 1)[1] for post in receiver.posts) == sorted(run.id for run in runs)
+
+
+def test_an_error_shown_on_the_run_page_holds_none_of_the_targets_secrets():
+    urls = "slack://T0AAAAAAA/B0BBBBBBB/abcdefghijklmnop  json://ops:s3cr3t-pass@hooks.example.com/webhooks/9f8e7d6c?token=qwertyuiop"
+    error = (
+        "Failed to send to slack://T0AAAAAAA/B0BBBBBBB/abcdefghijklmnop: 403 (workspace T0AAAAAAA); "
+        "JSON to hooks.example.com/webhooks/9f8e7d6c?token=qwertyuiop as ops:s3cr3t-pass"
+    )
+    scrubbed = scrub(error, urls)
+    for secret in ("T0AAAAAAA", "B0BBBBBBB", "abcdefghijklmnop", "s3cr3t-pass", "9f8e7d6c", "qwertyuiop"):
+        assert secret not in scrubbed, scrubbed
+    assert "403" in scrubbed and "hooks.example.com" in scrubbed

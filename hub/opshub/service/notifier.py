@@ -31,10 +31,12 @@ import datetime
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 import apprise
 from prometheus_client import CollectorRegistry, Counter
@@ -356,7 +358,8 @@ class Notifier:
             )  # fmt: skip
             if sent:
                 return None
-            return ((logs.getvalue() or "").strip() or "Apprise could not send it")[:MAX_ERROR]
+            error = (logs.getvalue() or "").strip() or "Apprise could not send it"
+            return scrub(error, self.urls[target])[:MAX_ERROR]
 
     # -- on the service's event loop -------------------------------------------------------------------
 
@@ -385,6 +388,22 @@ class Notifier:
             # woken by a run's change, or every `tick` seconds for retries and waiting runs
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
+
+
+def scrub(text: str, urls: str) -> str:
+    """`text` without the secrets of `urls` (a target's Apprise URLs: their tokens, passwords and
+    webhook paths), so an error from Apprise can be shown on a run's page and logged."""
+    secrets = set()
+    for url in re.split(r"[\s,]+", urls.strip()):
+        parts = urlsplit(url)
+        secrets.add(url)
+        secrets |= {parts.password or "", parts.username or "", parts.query}
+        if "." not in (parts.hostname or "."):  # not a machine's name: a token (slack://T0.../...)
+            secrets.add(parts.hostname)
+        secrets |= set(re.split(r"[/&=?]", parts.path + "&" + parts.query))
+    for secret in sorted((s for s in secrets if len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return text
 
 
 def _run(session: Session, run_id: str) -> Run | None:
