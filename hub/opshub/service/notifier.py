@@ -398,8 +398,9 @@ def scrub(text: str, urls: str) -> str:
         parts = urlsplit(url)
         secrets.add(url)
         secrets |= {parts.password or "", parts.username or "", parts.query}
-        if "." not in (parts.hostname or "."):  # not a machine's name: a token (slack://T0.../...)
-            secrets.add(parts.hostname)
+        host = parts.netloc.rpartition("@")[2].split(":")[0]  # as written: .hostname is lowercased
+        if "." not in host:  # not a machine's name: a token (slack://T0.../...)
+            secrets.add(host)
         secrets |= set(re.split(r"[/&=?]", parts.path + "&" + parts.query))
     for secret in sorted((s for s in secrets if len(s) >= 6), key=len, reverse=True):
         text = text.replace(secret, "****")
