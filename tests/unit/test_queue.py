@@ -847,3 +847,25 @@ def test_retention_never_deletes_queued_or_running_runs(queue, store, clock):
     assert {run.id for run in all_runs(store)} == {running.id, waiting.id}
     assert store.get_run(waiting.id).status == "queued"
     assert store.get_run(missed.id) is None
+
+
+def test_a_run_deleted_while_claim_picks_runs_is_skipped_not_handed_out(queue, store, clock):
+    """An admin's deletion takes no admission lock: a queued run deleted between claim()'s look at the
+    queue and its write is skipped, and the next one is claimed."""
+    first, second = queued_runs(queue, clock, [], [])
+    deleted: list[bool] = []
+
+    def delete_in_between(conn, cursor, statement, parameters, context, executemany):
+        if not deleted and statement.lstrip().upper().startswith("SELECT RUNS.STATUS"):
+            deleted.append(True)
+            thread = threading.Thread(target=store.delete_run, args=(first.id, "alice"))
+            thread.start()
+            thread.join(timeout=5)
+
+    event.listen(store.engine, "before_cursor_execute", delete_in_between)
+    try:
+        claims, _ = queue.claim(max_concurrent=1)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", delete_in_between)
+    assert deleted and store.get_run(first.id) is None
+    assert [claim.run.id for claim in claims] == [second.id]

@@ -232,6 +232,8 @@ class RunQueue:
                     runner_token_hash=token_hash(token),
                     runner_server=runner_server_name(run_id),
                 )
+                if run is None:  # deleted meanwhile (an admin's deletion takes no admission lock)
+                    continue
                 held.update(dict.fromkeys(locks or (), run_id))
                 claims.append(Claim(run, token))
                 if len(claims) == free:
