@@ -2,8 +2,9 @@
 runbook (dry run) from the page, watches it queue, run and finish, and a viewer sees it."
 
 The runner runs one run at a time here (runner.max_concurrent 1), and a slow runbook requested over
-the API holds that slot, so bob's run is seen `queued` before it is `running`. The run page refreshes
-itself (meta refresh, every 3 s) until the run has finished: the test never reloads it.
+the API holds that slot, so bob's run is seen `queued` before it runs. The run page refreshes
+itself (meta refresh, every 3 s) until the run has finished: the test never reloads it (a dry run may
+run between two refreshes: its trail on the page says it ran).
 """
 
 from __future__ import annotations
@@ -139,10 +140,12 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     snap(page, "unattended-run-queued")
     mark("seen queued")
 
-    expect(status).to_have_text("running", timeout=120_000)
-    expect(page.locator("#cancel-run")).to_be_visible()
-    snap(page, "unattended-run-running")
-    mark("seen running")
+    # a dry run may start and end between two of the page's refreshes (3 s): seen running, or already done
+    expect(status).to_have_text(re.compile(r"^(running|succeeded)$"), timeout=120_000)
+    if status.inner_text() == "running":
+        expect(page.locator("#cancel-run")).to_be_visible()
+        snap(page, "unattended-run-running")
+    mark("seen running (or done)")
 
     expect(status).to_have_text("succeeded", timeout=180_000)
     mark("seen succeeded")
@@ -153,8 +156,13 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     expect(output.locator("body")).to_contain_text("[dry run] ssh", timeout=30_000)
     expect(output.locator("body")).to_contain_text("DRY RUN: commands are printed, nothing is changed")
     snap(page, "unattended-run-succeeded")
+    # what happened, on the page's own trail, however fast: queued, taken by the runner, succeeded
+    trail = page.locator("#run-events")
+    expect(trail).to_contain_text("new → queued")
+    expect(trail).to_contain_text("queued → running")
+    expect(trail).to_contain_text("running → succeeded")
     refreshes = len(navigations) - 1  # the first is the redirect to the run page
-    assert refreshes >= 2, navigations  # queued -> running -> succeeded, all by the page itself
+    assert refreshes >= 1, navigations  # queued -> (running ->) succeeded, all by the page itself
 
     slow_run = api_run(hub, tokens["bob"], slow_id)
     ours = api_run(hub, tokens["bob"], run_id)
