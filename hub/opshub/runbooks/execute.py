@@ -3,13 +3,14 @@
 `execute_notebook` starts the kernel itself (so that `Stopper` can signal it, and so that the kernel's
 own stdout and stderr are kept by `KernelOutput` for when it dies), executes with papermill through the
 `Terminal`'s hooks, and masks secrets a cell sets in the kernel from then on. `Heartbeat` tells the
-recorder the run is alive from a background thread. Deciding how the run went is not done here: see
+recorder the run is alive from a background thread, with its cells so far. Deciding how the run went is not done here: see
 `results`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import threading
@@ -18,11 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..run_record import Heartbeat as HeartbeatRecord
 from .masking import kernel_environment, secrets_for
 from .params import quiet_papermill
 from .terminal import Terminal
 
 DEFAULT_HEARTBEAT_SECONDS = 15.0
+# While a long cell prints, its output so far is sent at most this often (a cell's start and end: at once).
+STREAM_SECONDS = 2.0
 # How long to wait, after each cell, for the kernel to tell its environment (it is idle: milliseconds).
 KERNEL_ENVIRONMENT_SECONDS = 30.0
 # After an interrupt the kernel gets this long to stop the running cell before it is killed.
@@ -30,14 +34,32 @@ INTERRUPT_GRACE_SECONDS = 10.0
 
 
 class Heartbeat:
-    """Tell the recorder every `interval` seconds, from a background thread, that the run is alive.
+    """Tell the recorder every `interval` seconds, from a background thread, that the run is alive, with
+    its output so far; at once when a cell starts or ends, and at most every `stream_seconds` while a
+    long cell prints (the run's page shows the cells as they come).
 
-    A failed heartbeat is reported and the run goes on: the service only gives up on a run after a
-    whole window without one.
+    `show(notebook)` is called on the thread that executes the notebook (nbclient changes it there), so
+    the copy it takes is whole; the copy is masked (`mask`) and sent from the background thread, the
+    newest only: a slow service makes the run's page lag, never the run. A failed heartbeat is reported
+    and the run goes on: the service only gives up on a run after a whole window without one.
     """
 
-    def __init__(self, recorder, run_id: str, interval: float, report: Callable[[str], None]):
+    def __init__(
+        self,
+        recorder,
+        run_id: str,
+        interval: float,
+        report: Callable[[str], None],
+        mask: Callable[[Any], Any] | None = None,
+        stream_seconds: float = STREAM_SECONDS,
+    ):
         self.recorder, self.run_id, self.interval, self.report = recorder, run_id, interval, report
+        self.mask = mask or (lambda notebook: notebook)
+        self.stream_seconds = stream_seconds
+        self._pending = None  # the newest copy of the notebook not sent yet
+        self._copied_at = float("-inf")
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="opshub-heartbeat", daemon=True)
 
@@ -46,14 +68,59 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
 
+    def show(self, notebook, urgent: bool = True, finished: tuple[int, bool] | None = None) -> None:
+        """Send `notebook` (the run's so far) soon: at once if `urgent` (a cell started or ended), else (a
+        cell printed) when `stream_seconds` have passed since the last copy. `finished`: the cell (index,
+        went well) that just ended, which papermill marks completed only after this hook: marked in the
+        copy as papermill will mark it, so that readers see it ended."""
+        now = time.monotonic()
+        if notebook is None or (not urgent and now - self._copied_at < self.stream_seconds):
+            return
+        snapshot = copy.deepcopy(notebook)
+        if finished is not None:
+            mark_cell_ended(snapshot, *finished)
+        with self._lock:
+            self._pending, self._copied_at = snapshot, now
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return  # the run's end carries the whole notebook
+            with self._lock:
+                notebook, self._pending = self._pending, None
             try:
-                self.recorder.heartbeat(self.run_id)
+                if notebook is None:
+                    self.recorder.heartbeat(self.run_id)
+                else:
+                    self.recorder.heartbeat(self.run_id, HeartbeatRecord(output_notebook=self.mask(notebook)))
             except Exception as e:  # any failure: report, keep running
-                self.report(f"heartbeat failed (the run goes on): {e}")
+                if not self._stop.is_set():
+                    self.report(f"heartbeat failed (the run goes on): {e}")
+
+
+def mark_cell_ended(notebook, index: int, ok: bool) -> None:
+    """Mark cell `index` of `notebook` ended (papermill's `metadata.papermill` of a cell: status, end_time,
+    duration), as papermill does once the cell's hooks have run."""
+    import datetime
+
+    try:
+        papermill = notebook["cells"][index]["metadata"].setdefault("papermill", {})
+    except (IndexError, KeyError, TypeError):
+        return
+    ended = datetime.datetime.now(datetime.timezone.utc)
+    papermill["status"] = "completed" if ok else "failed"
+    papermill["end_time"] = ended.isoformat()
+    try:
+        started = datetime.datetime.fromisoformat(papermill["start_time"])
+        papermill["duration"] = (ended - started).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        pass
 
 
 class Interrupted(Exception):

@@ -338,7 +338,11 @@ def _execute_recorded(plan: _Plan, recorder, terminal: RunTerminal) -> int:
     say(f"run {run_id}" + (f"  {url}" if url else ""))
     terminal.event(RunStarted(run_id, url, plan.name, plan.commit, plan.drift, masked_parameters))
 
-    heartbeat = Heartbeat(recorder, run_id, plan.heartbeat, terminal.warn)
+    # the run's page shows its cells as they run: the heartbeat carries them, masked
+    heartbeat = Heartbeat(
+        recorder, run_id, plan.heartbeat, terminal.warn, lambda nb: mask_notebook(nb, terminal.secrets)
+    )
+    terminal.on_progress = lambda urgent, finished=None: heartbeat.show(terminal.notebook, urgent, finished)
     terminal.check_interrupt = stopper.check
     if hasattr(recorder, "first_cell"):  # the runner's: the run's delay is measured to its first cell
         terminal.on_first_cell = lambda: _tell(recorder.first_cell, run_id, terminal)

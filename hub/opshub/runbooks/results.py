@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# The cells papermill adds to a failed run's notebook (a banner at the top, an anchor above the cell).
+PAPERMILL_BANNER_TAG = "papermill-error-cell-tag"
+LABEL_WIDTH = 70
+
 # What IPython's error output says after `sys.exit(0)` or `sys.exit()` (papermill's list).
 CLEAN_EXIT_VALUES = ("", "0")
 
@@ -73,3 +77,42 @@ def error_summary(nb: Mapping[str, Any], index: int | None) -> str | None:
 def source_text(value: Any) -> str:
     """A cell's source (or an output's text) as one string: notebooks may store it as a list of lines."""
     return "".join(value) if isinstance(value, list) else str(value or "")
+
+
+def cell_label(cell: Mapping[str, Any], width: int = LABEL_WIDTH) -> str:
+    """What a progress line says about a cell: the first line of its source (for markdown, the first heading)."""
+    lines = [line.strip() for line in source_text(cell.get("source", "")).splitlines() if line.strip()]
+    if cell.get("cell_type") == "markdown":
+        lines = [line for line in lines if line.startswith("#")] or lines
+    label = lines[0] if lines else "(empty)"
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def is_papermill_banner(cell: Mapping[str, Any]) -> bool:
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return isinstance(tags, list) and PAPERMILL_BANNER_TAG in tags
+
+
+def cell_name(nb: Mapping[str, Any], index: int) -> str:
+    """How every page, message and terminal names cell `index` of a recorded notebook: `cell N (heading)`.
+
+    N counts from 1 as `opshub run`'s progress lines counted while the run went (papermill's banner cells,
+    added after a failure, are not counted); the heading is the one the cell is under (the nearest markdown
+    heading at or above it), else the cell's first line."""
+    cells = nb.get("cells", [])
+    if not 0 <= index < len(cells):
+        return f"cell {index + 1}"
+    number = sum(1 for cell in cells[: index + 1] if not is_papermill_banner(cell))
+    heading = next(
+        (
+            cell_label(cell).lstrip("#").strip()
+            for cell in reversed(cells[: index + 1])
+            if cell.get("cell_type") == "markdown" and not is_papermill_banner(cell) and _has_heading(cell)
+        ),
+        None,
+    )
+    return f"cell {number} ({heading or cell_label(cells[index])})"
+
+
+def _has_heading(cell: Mapping[str, Any]) -> bool:
+    return any(line.lstrip().startswith("#") for line in source_text(cell.get("source", "")).splitlines())

@@ -13,18 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from .masking import mask_text
-from .results import exited_cleanly, source_text
-
-LABEL_WIDTH = 70
-
-
-def cell_label(cell: Mapping[str, Any], width: int = LABEL_WIDTH) -> str:
-    """What a progress line says about a cell: the first line of its source (for markdown, the first heading)."""
-    lines = [line.strip() for line in source_text(cell.get("source", "")).splitlines() if line.strip()]
-    if cell.get("cell_type") == "markdown":
-        lines = [line for line in lines if line.startswith("#")] or lines
-    label = lines[0] if lines else "(empty)"
-    return label if len(label) <= width else label[: width - 1] + "…"
+from .results import cell_label, exited_cleanly, source_text
 
 
 def progress_line(index: int, total: int, cell: Mapping[str, Any]) -> str:
@@ -75,6 +64,10 @@ class Terminal:
         self.stderr = _StreamWriter(self, "stderr")
         self.check_interrupt: Callable[[], None] = lambda: None
         self.on_first_cell: Callable[[], None] = lambda: None  # when the kernel starts its first cell
+        # the notebook as it runs changed: a cell started, a cell ended (its index and whether it went
+        # well), or (not urgent) a cell printed
+        self.on_progress: Callable[..., None] = lambda urgent, finished=None: None
+        self.notebook = None  # the notebook being executed (papermill's, changed in place as it runs)
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         """Mask these values too from now on (secrets the kernel set while running)."""
@@ -107,6 +100,7 @@ class Terminal:
 
     def on_notebook_start(self, notebook, **_):
         self.total = len(notebook.cells)
+        self.notebook = notebook
 
     def on_cell_start(self, cell, cell_index, **_):
         self.check_interrupt()  # an interrupt between cells stops before the next one runs
@@ -125,6 +119,7 @@ class Terminal:
                 self.open_line = True
         else:
             self.say(line)
+        self.on_progress(True)
 
     def on_cell_executed(self, cell, cell_index, execute_reply, **_):
         self._flush_streams()
@@ -142,6 +137,7 @@ class Terminal:
             self.out.write((" " if self.open_line else "        ") + mark + "\n")
             self.out.flush()
             self.open_line = False
+        self.on_progress(True, (cell_index, ok))
 
     def stream(self, name: str, text: str) -> None:
         with self.lock:
@@ -150,6 +146,7 @@ class Terminal:
             self.pending[name] = rest
         if complete:
             self._write(self.out if name == "stdout" else self.err, complete + "\n")
+        self.on_progress(False)
 
     def _flush_streams(self) -> None:
         for name, stream in (("stdout", self.out), ("stderr", self.err)):

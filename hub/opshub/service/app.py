@@ -38,6 +38,7 @@ from .handlers.pages import page_handlers
 from .handlers.requests import request_handlers
 from .handlers.runner import runner_handlers
 from .handlers.runs import run_handlers
+from .live import LiveChanges
 from .metrics import RunMetrics
 from .queue import RunQueue
 from .runner import Runner
@@ -157,6 +158,9 @@ def make_app(
     stats = stats if stats is not None else RunStats.from_store(store)
     registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
     registry.register(RunMetrics(stats, known_runbooks))
+    # pages that update in place wait on this (api/changes): every change of a run's status reaches it
+    changes = LiveChanges()
+    store.bus.subscribe(changes.run_changed)
     handlers = page_handlers(prefix) + metrics_handlers(prefix) + base_handlers(prefix) + run_handlers(prefix)
     handlers += event_handlers(prefix)
     if dashboards is not None:
@@ -177,6 +181,7 @@ def make_app(
         opshub_prefix=prefix,
         opshub_registry=registry,
         opshub_stats=stats,
+        opshub_changes=changes,
         opshub_metrics_token=metrics_token,
         opshub_known_runbooks=known_runbooks,
         opshub_dashboards=dashboards,

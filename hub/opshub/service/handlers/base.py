@@ -18,11 +18,11 @@ import json
 import logging
 import re
 import uuid
+from pathlib import Path
 
-import nbformat
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated, check_scopes
 from jupyterhub.utils import url_path_join
-from nbconvert import HTMLExporter
+from markupsafe import Markup
 from tornado import web
 
 from ...contract import DELETE_SCOPE
@@ -39,10 +39,9 @@ from ..store import (
     RunStore,
 )
 from ..visibility import RunVisibility
+from .notebook_view import FAILED_CELL_TAG, NOTEBOOK_CSP, UnreadableNotebook, notebook_html  # noqa: F401 (theirs)
 
 log = logging.getLogger("opshub.service")
-
-FAILED_CELL_TAG = "opshub-failed-cell"
 
 # The service's pages: its own files and the hub's stylesheet, inline styles (page.html), nothing from
 # elsewhere, framed only by pages of this origin (invariant 9 of THREAT-MODEL.md).
@@ -50,9 +49,6 @@ PAGE_CSP = (
     "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none';"
     " base-uri 'self'; form-action 'self'; frame-ancestors 'self'"
 )
-# Executed notebooks hold whatever the runbook printed, HTML included: sandboxed (no scripts, an opaque
-# origin of their own, so they can never act as the person viewing them), styles and inline images only.
-NOTEBOOK_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
 HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")  # a Host header fit for a CSP
 
 
@@ -131,34 +127,6 @@ def is_admin(user: dict | None) -> bool:
     return bool(user.get("admin")) or bool(check_scopes({"admin:users"}, scopes) | check_scopes({DELETE_SCOPE}, scopes))
 
 
-class UnreadableNotebook(ValueError):
-    """A recorded notebook nbconvert cannot render; the message says why."""
-
-
-def notebook_html(notebook_json: str, failed_cell: int | None) -> str:
-    """The executed notebook as HTML, the failing cell tagged (the recorder may have tagged it already).
-    Serve it only with `BaseHandler.finish_sandboxed`."""
-    try:
-        notebook = nbformat.reads(notebook_json, as_version=4)
-        for cell in notebook.cells:
-            # nbformat wants each tag once: a reporter's notebook may repeat them
-            tags = cell.metadata.get("tags")
-            if isinstance(tags, list):
-                cell.metadata["tags"] = list(dict.fromkeys(tag for tag in tags if isinstance(tag, str)))
-        if failed_cell is not None and 0 <= failed_cell < len(notebook.cells):
-            tags = notebook.cells[failed_cell].metadata.setdefault("tags", [])
-            if FAILED_CELL_TAG not in tags:
-                tags.append(FAILED_CELL_TAG)
-        html, _ = HTMLExporter(template_name="lab").from_notebook_node(notebook)
-    except Exception as e:  # whatever a malformed notebook makes nbformat or nbconvert raise
-        raise UnreadableNotebook(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
-    highlight = (
-        f"<style>.celltag_{FAILED_CELL_TAG} {{ outline: 3px solid #dc3545; outline-offset: 4px; }}"
-        f" .celltag_{FAILED_CELL_TAG}::before {{ content: 'This cell failed'; color: #dc3545; font-weight: bold; }}</style>"
-    )
-    return html.replace("</head>", highlight + "</head>", 1)
-
-
 def duration(run: Run) -> str:
     """How long a run took, as the pages show it."""
     if not run.ended_at:
@@ -169,14 +137,26 @@ def duration(run: Run) -> str:
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def started(run: Run) -> str:
+def when(value: datetime.datetime | None, exact: bool = False) -> Markup:
+    """A time as the pages show it: `<time>` in UTC, which the page's script (static/live.js) shows in the
+    viewer's zone, relative ("3 h ago", exact on hover) or, `exact`, as a date and time (relative on hover)."""
+    if value is None:
+        return Markup("")
+    utc = value.astimezone(datetime.UTC) if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    mode = ' data-exact=""' if exact else ""
+    return Markup('<time datetime="{}"{}>{} UTC</time>').format(
+        utc.isoformat(timespec="seconds").replace("+00:00", "Z"), Markup(mode), utc.strftime("%Y-%m-%d %H:%M:%S")
+    )
+
+
+def started(run: Run) -> str | Markup:
     """When a run started, as the run page shows it: a queued run has not, and an unattended run the
     runner never had (cancelled while queued, a missed or refused fire) never did."""
     if run.status == QUEUED:
         return "not yet"
     if run.trigger in RUNNER_TRIGGERS and run.runner_server is None:
         return "never"
-    return run.started_at.isoformat(timespec="seconds")
+    return when(run.started_at, exact=True)
 
 
 def parse_time(name: str, value: str) -> datetime.datetime:
@@ -291,8 +271,10 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
             user_name=user["name"] if user else "",
             duration=duration,
             started=started,
+            when=when,
             xsrf_token=self.xsrf_token.decode() if user else "",  # forms that post (requests, cancel)
             outages=self.outages(),
+            live_seq=self.settings["opshub_changes"].seq,  # what the page shows: its script asks what changed since
             **namespace,
         )
 
@@ -303,13 +285,14 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
         found = [outages.database.message] if outages.database.active else []
         return found + ([catalog.unreachable] if catalog is not None and catalog.unreachable else [])
 
-    def finish_sandboxed(self, render, what: str) -> None:
-        """Serve an executed notebook's HTML under the sandbox policy (the one place it is set)."""
+    def finish_sandboxed(self, render, what: str, policy: str = NOTEBOOK_CSP) -> None:
+        """Serve an executed notebook's HTML under a sandbox policy of notebook_view (the one place they
+        are set)."""
         try:
             html = render()
         except UnreadableNotebook as e:
             raise web.HTTPError(422, f"the recorded notebook of {what} cannot be shown: {e}") from None
-        self.set_header("Content-Security-Policy", NOTEBOOK_CSP)
+        self.set_header("Content-Security-Policy", policy)
         self.finish(html)
 
     def error_page(self, status_code: int, message: str) -> str:
@@ -429,6 +412,21 @@ class OAuthCallbackHandler(HubOAuthCallbackHandler, ServiceHandler):
     api = False
 
 
+class PageScript(ServiceHandler):
+    """The script of every page (static/live.js: it holds nothing of anyone's)."""
+
+    api = False
+    PATH = Path(__file__).resolve().parent.parent / "static" / "live.js"
+
+    def get(self):
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(self.PATH.read_bytes())
+
+
 def base_handlers(prefix: str) -> list[tuple]:
-    """The end of every page's login (history and dashboards alike)."""
-    return [(url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler)]
+    """The end of every page's login (history and dashboards alike), and every page's script."""
+    return [
+        (url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler),
+        (url_path_join(prefix, "static/live.js"), PageScript),
+    ]

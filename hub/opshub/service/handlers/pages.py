@@ -6,15 +6,21 @@ whoever ran them (hub/docs/dashboards.md).
 
 from __future__ import annotations
 
+import datetime
+import json
+import zlib
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ...runbooks.results import cell_name, is_papermill_banner
 from ..audit import Audit
 from ..models import RUNNER_TRIGGERS, STATUSES, TRIGGERS
 from ..run_filters import parameter_filter
-from .base import BaseHandler, int_argument, notebook_html, parse_time
+from .base import BaseHandler, int_argument, parse_time
+from .notebook_view import FRAMED_NOTEBOOK_CSP, notebook_html
 
 
 class HistoryPage(BaseHandler):
@@ -63,6 +69,50 @@ class HistoryPage(BaseHandler):
         )
 
 
+@dataclass(frozen=True)
+class OutputFacts:
+    """What a run's page says about its recorded notebook (the report above the output)."""
+
+    version: str = ""  # changes when the notebook does: the page then shows the new one in place
+    cells_done: int = 0  # code cells that ran to their end
+    cells_total: int = 0  # code cells of the runbook (papermill's banners not counted)
+    running: str | None = None  # the cell running now, named as everywhere (results.cell_name)
+    running_since: datetime.datetime | None = None
+    failed: str | None = None  # the failing cell, named likewise
+
+    @classmethod
+    def of(cls, run) -> OutputFacts:
+        if not run.output_notebook:
+            return cls()
+        version = f"{zlib.crc32(run.output_notebook.encode()):08x}"
+        try:
+            cells = json.loads(run.output_notebook).get("cells") or []
+            notebook = {"cells": cells}
+            code = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code" and not is_papermill_banner(c)]
+            status = {i: ((c.get("metadata") or {}).get("papermill") or {}).get("status") for i, c in code}
+            running = [i for i, _ in code if status[i] == "running"]
+            since = None
+            if running and not run.ended_at:
+                start = cells[running[-1]]["metadata"]["papermill"].get("start_time")
+                since = datetime.datetime.fromisoformat(start) if isinstance(start, str) else None
+            failed = run.failed_cell if run.failed_cell is not None and 0 <= run.failed_cell < len(cells) else None
+            return cls(
+                version,
+                # papermill marks the cells it ran; an interactive run's cells ran when they have a count
+                cells_done=sum(
+                    1
+                    for i, c in code
+                    if status[i] in ("completed", "failed") or (not status[i] and c.get("execution_count") is not None)
+                ),
+                cells_total=len(code),
+                running=cell_name(notebook, running[-1]) if running and not run.ended_at else None,
+                running_since=since,
+                failed=cell_name(notebook, failed) if failed is not None else None,
+            )
+        except (ValueError, AttributeError, TypeError, KeyError, IndexError):  # a notebook not as papermill writes it
+            return cls(version)
+
+
 class RunPage(BaseHandler):
     @web.authenticated
     def get(self, run_id):
@@ -72,6 +122,7 @@ class RunPage(BaseHandler):
             "run.html",
             run=run,
             has_output=bool(run.output_notebook),
+            output=OutputFacts.of(run),
             defaults=self.defaults(run),
             events=audit.of_run(run.id),
             notifications=audit.notifications_of(run.id),
@@ -102,7 +153,12 @@ class RunNotebookPage(BaseHandler):
         run = self.run_or_404(run_id)
         if not run.output_notebook:
             raise web.HTTPError(404, f"no recorded output for run {run_id!r}")
-        self.finish_sandboxed(lambda: notebook_html(run.output_notebook, run.failed_cell), f"run {run_id}")
+        self.set_header("Cache-Control", "no-store")  # a running run's cells change: never an old copy
+        self.finish_sandboxed(
+            lambda: notebook_html(run.output_notebook, run.failed_cell, framed=True),
+            f"run {run_id}",
+            FRAMED_NOTEBOOK_CSP,
+        )
 
 
 def page_handlers(prefix: str) -> list[tuple]:

@@ -69,6 +69,8 @@ class RunnerReportHandler(MachineHandler):
                 self.hooks.began(run)
             elif self.action == "heartbeat":
                 run = queue.runner_heartbeat(run_id, token, notebook_field(report.output_notebook))
+                if report.output_notebook is not None:  # its cells so far: the run's page shows them
+                    self.settings["opshub_changes"].changed(run.id, run.runbook, run.user)
             else:
                 run = queue.runner_finish(
                     run_id,

@@ -169,7 +169,10 @@ class HeartbeatHandler(ApiHandler):
         beat = record_of(Heartbeat, body)
         notebook = notebook_field(beat.output_notebook)
         self.store_call(self.store.heartbeat, run_id, user, notebook, beat.drift)
-        self.write(run_json(self.store.get_run(run_id), self.prefix))
+        run = self.store.get_run(run_id)
+        if notebook is not None:  # its cells so far: the run's page shows them
+            self.settings["opshub_changes"].changed(run.id, run.runbook, run.user)
+        self.write(run_json(run, self.prefix))
 
 
 class FinishHandler(ApiHandler):
