@@ -5,8 +5,10 @@ and the security headers of every page."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import re
+import time
 import uuid
 
 import nbformat
@@ -269,9 +271,40 @@ def test_a_viewer_outside_the_groups_reads_the_runs_on_no_route(hub, tokens, ses
             page = get(hub, carol, path)
             assert page.status_code == 403 and "disk full" not in page.text, (path, page.status_code)
     assert run_id not in get(hub, carol, "dashboards/").text
+    # nor through what happened to runs (the audit feed), nor by waiting for the run's changes
+    assert run_id not in api(hub, tokens["carol"], "GET", "events", params={"limit": 1000}).text
+    assert api(hub, tokens["carol"], "GET", "events", params={"run": run_id}).status_code == 403
+    assert api(hub, tokens["carol"], "GET", "changes", params={"run": run_id, "timeout": 0}).status_code == 403
     # carol reads the other runbooks' runs as before
     other = record(hub, tokens["bob"], OPEN_RUNBOOK)
     assert get(hub, carol, f"runs/{other['id']}/notebook").status_code == 200
+
+
+def test_a_restricted_runs_change_wakes_only_those_who_may_see_it(hub, tokens, restricted_run):
+    """Pages that update in place wait on `api/changes`: a new restricted run must not wake the page of
+    someone outside the groups (it would tell them a run of the runbook happened, and when)."""
+    seq = api(hub, tokens["carol"], "GET", "changes", params={"timeout": 0}).json()["seq"]
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        waits = {user: pool.submit(time_the_wait, hub, tokens[user], seq, timeout=6) for user in ("carol", "alice")}
+        time.sleep(1)  # both are waiting
+        record(hub, tokens["bob"], RESTRICTED_RUNBOOK)
+        (carol_seq, carol_waited), (alice_seq, alice_waited) = waits["carol"].result(), waits["alice"].result()
+    assert alice_seq > seq and alice_waited < 5  # an admin sees it: woken at once
+    assert carol_seq == seq and carol_waited >= 5.5  # carol: nothing she may see changed, until the timeout
+    # and a change she may see wakes her
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        wait = pool.submit(time_the_wait, hub, tokens["carol"], carol_seq, timeout=20)
+        time.sleep(1)
+        record(hub, tokens["bob"], OPEN_RUNBOOK)
+        woken_seq, waited = wait.result()
+    assert woken_seq > carol_seq and waited < 15
+
+
+def time_the_wait(hub, token, after: int, timeout: int) -> tuple[int, float]:
+    started = time.monotonic()
+    answer = api(hub, token, "GET", "changes", params={"after": after, "timeout": timeout})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["seq"], time.monotonic() - started
 
 
 def test_the_groups_admins_and_the_runner_read_the_restricted_runs(hub, tokens, sessions, restricted_run):

@@ -4,8 +4,8 @@
 
 The run is recorded and run by the opshub service's runner (not in this server): it goes on when
 this server stops. Parameters are given and checked as for `opshub run`, by the service against
-the runbook at the repository's commit. `--wait` follows it until it ends (Ctrl-C stops following,
-not the run). Exit codes: 0 requested (with --wait: succeeded), 1 refused (with --wait: it did not
+the runbook at the repository's commit. `--wait` follows it until it ends, printing each cell as it
+ends (Ctrl-C stops following, not the run). Exit codes: 0 requested (with --wait: succeeded), 1 refused (with --wait: it did not
 succeed), 2 a wrong parameter or value (nothing queued), 3 the service could not be reached, 130 stopped
 following (--wait, Ctrl-C).
 """
@@ -19,9 +19,12 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from .client import ServiceClient, ServiceError
+from .results import exited_cleanly, is_papermill_banner, source_text
+from .terminal import progress_line, result_mark
 from .typed_parameters import describe_for_help
 
-POLL_SECONDS = 2.0
+POLL_SECONDS = 2.0  # after the service did not answer
+WAIT_SECONDS = 20  # how long the service may hold a question about the run (under the client's timeout)
 
 
 def request_run(
@@ -82,20 +85,26 @@ def request_help(runbook: str, commit: str | None = None, client: ServiceClient 
 
 
 def follow(client: ServiceClient, run: dict, out: TextIO, err: TextIO) -> int:
-    """Print the run's status as it changes until it ends; 0 if it succeeded."""
-    status = run["status"]
+    """Print the run's status as it changes, and each cell as it ends (as `opshub run` prints them), until
+    the run ends; 0 if it succeeded. The service is asked to answer as soon as the run changes
+    (`api/changes`), so each line comes as its cell ends."""
+    status, cells, seq = run["status"], CellPrinter(out), 0
     try:
         while run["status"] in ("queued", "running"):
-            time.sleep(POLL_SECONDS)
             try:
+                seq = client.request(
+                    "GET", f"api/changes?after={seq}&run={urllib.parse.quote(run['id'])}&timeout={WAIT_SECONDS}"
+                )["seq"]
                 run = client.get_run(run["id"])
             except ServiceError as e:
                 if e.status:
                     raise
+                time.sleep(POLL_SECONDS)
                 continue  # the service restarts: ask again
             if run["status"] != status:
                 status = run["status"]
                 print(f"{status}", file=out, flush=True)
+            cells.show(run.get("output_notebook"))
     except KeyboardInterrupt:
         print(f"stopped following run {run['id']}: it goes on (opshub cancel {run['id']} stops it)", file=err)
         return 130
@@ -105,6 +114,34 @@ def follow(client: ServiceClient, run: dict, out: TextIO, err: TextIO) -> int:
     if run.get("error_summary"):
         print(run["error_summary"], file=out)
     return 0 if run["status"] == "succeeded" else 1
+
+
+class CellPrinter:
+    """Each cell of a run's recorded notebook once it has ended: its progress line and mark as `opshub run`
+    prints them (`[ 4/13] ▶ cell 4: label ✓ 0.4s`), then what it printed."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.shown = 0  # cells printed so far, in order
+
+    def show(self, notebook: dict | None) -> None:
+        cells = [cell for cell in (notebook or {}).get("cells", []) if not is_papermill_banner(cell)]
+        while self.shown < len(cells):
+            cell = cells[self.shown]
+            papermill = (cell.get("metadata") or {}).get("papermill") or {}
+            if papermill.get("status") not in ("completed", "failed"):
+                return  # running or not reached (papermill marks every cell, markdown too): later
+            line = progress_line(self.shown, len(cells), cell)
+            if cell.get("cell_type") == "code" and source_text(cell.get("source", "")).strip():
+                ok = papermill.get("status") == "completed" or exited_cleanly(cell)
+                line += " " + result_mark(ok, float(papermill.get("duration") or 0))
+            print(line, file=self.out)
+            for output in cell.get("outputs", []):
+                text = source_text(output.get("text", "")) if output.get("output_type") == "stream" else ""
+                if text:
+                    print(text.rstrip("\n"), file=self.out)
+            self.out.flush()
+            self.shown += 1
 
 
 def cancel_run(run_id: str, client: ServiceClient | None = None, out: TextIO | None = None, err=None) -> int:

@@ -72,7 +72,8 @@ class LiveChanges:
         timeout: float = DEFAULT_WAIT_SECONDS,
     ) -> int:
         """The current number, once a change that `run_id` (else any run `visibility` sees) went
-        through after `after`, or `timeout` seconds passed without one."""
+        through after `after`; `after` itself when `timeout` seconds passed without one (changes the
+        caller may not see leave its number alone: they tell nothing, not even that they happened)."""
         waiter = _Waiter(after, run_id, visibility, asyncio.get_running_loop().create_future())
         if self._changed_since(waiter):
             return self.seq
@@ -80,7 +81,7 @@ class LiveChanges:
         try:
             await asyncio.wait_for(asyncio.shield(waiter.woken), timeout)
         except TimeoutError:
-            pass
+            return after
         finally:
             self._waiters.discard(waiter)
         return self.seq
