@@ -2,9 +2,8 @@
 runbook (dry run) from the page, watches it queue, run and finish, and a viewer sees it."
 
 The runner runs one run at a time here (runner.max_concurrent 1), and a slow runbook requested over
-the API holds that slot, so bob's run is seen `queued` before it runs. The run page refreshes
-itself (meta refresh, every 3 s) until the run has finished: the test never reloads it (a dry run may
-run between two refreshes: its trail on the page says it ran).
+the API holds that slot, so bob's run is seen `queued` before it runs. The run page follows the run in
+place (never reloading itself): the test never reloads it either.
 """
 
 from __future__ import annotations
@@ -121,7 +120,7 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     page.locator("#p-stack").select_option("lab")
     snap(page, "unattended-runbook-form")
 
-    # every navigation of the main frame after the request: the run page refreshing itself
+    # every navigation of the main frame after the request: only the redirect to the run page
     navigations: list[str] = []
     page.on("framenavigated", lambda frame: frame == page.main_frame and navigations.append(frame.url))
     page.click("#request-run")
@@ -136,11 +135,11 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     expect(page.locator("#cancel-run")).to_be_visible()  # bob requested it: he may cancel it
     expect(page.locator("#parameters")).to_contain_text("stack")
     expect(page.locator("#run-mode")).to_have_text("dry run")
-    assert page.locator("meta[http-equiv='refresh']").count() == 1
+    assert page.locator("meta[http-equiv='refresh']").count() == 0  # it follows the run in place
     snap(page, "unattended-run-queued")
     mark("seen queued")
 
-    # a dry run may start and end between two of the page's refreshes (3 s): seen running, or already done
+    # a dry run may start and end between two of the page's updates: seen running, or already done
     expect(status).to_have_text(re.compile(r"^(running|succeeded)$"), timeout=120_000)
     if status.inner_text() == "running":
         expect(page.locator("#cancel-run")).to_be_visible()
@@ -150,7 +149,6 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     expect(status).to_have_text("succeeded", timeout=180_000)
     mark("seen succeeded")
     expect(page.locator("#cancel-run")).to_have_count(0)
-    expect(page.locator("meta[http-equiv='refresh']")).to_have_count(0)  # finished: no more refreshing
     expect(page.locator("#requested-by")).to_contain_text("bob")
     output = page.frame_locator("iframe.notebook")
     expect(output.locator("body")).to_contain_text("[dry run] ssh", timeout=30_000)
@@ -161,8 +159,7 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     expect(trail).to_contain_text("new → queued")
     expect(trail).to_contain_text("queued → running")
     expect(trail).to_contain_text("running → succeeded")
-    refreshes = len(navigations) - 1  # the first is the redirect to the run page
-    assert refreshes >= 1, navigations  # queued -> (running ->) succeeded, all by the page itself
+    assert len(navigations) == 1, navigations  # queued -> (running ->) succeeded, in place: no reload
 
     slow_run = api_run(hub, tokens["bob"], slow_id)
     ours = api_run(hub, tokens["bob"], run_id)
@@ -201,4 +198,4 @@ def test_operator_requests_a_dry_run_from_the_page_and_a_viewer_sees_it(page, br
     finally:
         context.close()
     mark("viewer done")
-    print("timings (s since start):", timings, "refreshes:", refreshes)
+    print("timings (s since start):", timings)

@@ -9,6 +9,9 @@
 "use strict";
 (function () {
   const body = document.body;
+  // The hub's cookie authenticates only requests that carry the page's XSRF token (JupyterHub >= 4.1
+  // checks it on every request that is not a navigation): each fetch sends it.
+  const headers = { "X-XSRFToken": body.getAttribute("data-xsrf") || "" };
 
   // Times: <time datetime="...Z"> in the viewer's zone; relative ("3 h ago") unless data-exact.
 
@@ -64,13 +67,20 @@
   function atEnd() {
     return window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 48;
   }
+  // Whether the reader follows the end: where the reader last scrolled to (the page growing under the
+  // reader fires no scroll event, so it does not change this).
+  let following = atEnd();
+  window.addEventListener("scroll", () => { following = atEnd(); }, { passive: true });
+  function toTheEnd() {
+    if (following) window.scrollTo({ top: document.documentElement.scrollHeight, behavior: "instant" });
+  }
 
   function landOnFailedCell() {
     const frame = output && output.querySelector("iframe.notebook:not([data-incoming])");
     if (location.hash !== "#failed-cell" || failedTop === null || !frame || scrolledToFailed) return;
     scrolledToFailed = true;
     const top = frame.getBoundingClientRect().top + window.scrollY + failedTop - 16;
-    window.scrollTo({ top: Math.max(0, top) });
+    window.scrollTo({ top: Math.max(0, top), behavior: "instant" });
   }
 
   window.addEventListener("message", (event) => {
@@ -79,6 +89,7 @@
     if (!frame) return; // only our own frames tell their height
     const { height, failedTop: top } = event.data.opshubFrame;
     if (Number.isFinite(height) && height > 0) frame.style.height = `${height + 2}px`;
+    if (!frame.hasAttribute("data-incoming")) toTheEnd();
     if (frame.hasAttribute("data-incoming")) {
       frame.dispatchEvent(new CustomEvent("opshub-ready"));
       return;
@@ -87,7 +98,16 @@
     landOnFailedCell();
   });
 
-  window.addEventListener("hashchange", () => { scrolledToFailed = false; landOnFailedCell(); });
+  // A link to the failing cell lands on the cell inside the notebook (the page alone knows only where
+  // the notebook starts: #failed-cell, its fallback without this script).
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest('a[href="#failed-cell"]');
+    if (!link || failedTop === null) return;
+    event.preventDefault();
+    history.replaceState(null, "", "#failed-cell");
+    scrolledToFailed = false;
+    landOnFailedCell();
+  });
 
   function swapFrame(src) {
     // The new notebook loads hidden under the old one and takes its place once it knows its height,
@@ -101,11 +121,10 @@
     return new Promise((resolve) => {
       const done = () => {
         if (!incoming.isConnected) return resolve();
-        const following = atEnd();
         incoming.removeAttribute("data-incoming");
         incoming.style.position = incoming.style.left = incoming.style.top = incoming.style.visibility = "";
         old.remove();
-        if (following) window.scrollTo({ top: document.documentElement.scrollHeight });
+        toTheEnd();
         resolve();
       };
       incoming.addEventListener("opshub-ready", done, { once: true });
@@ -123,9 +142,8 @@
     if (oldFrame && newFrame) {
       await swapFrame(newFrame.getAttribute("src"));
     } else {
-      const following = atEnd();
       output.innerHTML = fresh.innerHTML;
-      if (following) window.scrollTo({ top: document.documentElement.scrollHeight });
+      toTheEnd();
     }
   }
 
@@ -144,7 +162,7 @@
   }
 
   async function refresh() {
-    const answer = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    const answer = await fetch(location.href, { credentials: "same-origin", headers: { ...headers, Accept: "text/html" } });
     if (!answer.ok) throw new Error(`the page answered ${answer.status}`);
     const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
     for (const region of document.querySelectorAll("[data-live][id]")) {
@@ -153,6 +171,7 @@
     }
     const freshOutput = fresh.getElementById("run-output");
     if (freshOutput) await updateOutput(freshOutput);
+    toTheEnd();
     document.title = fresh.title;
   }
 
@@ -164,7 +183,7 @@
     for (;;) {
       try {
         const query = `after=${seq}` + (run ? `&run=${encodeURIComponent(run)}` : "");
-        const answer = await fetch(`${api}?${query}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
+        const answer = await fetch(`${api}?${query}`, { credentials: "same-origin", headers: { ...headers, Accept: "application/json" } });
         if (answer.status === 404 || answer.status === 403) return; // the run is gone, or the login: stop
         if (!answer.ok) throw new Error(`api/changes answered ${answer.status}`);
         const next = (await answer.json()).seq;
