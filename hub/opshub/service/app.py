@@ -38,6 +38,7 @@ from .handlers.pages import page_handlers
 from .handlers.requests import request_handlers
 from .handlers.runner import runner_handlers
 from .handlers.runs import run_handlers
+from .handlers.schedules import schedule_handlers
 from .live import LiveChanges
 from .metrics import RunMetrics
 from .queue import RunQueue
@@ -167,6 +168,7 @@ def make_app(
         handlers += dashboard_handlers(prefix)
     if unattended is not None:
         handlers += request_handlers(prefix) + runner_handlers(prefix)
+        handlers += schedule_handlers(prefix)
         settings.update(
             opshub_queue=unattended.queue,
             opshub_unattended=unattended.unattended,

@@ -234,3 +234,32 @@ class FeedPosition(Base):
 
     reader: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_id: Mapped[int] = mapped_column(Integer)
+
+
+class SchedulePause(Base):
+    """A schedule paused by a person (schedule_control.py): who, when and why, and who resumed it when.
+    A paused schedule's fires are skipped (recorded `missed`, with the pause as the reason). At most one
+    pause per schedule is open (not resumed); the resumed ones stay, as the schedule's history."""
+
+    __tablename__ = "schedule_pauses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule: Mapped[str] = mapped_column(String(600))  # "<runbook>#<schedule key>", as ScheduleState.key
+    runbook: Mapped[str] = mapped_column(String(512))
+    paused_by: Mapped[str] = mapped_column(String(255))
+    paused_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    resumed_by: Mapped[str | None] = mapped_column(String(255))
+    resumed_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index(None, "schedule", "paused_at"),
+        # One open pause per schedule: of two people pausing at once, one wins.
+        Index(
+            "uq_schedule_pauses_open",
+            "schedule",
+            unique=True,
+            sqlite_where=text("resumed_at IS NULL"),
+            postgresql_where=text("resumed_at IS NULL"),
+        ),
+    )

@@ -10,6 +10,10 @@ nothing more.
 Fires found late (opshub was down): the latest one of each schedule runs if it is at most
 `runner.catch_up_minutes` late; the others are recorded as `missed`. A fire is never late within
 ON_TIME_SECONDS (the scheduler's own tick, a busy machine).
+
+A schedule a person has paused (schedule_control.py) does not fire: each of its due times is recorded as
+`missed`, with who paused it, when and why as the record's reason (on its trail), as a fire due while
+opshub was down is; once resumed, it fires again from its next due time.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import datetime
 import logging
 
-from ..runbooks.triggers import Schedule, TriggerError, fires_between, next_fire, schedules_of
+from ..runbooks.triggers import Schedule, TriggerError, fires_between, schedules_of
+from .cron_words import cron_in_words, in_zone, next_fires
 from .events import RunEvents
 from .queue import RunQueue
+from .schedule_control import Pause, ScheduleControl
 from .unattended import RUNNER_USER, RequestRefused, Unattended
 
 log = logging.getLogger("opshub.service.scheduler")
@@ -37,6 +43,7 @@ class Scheduler:
         self.queue = queue
         self.events = events
         self.catch_up = catch_up
+        self.control = ScheduleControl(queue.store)  # pauses, resumes
         self._since: dict[str, datetime.datetime] = {}  # schedule id -> fires after this are to look at
 
     def schedules(self) -> list[Schedule]:
@@ -46,13 +53,14 @@ class Scheduler:
     def tick(self, now: datetime.datetime | None = None) -> None:
         """Record every fire due by `now` (default: the store's clock). Call it every second."""
         now = now or self.queue.store.now()
+        paused = self.control.open_pauses()
         for schedule in self.schedules():
             try:
-                self._fire_due(schedule, now)
+                self._fire_due(schedule, now, paused.get(schedule_id(schedule)))
             except TriggerError as e:
                 log.error("schedule %s: %s", schedule_id(schedule), e)
 
-    def _fire_due(self, schedule: Schedule, now: datetime.datetime) -> None:
+    def _fire_due(self, schedule: Schedule, now: datetime.datetime, paused: Pause | None = None) -> None:
         sid = schedule_id(schedule)
         since = self._since.get(sid)
         if since is None:
@@ -67,7 +75,9 @@ class Scheduler:
         for time in due:
             fire_key = f"{sid}@{time.isoformat()}"
             late = now - time
-            if time == due[-1] and late <= runnable_lateness:
+            if paused is not None:
+                self._skip(schedule, time, fire_key, paused)
+            elif time == due[-1] and late <= runnable_lateness:
                 self._fire(schedule, time, fire_key)
             else:
                 reason = (
@@ -82,6 +92,14 @@ class Scheduler:
                     log.warning("schedule %s: the fire due at %s is missed", sid, time.isoformat())
         self.queue.schedule_dealt_with(sid, due[-1])
         self._since[sid] = due[-1]
+
+    def _skip(self, schedule: Schedule, time: datetime.datetime, fire_key: str, paused: Pause) -> None:
+        """A fire of a paused schedule: on record as missed, saying who paused it and why."""
+        reason = f"Skipped: due at {time.isoformat(timespec='seconds')} while the schedule was {paused.said()}"
+        run = self.queue.record_missed(schedule.runbook, f"schedule {schedule.key}", fire_key, time, reason)
+        self.events.fired(run, "missed")
+        if run is not None:
+            log.info("schedule %s: the fire due at %s is skipped (paused)", schedule_id(schedule), time.isoformat())
 
     def _fire(self, schedule: Schedule, time: datetime.datetime, fire_key: str) -> None:
         try:
@@ -99,33 +117,52 @@ class Scheduler:
         if run is not None:
             log.info("schedule %s fired (due %s): run %s", schedule_id(schedule), time.isoformat(), run.id)
 
-    def overview(self, now: datetime.datetime | None = None) -> list[dict]:
-        """Each schedule with its next fire and its latest fire's result, for the Schedules page and API."""
+    def find(self, runbook: str, key: str) -> Schedule | None:
+        """The schedule `key` of `runbook` on the branch now, or None."""
+        return next((s for s in self.schedules() if s.runbook == runbook and s.key == key), None)
+
+    def overview(self, now: datetime.datetime | None = None, steering: bool = False) -> list[dict]:
+        """Each schedule with its next fire and its latest fire's result, for the Schedules page and API;
+        `steering`: with its cron in words, its next fires (also on its own zone's clock) and its pause."""
         now = now or self.queue.store.now()
         schedules = self.schedules()
         last = self.queue.last_fires([schedule_id(s) + "@" for s in schedules])
+        paused = self.control.open_pauses() if steering else {}
+        resumed = self.control.last_resumed([schedule_id(s) for s in schedules]) if steering else {}
         rows = []
         for schedule in schedules:
-            latest = last.get(schedule_id(schedule) + "@")
-            try:
-                upcoming = next_fire(schedule, now)
-            except TriggerError:
-                upcoming = None
-            rows.append(
-                {
-                    "runbook": schedule.runbook,
-                    "key": schedule.key,
-                    "name": schedule.name,
-                    "cron": schedule.cron,
-                    "timezone": schedule.timezone,
-                    "parameters": schedule.parameters,
-                    "user": RUNNER_USER,
-                    "next_fire": upcoming.isoformat() if upcoming else None,
-                    "last_fire": latest[0].isoformat() if latest else None,
-                    "last_status": latest[1] if latest else None,
-                    "last_run": latest[2] if latest else None,
-                }
-            )
+            sid = schedule_id(schedule)
+            latest = last.get(sid + "@")
+            upcoming = next_fires(schedule, now)
+            row = {
+                "runbook": schedule.runbook,
+                "key": schedule.key,
+                "name": schedule.name,
+                "cron": schedule.cron,
+                "timezone": schedule.timezone,
+                "parameters": schedule.parameters,
+                "user": RUNNER_USER,
+                "next_fire": upcoming[0].isoformat() if upcoming else None,
+                "last_fire": latest[0].isoformat() if latest else None,
+                "last_status": latest[1] if latest else None,
+                "last_run": latest[2] if latest else None,
+            }
+            if steering:
+                pause, resume = paused.get(sid), resumed.get(sid)
+                row.update(
+                    {
+                        "id": sid,
+                        "path": f"{schedule.runbook}/{schedule.key}",  # in its URLs: api/schedules/<path>/pause
+                        "cron_words": cron_in_words(schedule.cron),
+                        "next_fires": [
+                            {"at": moment.isoformat(), "local": in_zone(moment, schedule.timezone)}
+                            for moment in upcoming
+                        ],
+                        "paused": pause.as_json() if pause else None,
+                        "last_resumed": resume.as_json() if resume and not pause else None,
+                    }
+                )
+            rows.append(row)
         return rows
 
 

@@ -1,5 +1,5 @@
-"""Requested runs and schedules, for people: a runbook's page with its parameter form (the runner
-runs it), cancelling, and the Schedules page; the same as an API.
+"""Requested runs, for people: a runbook's page with its parameter form (the runner runs it) and
+cancelling; the same as an API. (The Schedules page and its API: schedules.py.)
 
 - `POST api/requests` {runbook, parameters?, commit?, as_text?}: queue a run (the `custom:opshub:runs:request`
   scope: operators, authors, admins; never viewers) -> 201 the run, status `queued`; each value checked
@@ -8,11 +8,10 @@ runs it), cancelling, and the Schedules page; the same as an API.
 - `GET api/runbooks/<path>`: the runbook's parameters as forms show them, and whether one may request it
 - `POST api/runs/<id>/cancel`: its requester or an admin -> 200 the run (`cancelled`, or still running
   with `cancel_requested_by` until its runner has stopped)
-- `GET api/schedules`: every schedule, its next fire and its latest fire's result
 - pages: `runbooks/` (the list), `runbooks/<path>` (the form built from the runbook's typed parameters, checked
   by the service's own `resolve` with each problem shown under its field; a live run of a runbook that changes
   systems is reviewed first: every value that applies, the locks, the last dry run with the same values, and a
-  second button), `runs/<id>/cancel` (asks first, then cancels), `schedules`
+  second button), `runs/<id>/cancel` (asks first, then cancels)
 - `static/parameter-form.js`: the form's script (dependent choices follow their parent without a reload)
 """
 
@@ -35,6 +34,7 @@ from ..unattended import RequestRefused
 from .base import ApiHandler, BaseHandler, ServiceHandler, is_admin
 from .pages import RunPage
 from .runs import run_json
+from .schedules import visible_schedules
 
 log = logging.getLogger("opshub.service")
 
@@ -148,19 +148,6 @@ class CancelApi(RequestMixin, ApiHandler):
     @web.authenticated
     def post(self, run_id):
         self.write(run_json(self.cancel_run(run_id), self.prefix))
-
-
-def visible_schedules(handler: BaseHandler) -> list[dict]:
-    """The schedules of runbooks whose runs this person may see (dashboards restricted to groups hide
-    their runbook's runs, hub/docs/dashboards.md)."""
-    visibility = handler.visibility()
-    return [row for row in handler.settings["opshub_scheduler"].overview() if visibility.sees_runbook(row["runbook"])]
-
-
-class SchedulesApi(ApiHandler):
-    @web.authenticated
-    def get(self):
-        self.write({"schedules": visible_schedules(self)})
 
 
 class RunbookPage(RequestMixin, BaseHandler):
@@ -412,21 +399,13 @@ class RunbooksPage(RequestMixin, BaseHandler):
         )
 
 
-class SchedulesPage(BaseHandler):
-    @web.authenticated
-    def get(self):
-        self.render_page("schedules.html", schedules=visible_schedules(self), nav="schedules")
-
-
 def request_handlers(prefix: str) -> list[tuple]:
     return [
         (url_path_join(prefix, "api/requests"), RequestsApi),
         (url_path_join(prefix, r"api/runs/([^/]+)/cancel"), CancelApi),
         (url_path_join(prefix, r"api/runbooks/(.+\.ipynb)"), RunbookApi),
-        (url_path_join(prefix, "api/schedules"), SchedulesApi),
         (url_path_join(prefix, "runbooks/"), RunbooksPage),
         (url_path_join(prefix, r"runbooks/(.+\.ipynb)"), RunbookPage),
         (url_path_join(prefix, r"runs/([^/]+)/cancel"), CancelPage),
-        (url_path_join(prefix, "schedules"), SchedulesPage),
         (url_path_join(prefix, "static/parameter-form.js"), FormScript),
     ]
