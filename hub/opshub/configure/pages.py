@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from ..contract import service_prefix
+from ..contract import SYSTEM_ACCOUNTS, service_prefix
 from ..settings import PACKAGE_DIR, Settings, repository_url
+from .roles import ROLE_SUMMARIES, SYSTEM_ACCOUNT_PURPOSES, group_roles, may_have_a_server
 from .spawner import local_accounts
 
 TEMPLATES = str(PACKAGE_DIR / "templates")
@@ -51,12 +52,37 @@ def landing_page(handler) -> str:
     The handler's own scopes are those of the request (none yet on the login POST), so the
     user's scopes are looked up here.
     """
-    from jupyterhub.scopes import get_scopes_for
-
     user = handler.current_user
-    if user is not None and any(s.split("!")[0] == "servers" for s in get_scopes_for(user.orm_user)):
+    if user is not None and may_have_a_server(user.orm_user):
         return ""  # JupyterHub then sends them to their server, spawning it if needed
     return handler.hub.base_url + "home"
+
+
+def admin_page_notes(settings: Settings) -> dict:
+    """What opshub's admin page adds to JupyterHub's (templates/admin.html): the system accounts
+    with what they do, and which group gives which role."""
+    return {
+        "system_accounts": {name: f"system account: {purpose}" for name, purpose in SYSTEM_ACCOUNT_PURPOSES.items()},
+        "group_roles": [
+            {"group": group, "roles": roles, "gives": "; ".join(ROLE_SUMMARIES[role] for role in roles)}
+            for group, roles in group_roles(settings).items()
+        ],
+    }
+
+
+def people_without_server(user):
+    """`template_vars` value: JupyterHub calls it with the page's viewer on every page; only the admin
+    page calls what it returns: the names of the people whose roles give them no server (viewers)."""
+
+    def names() -> list[str]:
+        from jupyterhub import orm
+
+        if user is None:
+            return []
+        people = user.db.query(orm.User).filter(orm.User.name.notin_(SYSTEM_ACCOUNTS)).order_by(orm.User.name)
+        return [person.name for person in people if not may_have_a_server(person)]
+
+    return names
 
 
 TRIAL_WARNING = (
@@ -74,6 +100,8 @@ def apply_pages(c, settings: Settings, runtime) -> None:
         "opshub_runbooks_target": settings["runbooks"]["target"],
         "opshub_demo_team": demo_team(settings),
         "opshub_history_url": service_prefix(settings["hub"]["base_url"]),
+        "opshub_admin_notes": admin_page_notes(settings),
+        "opshub_people_without_server": people_without_server,
     }
     if settings["spawner"]["kind"] == "local" and local_accounts(settings, runtime) == "shared":
         # JupyterHub shows `announcement` at the top of every one of its pages

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ..contract import DELETE_SCOPE, PUBLISH_SCOPE, RECORD_SCOPE, REQUEST_SCOPE, SERVICE_NAME, SYSTEM_ACCOUNTS
+from ..contract import (
+    DASHBOARDS_ACCOUNT,
+    DELETE_SCOPE,
+    PUBLISH_SCOPE,
+    RECORD_SCOPE,
+    REQUEST_SCOPE,
+    RUNNER_ACCOUNT,
+    SERVICE_NAME,
+    SYSTEM_ACCOUNTS,
+)
 from ..settings import Settings
 from .services import IDLE_CULLER_ROLE, idle_culler_enabled
 
@@ -16,6 +25,30 @@ READ_HISTORY = f"access:services!service={SERVICE_NAME}"
 RECORD_RUNS = f"{RECORD_SCOPE}!user"
 PUBLISH_DASHBOARDS = f"{PUBLISH_SCOPE}!user"  # as oneself: the service records the token's owner
 REQUEST_RUNS = f"{REQUEST_SCOPE}!user"  # runs requested as oneself
+
+# What each system account is for, as the admin page and refusals say it.
+SYSTEM_ACCOUNT_PURPOSES = {
+    RUNNER_ACCOUNT: "runs unattended runbooks",
+    DASHBOARDS_ACCOUNT: "serves live dashboards",
+}
+# What each of opshub's roles gives, in a few words (the admin page's Groups note).
+ROLE_SUMMARIES = {
+    "admin": "the admin page; deletes runs, cancels anyone's",
+    "author": "own server; writes, runs and publishes runbooks",
+    "operator": "own server; runs and requests runbooks",
+    "viewer": "dashboards and run history only, no server",
+}
+
+
+def group_roles(settings: Settings) -> dict[str, list[str]]:
+    """group -> the opshub roles it gives (`roles:` read the other way round), groups in name order."""
+    found: dict[str, list[str]] = {}
+    for role, groups in settings["roles"].items():
+        for group in groups:
+            found.setdefault(group, [])
+            if role not in found[group]:
+                found[group].append(role)
+    return dict(sorted(found.items()))
 
 
 def admin_role_groups(settings: Settings) -> list[str]:
@@ -90,3 +123,12 @@ def apply_roles(c, settings: Settings) -> None:
     if idle_culler_enabled(settings):
         roles.append(IDLE_CULLER_ROLE)
     c.JupyterHub.load_roles = roles
+
+
+def may_have_a_server(orm_user) -> bool:
+    """Whether this person's roles give them a server (`self` or an admin's `servers`): viewers' do not.
+
+    Read from JupyterHub's database when asked (a page, a spawn), so a change of groups counts at once."""
+    from jupyterhub.scopes import get_scopes_for
+
+    return any(scope.split("!")[0] == "servers" for scope in get_scopes_for(orm_user))

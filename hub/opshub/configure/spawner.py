@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from jupyterhub import orm
 from jupyterhub.spawner import SpawnException
 
 from ..contract import (
@@ -32,6 +33,7 @@ from ..runner.credentials import granted
 from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV
 from ..settings import Settings, repository_url
 from .hub import NamedServersOnlyFor
+from .roles import SYSTEM_ACCOUNT_PURPOSES, may_have_a_server
 from .services import service_api_url
 
 # The server's own token ($JUPYTERHUB_API_TOKEN): JupyterHub's `server` role, plus reading and
@@ -202,6 +204,38 @@ def server_token_scopes(spawner) -> list[str]:
     return SERVER_TOKEN_SCOPES
 
 
+def refuse_unless_allowed_to_start(spawner) -> None:
+    """Who may start whose server, checked on every start a request asks for (the admin page, its API,
+    the spawn page), as JupyterHub's RBAC cannot say it: an admin's `admin:servers` covers every user.
+
+    - a system account's servers are the opshub service's alone: nobody starts one by hand (an admin's
+      click would run a runner's server with no run, or a second dashboards server);
+    - a person's server only for those whose roles give them one (not viewers), whoever asks.
+
+    A 403 naming why, before anything starts. Starts no request asked for (none today) pass."""
+    handler = getattr(spawner, "handler", None)
+    if handler is None:
+        return
+    name = spawner.user.name
+    requester = handler.current_user
+    if name in SYSTEM_ACCOUNTS:
+        if isinstance(requester, orm.Service) and requester.name == SERVICE_NAME:
+            return
+        raise SpawnException(
+            f"{name} is an opshub system account ({SYSTEM_ACCOUNT_PURPOSES[name]}): only the opshub service"
+            " starts its servers, nobody starts one by hand",
+            reason="system-account",
+            status_code=403,
+        )
+    if not may_have_a_server(spawner.user.orm_user):
+        raise SpawnException(
+            f"{name} may not have a server: their roles (the viewer role, or none) give them the dashboards"
+            " and the run history only. To give them one, add them to a group with the operator or author role.",
+            reason="no-server-role",
+            status_code=403,
+        )
+
+
 @dataclass(frozen=True)
 class SystemServers:
     """`Spawner.pre_spawn_hook`: the server of a system account runs its own program with only
@@ -214,6 +248,7 @@ class SystemServers:
     credentials: dict[str, dict] = field(default_factory=dict)  # runner.credentials
 
     def __call__(self, spawner) -> None:
+        refuse_unless_allowed_to_start(spawner)
         name = spawner.user.name
         if spawner.name and name != RUNNER_ACCOUNT:
             # named servers exist for the runner's runs; a person has one server. JupyterHub refuses
@@ -237,7 +272,7 @@ class SystemServers:
 
     def credential_mounts(self, spawner) -> dict[str, dict]:
         """A run's container gets the credentials granted to its runbook, the one the service named
-        when it asked for the server (`user_options`, `{"runbook": path}`; only the service and admins
+        when it asked for the server (`user_options`, `{"runbook": path}`; only the service
         may start the runner's servers), each file read-only at its `file`; without a runbook, none."""
         options = getattr(spawner, "user_options", None)
         options = options if isinstance(options, dict) else {}

@@ -16,28 +16,41 @@ So, in the person's own server, a pull link is refused with a 4xx page naming th
 
 `install` puts guarded subclasses of nbgitpuller's page and event-stream handlers in place of its own
 (`git-sync` and `interact`, its legacy routes, only redirect to the guarded page).
+
+The guarded handlers also pull in a way a person can follow: the page is opshub's
+(templates/runbooks-pull.html), and a failed pull ends the event stream with git's own message and
+what to do (runbooks/pull.py `explain_failure`), never nbgitpuller's traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+import jinja2
 from jupyter_server.utils import url_path_join
-from tornado import web
+from tornado import gen, web
 
 from ..contract import ALLOWED_PULL_REPOS_ENV, RUNBOOKS_REPO_ENV  # space-separated URLs in the first
 from ..runbooks.headless import default_runbooks_dir
+from ..runbooks.pull import CommandOutput, explain_failure
 
 # Characters nbgitpuller's page may show unescaped: no < > " ' & and no URL syntax beyond paths.
 TARGET_PART = re.compile(r"[\w@+,=~-][\w .@+,=~-]*")  # a folder name, not starting with "."
 REDIRECT_PATH = re.compile(r"[\w.@+,=~%/-]*")
 BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
 DEPTH = re.compile(r"[0-9]{1,9}")
+# opshub's pull page: a template of the hub's folder, rendered here, in the person's server
+PAGES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(Path(__file__).resolve().parent.parent / "templates")),
+    autoescape=True,
+)
 
 
 def normalise_repo(url: str) -> str:
@@ -149,13 +162,15 @@ class PullGuard:
     def pull_link(self) -> PullLink:
         raise NotImplementedError
 
-    def refuse_unless_allowed(self) -> None:
-        policy: PullPolicy = self.settings["opshub_pull_policy"]
-        # nbgitpuller's own choice of parent folder (handlers.py SyncHandler.get)
-        parent_dir = os.path.join(
+    def parent_dir(self) -> str:
+        """nbgitpuller's own choice of the folder `targetpath` is relative to (handlers.py SyncHandler.get)."""
+        return os.path.join(
             os.path.expanduser(self.settings["server_root_dir"]), os.getenv("NBGITPULLER_PARENTPATH", "")
         )
-        problems = policy.problems(self.pull_link(), parent_dir)
+
+    def refuse_unless_allowed(self) -> None:
+        policy: PullPolicy = self.settings["opshub_pull_policy"]
+        problems = policy.problems(self.pull_link(), self.parent_dir())
         if problems:
             status = max(code for code, _ in problems)
             message = "\n".join([*(text for _, text in problems), "", policy.allowed()])
@@ -166,8 +181,12 @@ class PullGuard:
 def guarded_handlers():
     """Subclasses of nbgitpuller's page and event-stream handlers that check the link first."""
     from nbgitpuller.handlers import SyncHandler, UIHandler
+    from nbgitpuller.pull import GitPuller
 
     class GuardedSyncHandler(PullGuard, SyncHandler):
+        """nbgitpuller's event stream (the same events: syncing, finished, error), whose error event
+        carries git's message (`git`) and what to do (`advice`) instead of a traceback."""
+
         def pull_link(self) -> PullLink:
             repo = self.get_argument("repo", None)
             return PullLink(
@@ -181,7 +200,65 @@ def guarded_handlers():
         @web.authenticated
         async def get(self):
             self.refuse_unless_allowed()
-            await super().get()
+            try:
+                await self.git_lock.acquire(1)
+            except gen.TimeoutError:
+                await self.emit_failure(
+                    "Another pull is running in your server.", "", "Wait a minute, then pull again."
+                )
+                return
+            try:
+                self.set_header("content-type", "text/event-stream")
+                self.set_header("cache-control", "no-cache")
+                await self.pull()
+            finally:
+                self.git_lock.release()
+
+        async def pull(self) -> None:
+            link = self.pull_link()
+            parent_dir = self.parent_dir()
+            options = {"branch": link.branch, "depth": int(link.depth) if link.depth else None}
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue = asyncio.Queue()
+
+            def pull_in_a_thread():  # git takes its time: the server goes on answering meanwhile
+                try:
+                    puller = GitPuller(
+                        link.repo, os.path.join(parent_dir, link.targetpath), parent=self.settings["nbapp"], **options
+                    )
+                    for line in puller.pull():
+                        loop.call_soon_threadsafe(events.put_nowait, line)
+                    loop.call_soon_threadsafe(events.put_nowait, None)
+                except Exception as e:  # every failure ends the stream with an explanation
+                    loop.call_soon_threadsafe(events.put_nowait, e)
+
+            threading.Thread(target=pull_in_a_thread, daemon=True).start()
+            output = CommandOutput()
+            while True:
+                event = await events.get()
+                if event is None:
+                    await self.emit({"phase": "finished"})
+                    return
+                if isinstance(event, Exception):
+                    folder = os.path.join("~", os.path.relpath(os.path.join(parent_dir, link.targetpath), Path.home()))
+                    failure = explain_failure(event, output.last(), branch=link.branch, folder=folder)
+                    self.log.warning("pulling %s into %s failed: %s", link.repo, link.targetpath, failure.as_text())
+                    await self.emit_failure(failure.problem, failure.git_says, failure.advice, failure.kind)
+                    return
+                output.add(event)
+                await self.emit({"output": event, "phase": "syncing"})
+
+        async def emit_failure(self, problem: str, git_says: str, advice: str, kind: str = "other") -> None:
+            await self.emit(
+                {
+                    "phase": "error",
+                    "message": problem,
+                    "error": {"code": kind, "message": problem},
+                    "git": git_says,
+                    "advice": advice,
+                    "output": git_says,
+                }
+            )
 
     class GuardedUIHandler(PullGuard, UIHandler):
         def pull_link(self) -> PullLink:
@@ -202,7 +279,42 @@ def guarded_handlers():
         @web.authenticated
         async def get(self):
             self.refuse_unless_allowed()
-            await super().get()
+            link = self.pull_link()
+            stream = {"repo": link.repo, "targetpath": link.targetpath, "_xsrf": self.xsrf_token.decode()}
+            stream.update({name: value for name, value in (("branch", link.branch), ("depth", link.depth)) if value})
+            hub = os.environ.get("JUPYTERHUB_BASE_URL", "/")
+            page = PAGES.get_template("runbooks-pull.html").render(
+                repo=link.repo,
+                branch=link.branch,
+                targetpath=link.targetpath,
+                config={
+                    "stream": url_path_join(self.base_url, "git-pull", "api"),
+                    "query": stream,
+                    "next": url_path_join(self.base_url, self.next_path(link)),
+                    "runbooks": url_path_join(self.base_url, "lab", "tree", self.runbooks_as_they_are(link)),
+                    "hub_home": url_path_join(hub, "hub", "home"),
+                },
+            )
+            self.finish(page)
+
+        def runbooks_as_they_are(self, link: PullLink) -> str:
+            """The folder to open when the pull failed: the link's, or the runbooks folder before its first clone."""
+            if os.path.isdir(os.path.join(self.parent_dir(), link.targetpath)):
+                return link.targetpath
+            root = os.path.expanduser(self.settings["server_root_dir"])
+            return os.path.relpath(self.settings["opshub_pull_policy"].runbooks_dir, root)
+
+        def next_path(self, link: PullLink) -> str:
+            """Where the page goes once pulled, worked out as nbgitpuller's page does (its checks passed)."""
+            if link.redirects.get("urlpath"):
+                return link.redirects["urlpath"]
+            path = os.path.join(
+                os.getenv("NBGITPULLER_PARENTPATH", ""), link.targetpath, link.redirects.get("subpath") or "."
+            )
+            app = self.get_argument("app", os.getenv("NBGITPULLER_APP", "notebook"))
+            if app.lower() == "lab":
+                return "lab/tree/" + path
+            return ("notebooks/" if path.lower().endswith(".ipynb") else "tree/") + path
 
     return {SyncHandler: GuardedSyncHandler, UIHandler: GuardedUIHandler}
 
