@@ -13,6 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from tests.helpers import git
+from tests.livehub import wait_for
 from tests.terminals import Terminal
 
 SECRET = "s3cr3t-deploy-token-4d2f"
@@ -147,3 +148,31 @@ def test_events_json_gives_a_program_json_lines_with_a_run_id_the_history_knows(
     run = hub.service_api(token, "GET", f"runs/{started['run_id']}").json()
     assert run["status"] == "succeeded" and run["user"] == "bob" and run["runbook"] == "patch-server-stack.ipynb"
     assert started["url"] == run["url"] and started["parameters"] == run["parameters"]
+
+
+def test_a_headless_runs_output_reaches_its_record_while_it_runs_masked(hub, bob):
+    """The run's page shows a headless run's cells as they come: a long cell's output is sent while it
+    runs (at most every 2 s), masked like everything the history keeps."""
+    code = (
+        "import os, time\nprint('halfway there with', os.environ['DEPLOY_TOKEN'], flush=True)\n"
+        "time.sleep(45)\nprint('never seen: the test stops it first')"
+    )
+    with own_runbook(hub, "long-step", "hosts = 3", code):
+        mark = bob.start(f"DEPLOY_TOKEN={SECRET} opshub run long-step")
+        bob.read_until(rf"{mark}-start\n.*halfway there")
+        token = hub.tokens(users=["carol"])["carol"]
+
+        def live_output():
+            run = find_run(hub, "long-step.ipynb", "running")
+            text = json.dumps(run["output_notebook"] or {})
+            return "halfway there with [masked]" in text and (run, text)  # the output (the source says less)
+
+        run, text = wait_for(live_output, timeout=15, interval=0.5, what="the running cell's output on record")
+        assert run["status"] == "running" and run["ended_at"] is None
+        assert SECRET not in text
+        page = hub.login("carol")[0].get(f"{hub.url}/services/opshub/runs/{run['id']}", timeout=30).text
+        assert 'id="running-cell"' in page and "cell 3 (long-step)" in page  # the cell running now, named
+        assert hub.service_api(token, "GET", f"runs/{run['id']}").json()["status"] == "running"
+        bob.press("\x03")  # Ctrl-C: the test has seen enough
+        _, rc = bob.finish(mark)
+        assert rc == 130

@@ -35,13 +35,16 @@ INTERRUPT_GRACE_SECONDS = 10.0
 
 class Heartbeat:
     """Tell the recorder every `interval` seconds, from a background thread, that the run is alive, with
-    its output so far; at once when a cell starts or ends, and at most every `stream_seconds` while a
-    long cell prints (the run's page shows the cells as they come).
+    its output so far; at once when a cell starts or ends, and every `stream_seconds` while a long cell
+    prints (the run's page shows the cells as they come).
 
-    `show(notebook)` is called on the thread that executes the notebook (nbclient changes it there), so
-    the copy it takes is whole; the copy is masked (`mask`) and sent from the background thread, the
-    newest only: a slow service makes the run's page lag, never the run. A failed heartbeat is reported
-    and the run goes on: the service only gives up on a run after a whole window without one.
+    At a cell's start and end, `show(notebook)` copies the notebook on the thread that executes it
+    (nbclient changes it there), so the copy is whole. What a running cell prints is copied by the
+    background thread when `stream_seconds` have passed, and only its whole lines are kept (a secret
+    split across two messages is never sent half masked: the terminal prints whole lines too). Copies are
+    masked (`mask`) and sent from the background thread, the newest only: a slow service makes the run's
+    page lag, never the run. A failed heartbeat is reported and the run goes on: the service only gives
+    up on a run after a whole window without one.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Heartbeat:
         self.mask = mask or (lambda notebook: notebook)
         self.stream_seconds = stream_seconds
         self._pending = None  # the newest copy of the notebook not sent yet
+        self._printing = None  # the notebook whose running cell printed since the last copy
         self._copied_at = float("-inf")
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -72,28 +76,36 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def show(self, notebook, urgent: bool = True, finished: tuple[int, bool] | None = None) -> None:
-        """Send `notebook` (the run's so far) soon: at once if `urgent` (a cell started or ended), else (a
-        cell printed) when `stream_seconds` have passed since the last copy. `finished`: the cell (index,
-        went well) that just ended, which papermill marks completed only after this hook: marked in the
-        copy as papermill will mark it, so that readers see it ended."""
-        now = time.monotonic()
-        if notebook is None or (not urgent and now - self._copied_at < self.stream_seconds):
+        """Send `notebook` (the run's so far): at once if `urgent` (a cell started or ended), else (a cell
+        printed) once `stream_seconds` have passed since the last copy. `finished`: the cell (index, went
+        well) that just ended, which papermill marks completed only after this hook: marked in the copy as
+        papermill will mark it, so that readers see it ended."""
+        if notebook is None:
+            return
+        if not urgent:
+            with self._lock:
+                self._printing = notebook
+            self._wake.set()
             return
         snapshot = copy.deepcopy(notebook)
         if finished is not None:
             mark_cell_ended(snapshot, *finished)
         with self._lock:
-            self._pending, self._copied_at = snapshot, now
+            self._pending, self._printing, self._copied_at = snapshot, None, time.monotonic()
         self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            with self._lock:
+                printing = self._printing is not None
+                wait = self._copied_at + self.stream_seconds - time.monotonic() if printing else self.interval
+            woken = self._wake.wait(max(0.0, min(wait, self.interval)))
             self._wake.clear()
             if self._stop.is_set():
                 return  # the run's end carries the whole notebook
-            with self._lock:
-                notebook, self._pending = self._pending, None
+            notebook = self._next_copy()
+            if notebook is None and woken:
+                continue  # a cell printed, too soon for a copy: later
             try:
                 if notebook is None:
                     self.recorder.heartbeat(self.run_id)
@@ -102,6 +114,34 @@ class Heartbeat:
             except Exception as e:  # any failure: report, keep running
                 if not self._stop.is_set():
                     self.report(f"heartbeat failed (the run goes on): {e}")
+
+    def _next_copy(self):
+        """The copy to send now: one taken at a cell's start or end, else a copy of a printing cell's
+        notebook once `stream_seconds` have passed, else None."""
+        with self._lock:
+            if self._pending is not None:
+                notebook, self._pending = self._pending, None
+                return notebook
+            if self._printing is None or time.monotonic() - self._copied_at < self.stream_seconds:
+                return None
+            printing, self._printing, self._copied_at = self._printing, None, time.monotonic()
+        for _ in range(5):  # nbclient may be adding an output meanwhile: copy again
+            try:
+                return whole_lines_only(copy.deepcopy(printing))
+            except RuntimeError:
+                time.sleep(0.01)
+        return None
+
+
+def whole_lines_only(notebook):
+    """`notebook` with its running cells' printed text cut after their last complete line."""
+    for cell in notebook.get("cells", []):
+        if ((cell.get("metadata") or {}).get("papermill") or {}).get("status") != "running":
+            continue
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and isinstance(output.get("text"), str):
+                output["text"] = output["text"][: output["text"].rfind("\n") + 1]
+    return notebook
 
 
 def mark_cell_ended(notebook, index: int, ok: bool) -> None:
