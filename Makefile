@@ -35,10 +35,13 @@ $(NODE_PROXY): hub/package.json
 	cd hub && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The JupyterLab extension (hub/labextension/), built with JupyterLab's own builder against the
-# JupyterLab in the virtualenv, into the package (opshub.singleuser puts it on JupyterLab's path).
-$(LABEXT): hub/labextension/package.json hub/labextension/src/index.js hub/labextension/style/index.css | $(VENV)/.installed-run
+# The JupyterLab extension (hub/labextension/, TypeScript): compiled with tsc, then bundled by JupyterLab's
+# own builder against the JupyterLab in the virtualenv, into the package (opshub.singleuser puts it on
+# JupyterLab's path). `npm test` and `npm run lint` in hub/labextension/ check it (tests/unit/test_labextension.py).
+LABEXT_SOURCES := $(wildcard hub/labextension/src/*.ts hub/labextension/style/*) hub/labextension/tsconfig.json
+$(LABEXT): hub/labextension/package.json hub/labextension/package-lock.json $(LABEXT_SOURCES) | $(VENV)/.installed-run
 	cd hub/labextension && npm install --no-audit --no-fund --loglevel=error
+	cd hub/labextension && node_modules/.bin/tsc --sourceMap
 	cd hub/labextension && node node_modules/@jupyterlab/builder/lib/build-labextension.js \
 		--core-path "$$(../../$(PY) -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
 	touch $@

@@ -176,8 +176,10 @@ def cmd_publish(args) -> int:
     except ServiceError as e:
         print(f"opshub publish: {e}", file=sys.stderr)
         return 3 if e.status == 0 else 1
+    from .runbooks.public_links import absolute_url
+
     groups = ", ".join(dashboard["groups"]) or "every team member"
-    print(f"Published {dashboard['name']} ({dashboard['mode']}) for {groups}: {dashboard['url']}")
+    print(f"Published {dashboard['name']} ({dashboard['mode']}) for {groups}: {absolute_url(dashboard['url'])}")
     return 0
 
 

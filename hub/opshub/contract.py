@@ -21,6 +21,7 @@ RUNBOOKS_BRANCH_ENV = "OPSHUB_RUNBOOKS_BRANCH"
 RUNBOOKS_TARGET_ENV = "OPSHUB_RUNBOOKS_TARGET"
 ALLOWED_PULL_REPOS_ENV = "OPSHUB_ALLOWED_PULL_REPOS"
 SERVICE_URL_ENV = "OPSHUB_SERVICE_URL"
+PUBLIC_URL_ENV = "OPSHUB_PUBLIC_URL"  # the hub's address as browsers reach it (links printed in terminals)
 # the deployment's id: what a person's server keeps for its deployment (interactive runs' spool) is kept apart
 DEPLOYMENT_ID_ENV = "OPSHUB_DEPLOYMENT_ID"
 DEFAULT_RUNBOOKS_TARGET = "runbooks"

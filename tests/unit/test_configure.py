@@ -117,6 +117,7 @@ def test_local_spawner_pulls_runbooks_on_start(settings, tmp_path):
         "OPSHUB_RUNBOOKS_TARGET": "runbooks",
         "OPSHUB_ALLOWED_PULL_REPOS": "",
         "OPSHUB_SERVICE_URL": "http://127.0.0.1:8003/services/opshub/",
+        "OPSHUB_PUBLIC_URL": "http://127.0.0.1:8000/",  # links printed in terminals are clickable
         "OPSHUB_SECRET_NAMES": "",
         "OPSHUB_INTERACTIVE_IDLE_MINUTES": "60",
         "OPSHUB_RECORD_OUTSIDE_RUNBOOKS": "false",

@@ -15,6 +15,7 @@ from ..contract import (
     ALLOWED_PULL_REPOS_ENV,
     DASHBOARDS_ACCOUNT,
     DEPLOYMENT_ID_ENV,
+    PUBLIC_URL_ENV,
     PUBLISH_SCOPE,
     RECORD_SCOPE,
     REQUEST_SCOPE,
@@ -31,7 +32,7 @@ from ..dashboards_backend import BASE_URL_ENV, CULL_IDLE_ENV, POOL_SIZE_ENV
 from ..runner import CREDENTIALS_ENV
 from ..runner.credentials import granted
 from ..sandbox import BUBBLEWRAP, CONTAINER, NONE, SANDBOX_ENV
-from ..settings import Settings, repository_url
+from ..settings import Settings, public_url, repository_url
 from .hub import NamedServersOnlyFor
 from .roles import SYSTEM_ACCOUNT_PURPOSES, may_have_a_server
 from .services import service_api_url
@@ -61,6 +62,8 @@ def user_environment(settings: Settings, deployment_id: str = "") -> dict[str, s
         ALLOWED_PULL_REPOS_ENV: " ".join(runbooks["allowed_pull_repositories"]),  # read by opshub.lab.pull_guard
         # read by `opshub run` to record runs
         SERVICE_URL_ENV: service_api_url(settings),
+        # read by what prints the service's links in a terminal (runbooks/public_links.py): clickable
+        PUBLIC_URL_ENV: public_url(settings.data),
         "OPSHUB_SECRET_NAMES": ",".join(settings["history"]["secret_names"]),
         # read by the opshub server extension that records interactive runs (opshub.lab)
         "OPSHUB_INTERACTIVE_IDLE_MINUTES": str(settings["history"]["interactive_idle_minutes"]),

@@ -1,10 +1,11 @@
 """opshub inside each user's JupyterLab: a Jupyter server extension and a JupyterLab extension.
 
 The server extension records interactive runs of runbooks (`recorder.py`), answers the JupyterLab
-extension (`handlers.py`) and confines nbgitpuller's pull links to the runbooks folder
-(`pull_guard.py`). The JupyterLab extension (source in hub/labextension/, built into
-`jupyter_data/labextensions/`) adds "Run as recorded run", "Publish as dashboard", the drift warning
-and the run history to the launcher.
+extension (`handlers.py`), confines nbgitpuller's pull links to the runbooks folder (`pull_guard.py`)
+and keeps a runbook as committed when JupyterLab saves it unchanged (`save_hook.py`). The
+JupyterLab extension (TypeScript in hub/labextension/, built into `jupyter_data/labextensions/`) adds
+"Run as recorded run" and "Publish as dashboard" (notebook toolbar, File and Run menus, command
+palette), the drift warning, and the run history and dashboards to the launcher.
 
 `opshub.singleuser` puts `jupyter_config/` and `jupyter_data/` on the server's Jupyter paths, which
 enables both extensions (and turns off JupyterLab's news prompt) in every deployment mode.
@@ -58,6 +59,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     from ..runbooks.client import SERVICE_URL_ENV, ServiceClient
     from .handlers import default_runbooks_dir, handlers, service_prefix
     from .recorder import IDLE_MINUTES_ENV, KERNEL_ACTIONS, RECORD_OUTSIDE_ENV, Deliverer, Recorder, Spool, spooled_end
+    from .save_hook import RunbookSaves
     from .spool import deployment_folder
 
     show_our_logs_in(serverapp.log)
@@ -69,6 +71,8 @@ def _load_jupyter_server_extension(serverapp) -> None:
         opshub_service_prefix=service_prefix(),
     )
     serverapp.web_app.add_handlers(".*$", handlers(serverapp.base_url))
+    # opening a runbook starts a kernel, whose language_info JupyterLab writes in: not a change of the runbook
+    RunbookSaves(runbooks_dir).register(serverapp.contents_manager)
 
     if not os.environ.get(SERVICE_URL_ENV):
         serverapp.log.info("opshub: no %s, interactive runs are not recorded", SERVICE_URL_ENV)

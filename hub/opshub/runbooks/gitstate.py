@@ -30,11 +30,9 @@ def git_state(folder: Path, relative: str) -> tuple[str | None, bool]:
     git checkout, or git failing: (None, True).
     """
     try:
-        head = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-        if head.returncode != 0:
+        commit = base_commit(folder)
+        if commit is None:
             return None, True
-        base = _git(folder, "merge-base", "HEAD", "@{upstream}")
-        commit = (base.stdout if base.returncode == 0 and base.stdout.strip() else head.stdout).strip()
         # Paths relative to `folder` ("./"), which may be a sub-folder of the repository.
         if _git(folder, "cat-file", "-e", f"{commit}:./{relative}").returncode != 0:
             return commit, True
@@ -50,6 +48,16 @@ def git_state(folder: Path, relative: str) -> tuple[str | None, bool]:
         )
     except (OSError, subprocess.SubprocessError):
         return None, True
+
+
+def base_commit(folder: Path) -> str | None:
+    """The commit the checkout in `folder` is based on in the team's repository (see `git_state`): `git
+    merge-base HEAD @{upstream}`, or HEAD without an upstream; None when `folder` is no git checkout."""
+    head = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if head.returncode != 0:
+        return None
+    base = _git(folder, "merge-base", "HEAD", "@{upstream}")
+    return (base.stdout if base.returncode == 0 and base.stdout.strip() else head.stdout).strip()
 
 
 def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:

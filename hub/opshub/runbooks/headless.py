@@ -39,6 +39,7 @@ from .gitstate import git_state
 from .masking import mask_notebook, mask_obj, secrets_for
 from .metadata import RunbookMetadataError, read_runbook_metadata
 from .params import UsageError, declared_parameters
+from .public_links import absolute_url
 from .results import error_summary, exited_cleanly, failed_cell_index
 from .terminal import Terminal, format_duration
 from .typed_parameters import (
@@ -335,7 +336,7 @@ def _execute_recorded(plan: _Plan, recorder, terminal: RunTerminal) -> int:
         terminal.warn(f"stopped by {signal.Signals(e.signum).name} while waiting for the lock: nothing ran")
         return EXIT_SIGNAL_BASE + e.signum
     url = record.get("url")
-    say(f"run {run_id}" + (f"  {url}" if url else ""))
+    say(f"run {run_id}" + (f"  {absolute_url(url)}" if url else ""))
     terminal.event(RunStarted(run_id, url, plan.name, plan.commit, plan.drift, masked_parameters))
 
     # the run's page shows its cells as they run: the heartbeat carries them, masked
@@ -427,7 +428,7 @@ def _finish(plan: _Plan, recorder, terminal: RunTerminal, record: dict, nb, erro
     mark = {"succeeded": "✓", "failed": "✗"}.get(status, "■")
     say(f"{mark} {status} in {format_duration(seconds)}" + (f": {summary}" if summary else ""))
     url = (finished or {}).get("url") or url
-    say(f"run {run_id}" + (f"  {url}" if url else ""))
+    say(f"run {run_id}" + (f"  {absolute_url(url)}" if url else ""))
     if saved:
         say(f"executed notebook: {saved}")
     terminal.event(RunEnded(run_id, status, failed_cell, summary, url, exit_code, _text(saved)))
