@@ -126,7 +126,10 @@ def backend_process(hub) -> tuple[int, str, int]:
         if "opshub.dashboards_backend" not in line:
             continue
         pid = int(line.split()[0])
-        env = environment_of(pid)
+        try:
+            env = environment_of(pid)
+        except OSError:  # another hub's server that ended since `ps` listed it
+            continue
         if env.get("JUPYTERHUB_API_URL", "").startswith(f"http://127.0.0.1:{hub.port + 1}/"):
             port = urlparse(env["JUPYTERHUB_SERVICE_URL"]).port
             admin = hub.tokens(users=("alice",))["alice"]
@@ -174,7 +177,7 @@ def test_viewer_sees_the_list_and_the_live_dashboard_from_git(dash_hub, sessions
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", r.text), re.findall(r"(?:src|href)=\S+//\S+", r.text)
     listing = carol.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30)
     assert listing.status_code == 200
-    row = re.search(r'<tr data-dashboard="patching-status">(.*?)</tr>', listing.text, re.S).group(1)
+    row = re.search(r'<tr data-dashboard="patching-status"[^>]*>(.*?)</tr>', listing.text, re.S).group(1)
     assert "Patching status" in row and "live" in row and "git" in row
     assert f'href="{PREFIX}dashboards/patching-status/"' in row
     home = carol.get(f"{dash_hub.url}/hub/home", timeout=30)
@@ -564,7 +567,7 @@ def test_snapshot_shows_the_latest_finished_run_and_runs_nothing(dash_hub, token
     shown = page(dash_hub, carol, "patching-last-run").text
     assert run["id"] in shown and running["id"] not in shown
     listing = carol.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30).text
-    row = re.search(r'<tr data-dashboard="patching-last-run">(.*?)</tr>', listing, re.S).group(1)
+    row = re.search(r'<tr data-dashboard="patching-last-run"[^>]*>(.*?)</tr>', listing, re.S).group(1)
     assert "snapshot" in row and "succeeded" in row and "alice" in row
     api(dash_hub, tokens["alice"], "DELETE", "dashboards/patching-last-run")
 
@@ -638,3 +641,197 @@ def test_opshub_publish_and_unpublish_typed_in_a_terminal(dash_hub, tokens):
         assert rc == 0, out
         assert api(dash_hub, tokens["alice"], "GET", "dashboards/status-board").status_code == 404
         assert alice.run("opshub unpublish status-board")[1] == 1
+
+
+# -- what viewers see: outputs only, health, the page of a broken dashboard, the opshub header ---------
+
+
+def form_xsrf(html: str) -> str:
+    return re.search(r'name="_xsrf" value="([^"]+)"', html).group(1)
+
+
+def service_xsrf(hub, session) -> str:
+    """The service's XSRF token of a person's session (the cookie its pages set), for forms they lack."""
+    page(hub, session, LIVE, timeout=120)
+    return next(c.value for c in session.cookies if c.name == "_xsrf" and "services" in (c.path or ""))
+
+
+def list_row(hub, session, name) -> str | None:
+    listing = session.get(f"{hub.url}{PREFIX}dashboards/", timeout=30)
+    assert listing.status_code == 200, listing.text
+    found = re.search(rf'<tr data-dashboard="{name}"[^>]*>(.*?)</tr>', listing.text, re.S)
+    return found.group(1) if found else None
+
+
+def executed_runbook(marker: str) -> dict:
+    """An executed notebook as papermill leaves it: its parameters injected, a markdown cell, a cell's output."""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("## Patching report"),
+            nbformat.v4.new_code_cell("stack = 'db'", metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell("stack = 'web'  # INJECTED-SOURCE", metadata={"tags": ["injected-parameters"]}),
+            nbformat.v4.new_code_cell(
+                "print('SECRET-SOURCE', stack)",
+                execution_count=3,
+                outputs=[nbformat.v4.new_output("stream", name="stdout", text=f"{marker} web01\n")],
+            ),
+        ]
+    )
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return json.loads(nbformat.writes(nb))
+
+
+def failed_runbook() -> dict:
+    nb = executed_runbook("NEVER-SHOWN")
+    banner = '<span id="papermill-error-cell" style="color:red">An Exception was encountered at In [3]</span>'
+    nb["cells"].insert(0, nbformat.v4.new_markdown_cell(banner, metadata={"tags": ["papermill-error-cell-tag"]}))
+    nb["cells"][-1]["outputs"] = [
+        nbformat.v4.new_output("error", ename="RuntimeError", evalue="TRACE-DETAIL", traceback=["TRACE-DETAIL"])
+    ]
+    return json.loads(json.dumps(nb))
+
+
+def record_run(hub, token, status, notebook) -> str:
+    run = api(hub, token, "POST", "runs", json={"runbook": "host-health-check.ipynb"}).json()
+    finish = {"status": status, "output_notebook": notebook}
+    if status == "failed":
+        finish["failed_cell"] = len(notebook["cells"]) - 1
+    answer = api(hub, token, "POST", f"runs/{run['id']}/finish", json=finish)
+    assert answer.status_code == 200, answer.text
+    return run["id"]
+
+
+def test_a_snapshot_shows_outputs_only_and_its_health(dash_hub, tokens, sessions):
+    body = {"name": "health-report", "runbook": "host-health-check.ipynb"}
+    assert api(dash_hub, tokens["alice"], "POST", "dashboards", json=body).status_code == 201
+    carol, alice = sessions["carol"], sessions["alice"]
+    try:
+        assert "never built" in list_row(dash_hub, carol, "health-report")
+        nothing = carol.get(f"{dash_hub.url}{PREFIX}dashboards/health-report/notebook", timeout=30)
+        assert nothing.status_code == 404 and "no good snapshot yet" in nothing.text
+        good = record_run(dash_hub, tokens["bob"], "succeeded", executed_runbook("GOOD-OUTPUT"))
+        notebook = carol.get(f"{dash_hub.url}{PREFIX}dashboards/health-report/notebook", timeout=30)
+        assert notebook.status_code == 200 and "GOOD-OUTPUT web01" in notebook.text
+        assert "Patching report" in notebook.text  # markdown kept
+        for code in ("SECRET-SOURCE", "INJECTED-SOURCE", "stack = ", "In&nbsp;[", 'jp-InputPrompt"'):
+            assert code not in notebook.text, code
+        assert notebook.headers["Content-Security-Policy"].startswith("sandbox")  # sandboxed as before
+        assert ">ok<" in list_row(dash_hub, carol, "health-report")
+
+        # then a run fails: the list says broken since when, the page keeps the last good snapshot
+        failed = record_run(dash_hub, tokens["bob"], "failed", failed_runbook())
+        row = list_row(dash_hub, carol, "health-report")
+        assert "broken" in row and "since" in row and 'data-health="broken"' in row
+        view = page(dash_hub, carol, "health-report")
+        assert view.status_code == 200 and "This dashboard is broken" in view.text
+        assert "last good snapshot" in view.text and f"runs/{good}" in view.text
+        assert f"runs/{failed}" not in view.text  # the error's details are for its author and admins
+        notebook = carol.get(f"{dash_hub.url}{PREFIX}dashboards/health-report/notebook", timeout=30).text
+        assert "GOOD-OUTPUT" in notebook and "TRACE-DETAIL" not in notebook and "An Exception" not in notebook
+        assert f"runs/{failed}" in page(dash_hub, alice, "health-report").text  # alice published it
+
+        # a good run again: ok
+        record_run(dash_hub, tokens["bob"], "succeeded", executed_runbook("GOOD-AGAIN"))
+        assert ">ok<" in list_row(dash_hub, carol, "health-report")
+        assert "This dashboard is broken" not in page(dash_hub, carol, "health-report").text
+    finally:
+        api(dash_hub, tokens["alice"], "DELETE", "dashboards/health-report")
+
+
+def test_a_broken_live_dashboard_shows_a_page_for_viewers(dash_hub, tokens, sessions):
+    code = "import os\nraise RuntimeError('BROKEN-DETAIL ' + os.environ['OPSHUB_DASHBOARD'])"
+    body = {"name": "broken-live", "mode": "live", "notebook": live_notebook(title="Broken", code=code)}
+    assert api(dash_hub, tokens["alice"], "POST", "dashboards", json=body).status_code == 201
+    carol, alice = sessions["carol"], sessions["alice"]
+    try:
+        assert "not opened yet" in list_row(dash_hub, carol, "broken-live")
+        # (a 503 Response is falsy: the page's text is what is waited for)
+        view = wait_for(
+            lambda: (r := page(dash_hub, carol, "broken-live")).status_code == 503 and "is broken" in r.text and r.text,
+            timeout=90,
+            interval=1,
+            what="the broken dashboard's page",
+        )
+        assert "There was an error when executing" not in view and "show_tracebacks" not in view
+        assert "BROKEN-DETAIL" not in view and 'id="broken-details"' not in view
+        assert "Its author, alice" in view and 'id="nav-dashboards"' in view
+        row = list_row(dash_hub, carol, "broken-live")
+        assert 'data-health="broken"' in row and "since" in row
+        # its author reads which cell broke
+        mine = page(dash_hub, alice, "broken-live")
+        assert mine.status_code == 503 and 'id="broken-details"' in mine.text and "BROKEN-DETAIL" in mine.text
+        # fixed and published again: a page, healthy
+        body["notebook"] = live_notebook(title="Broken", code="print('FIXED-NOW')")
+        assert api(dash_hub, tokens["alice"], "POST", "dashboards", json=body).status_code == 201
+        assert "FIXED-NOW" in live_page(dash_hub, carol, "broken-live").text
+        assert 'data-health="ok"' in list_row(dash_hub, carol, "broken-live")
+    finally:
+        api(dash_hub, tokens["alice"], "DELETE", "dashboards/broken-live")
+
+
+def test_a_live_page_has_the_opshub_header(dash_hub, sessions):
+    html = live_page(dash_hub, sessions["carol"]).text
+    header = re.search(r'<body\b[^>]*>\s*(<nav id="opshub-header".*?</nav>)', html, re.S).group(1)
+    for link in ("/hub/home", f'"{PREFIX}"', f"{PREFIX}runbooks/", f"{PREFIX}schedules", f"{PREFIX}dashboards/"):
+        assert link in header, link
+    assert "Patching status" in header and ">live<" in header and "carol" in header
+
+
+# -- publishing and unpublishing from the Dashboards page --------------------------------------------
+
+
+def test_authors_publish_and_unpublish_from_the_dashboards_page(dash_hub, tokens, sessions):
+    alice, carol = sessions["alice"], sessions["carol"]
+    listing = alice.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30).text
+    assert 'id="publish-form"' in listing and "Publish as dashboard" in listing
+    form = {"_xsrf": form_xsrf(listing), "runbook": "host-health-check.ipynb", "name": "from-the-page"}
+    form.update(mode="snapshot", groups="")
+    answer = alice.post(f"{dash_hub.url}{PREFIX}dashboards/", data=form, allow_redirects=False, timeout=60)
+    assert answer.status_code == 303, answer.text
+    try:
+        assert api(dash_hub, tokens["alice"], "GET", "dashboards/from-the-page").json()["owner"] == "alice"
+        # bad input names the problem
+        bad = alice.post(f"{dash_hub.url}{PREFIX}dashboards/", data={**form, "name": "Not A Slug"}, timeout=60)
+        assert bad.status_code == 400 and "invalid dashboard name" in bad.text
+        live = alice.post(
+            f"{dash_hub.url}{PREFIX}dashboards/",
+            data={**form, "name": "patching-live", "mode": "live", "runbook": "patch-server-stack.ipynb"},
+            timeout=60,
+        )
+        assert live.status_code == 400 and "changes_systems" in live.text
+
+        # carol (a viewer) sees no controls, and posting the forms anyway is refused
+        theirs = carol.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30).text
+        assert 'id="publish-form"' not in theirs and "/unpublish" not in theirs
+        xsrf = service_xsrf(dash_hub, carol)
+        attempt = carol.post(
+            f"{dash_hub.url}{PREFIX}dashboards/", data={**form, "_xsrf": xsrf, "name": "carols"}, timeout=60
+        )
+        assert attempt.status_code == 403 and "dashboards:publish" in attempt.text
+        assert api(dash_hub, tokens["alice"], "GET", "dashboards/carols").status_code == 404
+        unpublish = f"{dash_hub.url}{PREFIX}dashboards/from-the-page/unpublish"
+        assert carol.get(unpublish, timeout=30).status_code == 403
+        refused = carol.post(unpublish, data={"_xsrf": xsrf, "confirm": "yes"}, timeout=30)
+        assert refused.status_code == 403
+        # bob, an operator, may not either; and nobody without the form's token
+        bob = sessions["bob"]
+        assert bob.post(unpublish, data={"_xsrf": xsrf, "confirm": "yes"}, timeout=30).status_code == 403
+        assert alice.post(unpublish, data={"confirm": "yes"}, timeout=30).status_code == 403
+        assert api(dash_hub, tokens["alice"], "GET", "dashboards/from-the-page").status_code == 200
+
+        # alice: the confirm step, then unpublished
+        confirm = alice.get(unpublish, timeout=30)
+        assert confirm.status_code == 200 and 'id="confirm-unpublish"' in confirm.text
+        xsrf = form_xsrf(confirm.text)
+        assert alice.post(unpublish, data={"_xsrf": xsrf}, timeout=30).status_code == 400  # no confirm
+        done = alice.post(unpublish, data={"_xsrf": xsrf, "confirm": "yes"}, allow_redirects=False, timeout=30)
+        assert done.status_code == 303, done.text
+        assert api(dash_hub, tokens["alice"], "GET", "dashboards/from-the-page").status_code == 404
+        # the repository's own dashboards have no unpublish button, and their form is refused
+        assert "patching-status/unpublish" not in alice.get(f"{dash_hub.url}{PREFIX}dashboards/", timeout=30).text
+        git_owned = alice.post(
+            f"{dash_hub.url}{PREFIX}dashboards/{LIVE}/unpublish", data={"_xsrf": xsrf, "confirm": "yes"}, timeout=30
+        )
+        assert git_owned.status_code == 403 and "runbooks repository" in git_owned.text
+    finally:
+        api(dash_hub, tokens["alice"], "DELETE", "dashboards/from-the-page")

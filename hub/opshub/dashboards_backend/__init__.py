@@ -20,6 +20,9 @@ SECRET_HEADER = "X-Opshub-Voila-Secret"
 # The body of the server's 403 to anything without its secret: how the service tells the server's
 # own answer from a redirect to the hub's login (the server gone) or the proxy's error.
 REFUSED = "this server only answers the opshub service"
+# The body of its 503 to a page asked for before the service handed it the repository's files: no
+# dashboard's kernel starts without them (a dashboard reads its inventory and data files there).
+WAITING = "waiting for the runbooks' files"
 API_PATH = "opshub-backend/"  # under the server's prefix
 POOLS_PATH = API_PATH + "pools/"
 NOTEBOOKS_PATH = API_PATH + "notebooks/"

@@ -40,6 +40,7 @@ from . import (
     RUNBOOKS_PATH,
     SECRET_HEADER,
     SESSION_PATH,
+    WAITING,
 )
 
 log = logging.getLogger("opshub.dashboards_backend")
@@ -179,6 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     # Who may ask for the secret: a token holding access to this server (the opshub service's role).
     access = {f"access:servers!server={user}/{server_name}", f"access:servers!user={user}"}
     secret = secrets.token_urlsafe(32)
+    files = {"delivered": False}  # the repository's files, handed over by the service (RunbooksHandler)
+    render_prefix = url_path_join(prefix, "voila/render/")
+
+    class Waiting(tornado.web.RequestHandler):
+        def prepare(self):
+            self.set_status(503)
+            self.finish(WAITING)
 
     class Refused(tornado.web.RequestHandler):
         def prepare(self):
@@ -193,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             asking = request.path == url_path_join(prefix, SESSION_PATH)
             if not asking and not hmac.compare_digest(sent, secret.encode()):
                 return self.get_handler_delegate(request, Refused)
+            if request.path.startswith(render_prefix) and not files["delivered"]:
+                return self.get_handler_delegate(request, Waiting)  # its kernel would not find its files
             return super().find_handler(request, **kwargs)
 
     class SessionHandler(tornado.web.RequestHandler):
@@ -235,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
             if not NOTEBOOK_NAME.fullmatch(name):
                 raise tornado.web.HTTPError(400, f"not a dashboard notebook name: {name!r}")
             await self.drop(name)
+            if not files["delivered"]:  # preheated once the files are here (the service asks again)
+                self.finish({"notebook": name, "waiting": WAITING})
+                return
             if dashboard_file(root, name).is_file() and hasattr(self.km, "fill_if_needed"):
                 self.km.fill_if_needed(delay=0, notebook_name=pool_key(name))
             self.finish({"notebook": name})
@@ -280,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             except tarfile.TarError as e:
                 raise tornado.web.HTTPError(400, f"not a tar archive: {e}") from None
+            files["delivered"] = True
             self.set_status(204)
 
     class EnvironmentHandler(BackendHandler):

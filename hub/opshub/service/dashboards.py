@@ -19,7 +19,7 @@ publishers. A dashboard restricted to groups also restricts the runs of its runb
 that shows runs (see `Dashboards.hidden_runbooks`). Who may change one: its owner or an admin; a
 dashboard declared in the repository belongs to the repository and changes there only.
 
-This module is the registry (about 520 lines: its rules of validation, ownership, publishing from git
+This module is the registry (about 540 lines: its rules of validation, ownership, publishing from git
 and keeping the dashboards server in step belong together); the dashboards' handlers are in
 handlers/dashboards.py.
 """
@@ -49,8 +49,9 @@ from ..contract import PUBLISH_SCOPE
 from ..runbooks.metadata import RunbookMetadataError, runbook_metadata
 from ..settings import schema_default
 from . import outages
-from .handlers.base import is_admin, notebook_html
-from .models import DASHBOARD_MODES, END_STATES, Dashboard, Run
+from .dashboard_health import Health, live_health, outputs_only_html, record_live_view, snapshot_health
+from .handlers.base import is_admin
+from .models import DASHBOARD_MODES, Dashboard, Run
 from .outages import is_database_outage
 from .voila import WATCHDOG_SECONDS, BackendDown, VoilaBackend
 
@@ -60,6 +61,7 @@ SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")  # use valid_name(): 
 GROUP = re.compile(r"^[^\x00-\x1f/]{1,255}$")
 GIT_OWNER = "git"  # the owner of dashboards published from the repository
 DEFAULTS = schema_default("dashboards")  # pool_size, cull_idle_seconds, default_groups, git_sync_interval
+EMPTY_TAR = bytes(10240)  # a tar archive of nothing: two zero blocks and padding
 
 
 class PublishError(ValueError):
@@ -187,8 +189,14 @@ class Dashboards:
             backend.restore = self.restore_backend
         self.kernels: OrderedDict[str, str] = OrderedDict()  # kernel id handed out in a page -> dashboard
         self.synced_commit: str | None = None
+        # Live dashboards' kernels start only once the dashboards server has the repository's files
+        # (their inventory and data files): until then their pages say they are waiting for them.
+        self.files_delivered = False
         self._snapshot_html: OrderedDict[str, str] = OrderedDict()  # run id -> rendered HTML
         self._sync_lock = asyncio.Lock()
+        # One refresh of the server at a time: a refresh after runs that read a copy just before a
+        # republish must not land after the republish's own (the old copy would win).
+        self._refresh_lock = asyncio.Lock()
         self._cache_lock = threading.Lock()
 
     def kernel_environment(self) -> dict[str, str]:
@@ -207,16 +215,23 @@ class Dashboards:
         with self.sessions() as session:
             return list(session.scalars(select(Dashboard).order_by(Dashboard.title, Dashboard.name)))
 
-    def latest_run(self, runbook: str) -> Run | None:
-        """The latest finished run of a runbook (what a snapshot shows)."""
+    def health(self, dashboard: Dashboard) -> Health:
+        if dashboard.mode == "live":
+            return live_health(dashboard)
         with self.sessions() as session:
-            query = (
-                select(Run)
-                .where(Run.runbook == runbook, Run.status.in_(END_STATES))
-                .order_by(Run.started_at.desc())
-                .limit(1)
-            )
-            return session.scalars(query).first()
+            return snapshot_health(session, dashboard.runbook)
+
+    def record_view(self, name: str, failure: str | None) -> Health:
+        """What a live dashboard's view found: rendered (None) or the failure (dashboard_health.py)."""
+        with self.sessions.begin() as session:
+            return record_live_view(session, name, failure, utcnow())
+
+    def files_ready(self) -> bool:
+        """Whether live dashboards may start kernels: the server has the repository's files (if any)."""
+        return self.repository is None or self.files_delivered
+
+    def may_publish(self, user: dict | None) -> bool:
+        return bool(user and check_scopes({f"{PUBLISH_SCOPE}!user={user['name']}"}, user.get("scopes", [])))
 
     def may_view(self, user: dict, dashboard: Dashboard) -> bool:
         if not user or user.get("kind") != "user":
@@ -320,6 +335,7 @@ class Dashboards:
             dashboard.commit = commit
             dashboard.notebook = json.dumps(notebook) if notebook else None
             dashboard.updated_at = now
+            dashboard.broken_since = dashboard.broken_detail = dashboard.last_good_at = None  # a new copy: unknown
         self._write_copy(dashboard)
         log.info("%s published dashboard %s (%s, %s)", owner, name, mode, source)
         return dashboard
@@ -417,10 +433,14 @@ class Dashboards:
             synced = self.synced_commit
             changed = await loop.run_in_executor(None, self.sync_from_git)
             if self.synced_commit != synced and self.backend is not None and self.backend.running():
+                waiting = not self.files_delivered
                 try:
                     await self.backend.put_runbooks(self.runbooks_archive)
+                    self.files_delivered = True
                 except (BackendDown, OSError) as e:
                     log.error("the dashboards server did not take the repository's files: %s", e)
+                if waiting and self.files_delivered:  # the live dashboards that waited for them
+                    changed = sorted({*changed, *(p.name for p in self.published.glob("*.ipynb"))})
             for notebook in changed:
                 await self.refresh_backend(notebook)
 
@@ -429,24 +449,31 @@ class Dashboards:
         if self.backend is None or not self.backend.running():
             return  # handed over whole when the server (re)starts: restore_backend
         path = self.published / notebook
-        try:
-            if path.exists():
-                await self.backend.put_notebook(notebook, path.read_bytes())
-                await self.backend.preheat(notebook)
-            else:
-                await self.backend.delete_notebook(notebook)
-        except (BackendDown, OSError) as e:
-            log.error("the dashboards server did not refresh %s: %s", notebook, e)
+        async with self._refresh_lock:
+            try:
+                if path.exists():
+                    await self.backend.put_notebook(notebook, path.read_bytes())
+                    if self.files_ready():
+                        await self.backend.preheat(notebook)
+                else:
+                    await self.backend.delete_notebook(notebook)
+            except (BackendDown, OSError) as e:
+                log.error("the dashboards server did not refresh %s: %s", notebook, e)
 
     async def restore_backend(self) -> None:
         """Everything a freshly started dashboards server serves: the kernels' environment, the
         repository's files, every live copy (preheated)."""
+        self.files_delivered = False  # a fresh server has none of them
         await self.backend.put_environment(self.kernel_environment())
         if self.runbooks_archive is not None:
             await self.backend.put_runbooks(self.runbooks_archive)
+            self.files_delivered = True
+        elif self.repository is None:
+            await self.backend.put_runbooks(EMPTY_TAR)  # nothing to wait for
         for path in sorted(self.published.glob("*.ipynb")):
             await self.backend.put_notebook(path.name, path.read_bytes())
-            await self.backend.preheat(path.name)
+            if self.files_ready():
+                await self.backend.preheat(path.name)
 
     def finished_runs(self) -> int:
         return sum(self.stats.finished.values()) if self.stats is not None else 0
@@ -472,7 +499,7 @@ class Dashboards:
         """Render the latest run of each snapshot ahead of its viewers (nbconvert takes seconds)."""
         loop = asyncio.get_running_loop()
         for dashboard in self.all():
-            run = self.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+            run = self.health(dashboard).good_run if dashboard.mode == "snapshot" else None
             if run is not None and run.output_notebook:
                 try:
                     await loop.run_in_executor(None, self.snapshot_html, run)
@@ -515,7 +542,7 @@ class Dashboards:
     def snapshot_html(self, run: Run) -> str:
         html = self._snapshot_html.get(run.id)
         if html is None:
-            html = notebook_html(run.output_notebook, run.failed_cell)
+            html = outputs_only_html(run.output_notebook)
             with self._cache_lock:  # also filled from a worker thread by render_snapshots
                 self._snapshot_html[run.id] = html
                 while len(self._snapshot_html) > 32:

@@ -162,6 +162,11 @@ class Dashboard(Base):
     notebook: Mapped[str | None] = mapped_column(Text)  # live: the published copy (JSON), served by Voila
     created_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime.datetime] = mapped_column(UTCDateTime)
+    # A live dashboard's health, as its latest views found it (dashboard_health.py; snapshots' comes
+    # from their runbook's runs): broken since when and why (for its author and admins), last rendered.
+    broken_since: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
+    broken_detail: Mapped[str | None] = mapped_column(Text)
+    last_good_at: Mapped[datetime.datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.name} ({self.mode}) by {self.owner!r}>"

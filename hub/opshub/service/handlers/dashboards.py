@@ -1,5 +1,7 @@
 """The dashboards' handlers under /services/opshub/: the API (`api/dashboards`: list, publish, unpublish),
-the pages (`dashboards/`: the list, a live page streamed from Voila, a snapshot), the relays to the
+the pages (`dashboards/`: the list with each dashboard's health and, for authors and admins, the publish
+form and the unpublish confirm step; a live page from Voila under opshub's header, or the page for
+viewers when it is broken or waiting for its files; a snapshot), the relays to the
 dashboards server (Voila's assets, a page's own kernel: its model, its shutdown, its websocket through
 the message filter of voila.py), and the data API that live dashboards' kernels read run summaries from.
 
@@ -19,6 +21,8 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from ...contract import PUBLISH_SCOPE
+from ...dashboards_backend import WAITING
+from ..dashboard_health import failed_cell_source, voila_failure
 from ..dashboards import Dashboards, PublishError, valid_name
 from ..models import Dashboard, Run
 from ..voila import UUID, KernelSocketProxy, VoilaBackend
@@ -32,6 +36,7 @@ EXTERNAL_LINK = re.compile(rb"<link\b[^>]*\bhref=[\"'](?:https?:)?//[^\"']*[\"']
 # What a live dashboard page may fetch from the backend: Voila's own static files, never notebooks
 # (no files, tree, render or contents routes) nor the kernels API.
 ASSET = re.compile(r"^voila/(static|templates|labextensions|api/themes)/[A-Za-z0-9_@.+/-]*$")
+BODY_TAG = re.compile(rb"<body\b[^>]*>", re.I)
 
 
 def dashboard_json(dashboard: Dashboard, prefix: str) -> dict:
@@ -77,12 +82,32 @@ class DashboardMixin:
         return name
 
     def visible_run(self, dashboard: Dashboard) -> Run | None:
-        """The latest finished run a snapshot shows, if its runbook's runs are not restricted for this person."""
-        run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+        """The last good run a snapshot shows, if its runbook's runs are not restricted for this person: a
+        snapshot of a restricted runbook is refused whole (even with no good run yet, its page would tell
+        that runs failed, and when), unless the run it shows is one this person may see (their own)."""
+        if dashboard.mode != "snapshot":
+            return None
+        run = self.dashboards.health(dashboard).good_run
         visibility = self.visibility()
-        if run is not None and not visibility.sees(run.runbook, run.user):
+        if run is not None and visibility.sees(run.runbook, run.user):
+            return run
+        if run is not None or not visibility.sees_runbook(dashboard.runbook or ""):
             raise web.HTTPError(403, visibility.refusal(dashboard.runbook))
-        return run
+        return None
+
+    def may_change(self, dashboard: Dashboard) -> bool:
+        """Whether this person may republish or unpublish it here (the registry's rule, as a question)."""
+        user = self.current_user
+        if dashboard.source == "git" or not self.dashboards.may_publish(user):
+            return False
+        return dashboard.owner == user["name"] or is_admin(user)
+
+    def reads_errors(self, dashboard: Dashboard) -> bool:
+        """Whether this person reads why it broke: its author, admins, and authors for the repository's."""
+        user = self.current_user
+        if is_admin(user) or dashboard.owner == user["name"]:
+            return True
+        return dashboard.source == "git" and self.dashboards.may_publish(user)
 
 
 class DashboardsApi(DashboardMixin, ApiHandler):
@@ -129,6 +154,8 @@ class DashboardPageBase(DashboardMixin, BaseHandler):
 
 
 class DashboardsPage(DashboardPageBase):
+    """The list, each dashboard with its health; for authors and admins a form to publish (POST)."""
+
     @web.authenticated
     def get(self):
         rows = []
@@ -136,15 +163,76 @@ class DashboardsPage(DashboardPageBase):
         for dashboard in self.dashboards.all():
             if not self.dashboards.may_view(self.current_user, dashboard):
                 continue
-            run = self.dashboards.latest_run(dashboard.runbook) if dashboard.mode == "snapshot" else None
+            health = self.dashboards.health(dashboard)
+            run = health.good_run
             if run is not None and not visibility.sees(run.runbook, run.user):
                 run = None  # restricted by another dashboard of the same runbook
-            rows.append((dashboard, run))
-        self.render_page("dashboards.html", nav="dashboards", rows=rows)
+            rows.append((dashboard, health, run, self.may_change(dashboard)))
+        publisher = self.dashboards.may_publish(self.current_user)
+        repository = self.dashboards.repository
+        runbooks = sorted(repository.catalog.names()) if publisher and repository is not None else []
+        self.render_page("dashboards.html", nav="dashboards", rows=rows, publisher=publisher, runbooks=runbooks)
+
+    @web.authenticated
+    async def post(self):
+        """The publish form: a runbook of the repository, as a snapshot or a live copy."""
+        user = self.require(PUBLISH_SCOPE)
+        groups = [g.strip() for g in self.get_body_argument("groups", "").split(",") if g.strip()]
+        body = {
+            "name": self.get_body_argument("name", "").strip(),
+            "mode": self.get_body_argument("mode", "snapshot"),
+            "runbook": self.get_body_argument("runbook", "") or None,
+            "groups": groups or None,
+        }
+        title = self.get_body_argument("title", "").strip()
+        if title:
+            body["title"] = title
+        try:
+            dashboard = self.dashboards.publish(body, owner=user, admin=is_admin(self.current_user))
+        except PublishError as e:
+            raise web.HTTPError(e.status, f"not published: {e}") from None
+        if dashboard.mode == "live":
+            await self.dashboards.refresh_backend(f"{dashboard.name}.ipynb")
+        self.redirect(url_path_join(self.prefix, "dashboards") + f"/#dashboard-{dashboard.name}", status=303)
+
+
+class UnpublishPage(DashboardPageBase):
+    """GET: the confirm step; POST (with confirm=yes): unpublish, for its owner or an admin."""
+
+    def changeable(self, name: str) -> Dashboard:
+        self.require(PUBLISH_SCOPE)  # viewers and operators: 403 before anything else
+        dashboard = self.visible_or_error(name)
+        try:
+            self.dashboards.check_may_change(
+                dashboard, self.current_user["name"], is_admin(self.current_user), "api", "unpublish"
+            )
+        except PublishError as e:
+            raise web.HTTPError(e.status, str(e)) from None
+        return dashboard
+
+    @web.authenticated
+    def get(self, name):
+        self.render_page("dashboard_unpublish.html", nav="dashboards", dashboard=self.changeable(name))
+
+    @web.authenticated
+    async def post(self, name):
+        dashboard = self.changeable(name)
+        if self.get_body_argument("confirm", "") != "yes":
+            raise web.HTTPError(400, "unpublishing needs confirm=yes (the confirm step's button)")
+        user = self.current_user["name"]
+        try:
+            self.dashboards.unpublish(name, user=user, admin=is_admin(self.current_user))
+        except PublishError as e:
+            raise web.HTTPError(e.status, str(e)) from None
+        if dashboard.mode == "live":
+            await self.dashboards.refresh_backend(f"{name}.ipynb")
+        log.info("%s unpublished dashboard %s from the Dashboards page", user, name)
+        self.redirect(url_path_join(self.prefix, "dashboards") + "/", status=303)
 
 
 class DashboardPage(DashboardPageBase):
-    """A dashboard's stable URL: the live page from Voila, or the snapshot of the latest run."""
+    """A dashboard's stable URL: the live page from Voila, or the snapshot of the last good run; a page
+    for viewers when it is broken or still waiting for its files."""
 
     @web.authenticated
     async def get(self, name):
@@ -152,7 +240,15 @@ class DashboardPage(DashboardPageBase):
         self.xsrf_token  # noqa: B018 (sets the _xsrf cookie: Voila's page sends it when it stops its kernel)
         if dashboard.mode == "snapshot":
             run = self.visible_run(dashboard)
-            self.render_page("dashboard_snapshot.html", nav="dashboards", dashboard=dashboard, run=run)
+            health = self.dashboards.health(dashboard)
+            self.render_page(
+                "dashboard_snapshot.html",
+                nav="dashboards",
+                dashboard=dashboard,
+                run=run,
+                health=health,
+                reads_errors=self.reads_errors(dashboard),
+            )
             return
         await self.live(dashboard)
 
@@ -163,51 +259,75 @@ class DashboardPage(DashboardPageBase):
             await asyncio.wait_for(dashboards.backend.ready.wait(), timeout=60)
         except (RuntimeError, asyncio.TimeoutError):
             raise web.HTTPError(503, "live dashboards are starting or down: try again in a minute") from None
-        pending = {"text": "", "found": False}
-
-        def on_headers(line: str) -> None:
-            if line.startswith("HTTP/"):
-                self.set_status(int(line.split()[1]))
-
-        head = {"buffer": b"", "done": False}
-
-        def on_chunk(chunk: bytes) -> None:
-            if not pending["found"]:
-                pending["text"] += chunk.decode(errors="ignore")
-                match = KERNEL_ID.search(pending["text"])
-                if match:
-                    dashboards.remember_kernel(match.group(1), dashboard.name)
-                    pending.update(found=True, text="")
-            if not head["done"]:
-                # Voila's template links stylesheets from a public CDN: pages fetch nothing from the
-                # internet (air-gapped sites), so the head goes out without them
-                head["buffer"] += chunk
-                end = head["buffer"].find(b"</head>")
-                if end < 0:
-                    return
-                chunk = EXTERNAL_LINK.sub(b"", head["buffer"][:end]) + head["buffer"][end:]
-                head["done"] = True
-            self.write(chunk)
-            self.flush()
-
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("Content-Security-Policy", live_page_csp(self.request.host))
+        if not dashboards.files_ready():
+            self.waiting(dashboard)
+            return
+        # The whole page first (preheated: milliseconds), so that a failed cell shows the page for
+        # viewers instead of Voila's bare error.
         try:
             response = await dashboards.backend.fetch(
                 dashboards.backend.base_url + f"voila/render/{dashboard.name}/{dashboard.name}.ipynb",
-                header_callback=on_headers,
-                streaming_callback=on_chunk,
                 request_timeout=600,
                 raise_error=False,
             )
         except OSError as e:
             raise web.HTTPError(502, f"the dashboard backend did not answer: {e}") from None
-        if response.code == 599 and not self._headers_written:
+        if response.code == 599:
             raise web.HTTPError(502, f"the dashboard backend did not answer: {response.error}")
-        if not head["done"]:
-            self.write(EXTERNAL_LINK.sub(b"", head["buffer"]))
-        self.finish()
+        body = response.body or b""
+        if response.code == 503 and WAITING.encode() in body:
+            self.waiting(dashboard)
+            return
+        text = body.decode(errors="replace")
+        kernel = KERNEL_ID.search(text)
+        failure = voila_failure(text) if response.code == 200 else f"the dashboards server answered {response.code}"
+        if failure:
+            if kernel:  # the page is not served: its kernel is not needed
+                await dashboards.backend.fetch(
+                    dashboards.backend.base_url + f"voila/api/shutdown/{kernel.group(1)}",
+                    method="POST",
+                    body=b"",
+                    raise_error=False,
+                )
+            self.broken(dashboard, failure)
+            return
+        dashboards.record_view(dashboard.name, None)
+        if kernel:
+            dashboards.remember_kernel(kernel.group(1), dashboard.name)
+        # Voila's template links stylesheets from a public CDN: pages fetch nothing from the internet
+        # (air-gapped sites). Then opshub's header, as on every page of the service.
+        end = body.find(b"</head>")
+        if end >= 0:
+            body = EXTERNAL_LINK.sub(b"", body[:end]) + body[end:]
+            end = body.find(b"</head>")
+            body_tag = BODY_TAG.search(body, end)  # the page's own <body>, after its head's scripts
+            if body_tag:
+                header = self.page_html("dashboard_header.html", dashboard=dashboard).encode()
+                body = body[: body_tag.end()] + header + body[body_tag.end() :]
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", live_page_csp(self.request.host))
+        self.finish(body)
+
+    def waiting(self, dashboard: Dashboard) -> None:
+        self.set_status(503)
+        self.set_header("Retry-After", "5")
+        self.set_header("Cache-Control", "no-store")
+        self.render_page("dashboard_waiting.html", nav="dashboards", dashboard=dashboard)
+
+    def broken(self, dashboard: Dashboard, failure: str) -> None:
+        health = self.dashboards.record_view(dashboard.name, failure)
+        reads_errors = self.reads_errors(dashboard)
+        self.set_status(503)
+        self.set_header("Cache-Control", "no-store")
+        self.render_page(
+            "dashboard_broken.html",
+            nav="dashboards",
+            dashboard=dashboard,
+            health=health,
+            reads_errors=reads_errors,
+            cell_source=failed_cell_source(dashboard.notebook, failure) if reads_errors else "",
+        )
 
 
 class SnapshotNotebook(DashboardMixin, BaseHandler):
@@ -217,7 +337,9 @@ class SnapshotNotebook(DashboardMixin, BaseHandler):
     def get(self, name):
         dashboard = self.visible_or_error(name)
         run = self.visible_run(dashboard)
-        if run is None or not run.output_notebook:
+        if run is None:
+            raise web.HTTPError(404, f"dashboard {name!r} has no good snapshot yet: no run of its runbook succeeded")
+        if not run.output_notebook:
             raise web.HTTPError(404, f"no recorded output for dashboard {name!r}")
         self.finish_sandboxed(lambda: self.dashboards.snapshot_html(run), f"dashboard {name!r}")
 
@@ -347,5 +469,6 @@ def dashboard_handlers(prefix: str) -> list[tuple]:
         (url_path_join(base, r"-/(.*)"), VoilaAssetProxy),
         (url_path_join(base, r"([^/]+)/"), DashboardPage),
         (url_path_join(base, r"([^/]+)/notebook"), SnapshotNotebook),
+        (url_path_join(base, r"([^/]+)/unpublish"), UnpublishPage),
         (url_path_join(base, r"([a-z0-9-]+)"), web.RedirectHandler, {"url": base + "/{0}/"}),
     ]
