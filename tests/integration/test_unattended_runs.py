@@ -176,6 +176,34 @@ def test_opshub_request_typed_in_a_terminal_runs_on_the_runner(hub, tokens, bob_
         assert code == 2 and "parameter nonsense is not a parameter of this runbook" in out, out
 
 
+def test_opshub_request_wait_prints_each_cell_as_it_ends(hub, tokens, bob_lab):
+    """`--wait` follows the run cell by cell, as `opshub run` prints it: a cell's line comes when that cell
+    ends, while the later cells still run; the run's link is one a terminal can open."""
+    steps = [new_markdown_cell("# Three steps")] + [
+        new_code_cell(f"import time\ntime.sleep({seconds})\nprint('step', {n}, 'ended')")
+        for n, seconds in ((1, 1), (2, 1), (3, 12))
+    ]
+    commit_runbook(hub, "three-steps.ipynb", new_notebook(cells=steps, metadata=probe_notebook()["metadata"]))
+    wait_for(
+        lambda: hub.service_api(tokens["bob"], "GET", "runbooks/three-steps.ipynb").status_code == 200,
+        timeout=60,
+        what="the service to see the new runbook",
+    )
+    with Terminal(hub.url, "bob", tokens["bob"]) as terminal:
+        mark = terminal.start("opshub request three-steps --wait")
+        found = terminal.read_until(r"requested run ([0-9a-f-]{36}).*\n  (\S+)\n", timeout=60)
+        run_id, link = found.group(1), found.group(2)
+        assert re.fullmatch(rf"http://127\.0\.0\.1:\d+/services/opshub/runs/{run_id}", link), link
+        terminal.read_until(r"\[3/4\] ▶ cell 3: import time ✓ \d+\.\ds\nstep 2 ended", timeout=120)
+        # cell 3 (step 2) has ended and been printed; the run still runs its last cell
+        assert hub.service_api(tokens["bob"], "GET", f"runs/{run_id}").json()["status"] == "running"
+        out, code = terminal.finish(mark, timeout=120)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert "[1/4]   cell 1: # Three steps" in lines and "step 3 ended" in lines, out
+    assert lines.index("[4/4] ▶ cell 4: import time ✓ 12s") < lines.index("succeeded"), out
+
+
 def test_a_lock_makes_a_second_run_wait_also_one_typed_in_a_terminal(hub, tokens, bob_lab):
     first = request(hub, tokens["bob"], message="locked", seconds=15).json()
     wait_for_status(hub, tokens["bob"], first["id"], statuses=("running",), timeout=60)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import TextIO
 
 from .client import ServiceClient, ServiceError
+from .public_links import absolute_url
 from .results import exited_cleanly, is_papermill_banner, source_text
 from .terminal import progress_line, result_mark
 from .typed_parameters import describe_for_help
@@ -54,7 +55,7 @@ def request_run(
     print(
         f"requested run {run['id']} of {run['runbook']} at {str(run['runbook_commit'])[:12]}: {run['status']}", file=out
     )
-    print(f"  {run['url']}", file=out)
+    print(f"  {absolute_url(run['url'])}", file=out)  # clickable in a terminal
     if not wait:
         return 0
     return follow(client, run, out, err)
@@ -101,10 +102,10 @@ def follow(client: ServiceClient, run: dict, out: TextIO, err: TextIO) -> int:
                     raise
                 time.sleep(POLL_SECONDS)
                 continue  # the service restarts: ask again
+            cells.show(run.get("output_notebook"))  # the cells first: then the status they led to
             if run["status"] != status:
                 status = run["status"]
                 print(f"{status}", file=out, flush=True)
-            cells.show(run.get("output_notebook"))
     except KeyboardInterrupt:
         print(f"stopped following run {run['id']}: it goes on (opshub cancel {run['id']} stops it)", file=err)
         return 130
