@@ -84,6 +84,7 @@ bench: install-test ## benchmarks against a live hub, reported as ratios to a ba
 	$(VENV)/bin/python tests/bench/bench_dashboards.py
 	$(VENV)/bin/python tests/bench/bench_interactive.py
 	$(VENV)/bin/python tests/bench/bench_unattended.py
+	$(VENV)/bin/python tests/bench/bench_live.py
 	$(VENV)/bin/python tests/bench/bench_docker.py
 
 lint: install-test ## ruff: lint and check formatting

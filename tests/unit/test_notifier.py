@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from opshub.service.audit import Audit
 from opshub.service.notifier import Notifier, scrub
+from opshub.service.run_states import SKIPPED_ACTION
 from prometheus_client import CollectorRegistry
 
 from tests.unit import test_queue as queue_suite
@@ -141,6 +142,15 @@ def test_a_missed_fire_is_told(notifier, queue, receiver):
     assert post["title"] == "opshub: patch.ipynb was missed" and post["type"] == "warning"
     assert "Who: schedule nightly" in post["message"] and "Missed: opshub was down at 03:00" in post["message"]
     assert f"{RUN_PAGE}{run.id}" in post["message"]
+
+
+def test_a_paused_schedules_skipped_fire_is_told_to_nobody(notifier, queue, receiver):
+    """Someone paused the schedule (a change freeze): its skipped fires are on record, not news."""
+    key = "patch.ipynb#nightly@2025-03-02T03:00:00+00:00"
+    reason = "Skipped: due at 03:00 while the schedule was paused by alice: change freeze"
+    queue.record_missed("patch.ipynb", "schedule nightly", key, START, reason, action=SKIPPED_ACTION)
+    notifier.step()
+    assert receiver.posts == []
 
 
 def test_a_run_that_never_started_is_told_to_rules_on_never_started_and_on_failed(store, queue, receiver, registry):

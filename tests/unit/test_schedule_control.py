@@ -141,7 +141,7 @@ def test_a_paused_schedule_does_not_fire_its_fires_are_recorded_skipped_and_a_re
     )
     assert skipped.parameters == {} and skipped.requested_by == "schedule hourly"
     # the reason is on the skipped fire's trail (its page, the feed, the export)
-    assert trail(store, skipped.id) == [("missed", "schedule hourly", skipped.error_summary)]
+    assert trail(store, skipped.id) == [("skipped", "schedule hourly", skipped.error_summary)]
     assert service.fires("missed") == 2 and service.fires("fired") == 1
     assert service.woken == 1  # nothing was queued for the runner while paused
 

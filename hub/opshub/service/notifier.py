@@ -49,7 +49,7 @@ from ..settings import schema
 from . import outages
 from .lifecycle import RunChanged
 from .models import FeedPosition, Notification, Run, RunEvent
-from .run_states import END, RUNNER_TRIGGERS, Status
+from .run_states import END, RUNNER_TRIGGERS, SKIPPED_ACTION, Status
 
 log = logging.getLogger("opshub.service.notifier")
 
@@ -112,7 +112,7 @@ class Rule:
 def reason_of(event: RunEvent, run: Run) -> str | None:
     """Why an event may be told (None: it is not an end): the run's end state, or never_started for an
     unattended run that ended failed before its first cell (its server never started, a refused fire)."""
-    if event.to_status not in END:
+    if event.to_status not in END or event.action == SKIPPED_ACTION:  # a paused schedule's fire: chosen
         return None
     if event.to_status == Status.FAILED and event.trigger in RUNNER_TRIGGERS and run.first_cell_at is None:
         return NEVER_STARTED

@@ -133,13 +133,15 @@ class RunQueue:
         reason: str,
         status: str = "missed",
         trigger: str = "schedule",
+        action: str | None = None,
     ) -> Run | None:
-        """Record a schedule's fire (or an alert) that will not run: `missed` (due while opshub was down) or
-        `failed` (the runbook cannot run as asked). None if this `fire_key` is on record already."""
+        """Record a schedule's fire (or an alert) that will not run: `missed` (due while opshub was down; the
+        trail's `action` says skipped for a paused schedule's) or `failed` (the runbook cannot run as
+        asked). None if this `fire_key` is on record already."""
         now = self.store.now()
         run = self._new(runbook, trigger, "opshub-runner", requested_by, {}, None, (), due_at, status)
         run.ended_at, run.due_at, run.fire_key, run.error_summary = now, due_at, fire_key, reason
-        return self._insert(run, "missed" if status == "missed" else "refused")
+        return self._insert(run, action or ("missed" if status == "missed" else "refused"))
 
     def _new(self, runbook, trigger, user, requested_by, parameters, commit, locks, started, status) -> Run:
         check_text("runbook", runbook, 512)

@@ -69,6 +69,11 @@ for _table in TRANSITIONS.values():
 del _table, _status, S
 
 
+# The audit trail's action of a paused schedule's fire, recorded `missed` (scheduler.py): someone chose
+# it, so it is not news (the notifier tells nobody, unlike a fire missed while opshub was down).
+SKIPPED_ACTION = "skipped"
+
+
 def allowed(kind: RunKind, before: str, after: str) -> bool:
     """Whether a run of this kind may change from `before` to `after` (NEW: recorded; DELETED: deleted)."""
     return after in TRANSITIONS[kind].get(before, ())

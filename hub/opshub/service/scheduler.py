@@ -25,6 +25,7 @@ from ..runbooks.triggers import Schedule, TriggerError, fires_between, schedules
 from .cron_words import cron_in_words, in_zone, next_fires
 from .events import RunEvents
 from .queue import RunQueue
+from .run_states import SKIPPED_ACTION
 from .schedule_control import Pause, ScheduleControl
 from .unattended import RUNNER_USER, RequestRefused, Unattended
 
@@ -96,7 +97,8 @@ class Scheduler:
     def _skip(self, schedule: Schedule, time: datetime.datetime, fire_key: str, paused: Pause) -> None:
         """A fire of a paused schedule: on record as missed, saying who paused it and why."""
         reason = f"Skipped: due at {time.isoformat(timespec='seconds')} while the schedule was {paused.said()}"
-        run = self.queue.record_missed(schedule.runbook, f"schedule {schedule.key}", fire_key, time, reason)
+        requested_by = f"schedule {schedule.key}"
+        run = self.queue.record_missed(schedule.runbook, requested_by, fire_key, time, reason, action=SKIPPED_ACTION)
         self.events.fired(run, "missed")
         if run is not None:
             log.info("schedule %s: the fire due at %s is skipped (paused)", schedule_id(schedule), time.isoformat())
