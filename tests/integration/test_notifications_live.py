@@ -114,7 +114,8 @@ def test_a_failed_run_is_told_once_with_its_runbook_trigger_who_parameters_cell_
         body = post["message"]
         assert f"Runbook: {RUNBOOK}" in body and "Trigger: requested" in body and "Who: bob" in body
         assert 'Parameters: attempt=2, host="web7"' in body
-        assert f"Failed in: cell {run['failed_cell']}" in body and "disk full on web7" in body
+        # named as the run's page names it: its place (the injected parameters counted) and its first line
+        assert 'Failed in: cell 3 (raise RuntimeError(f"disk full on {host}"))' in body and "disk full on web7" in body
         assert body.endswith(f"Run: {hub.url}/services/opshub/runs/{run['id']}")
         assert notification_rows(hub, run["id"]) == [("sent", 1, None)]
     finally:

