@@ -36,7 +36,7 @@ RELOAD_SECONDS = 3  # the baseline: the old page's refresh
 POLL_SECONDS = 0.02
 RUNBOOK = "bench-live.ipynb"
 PREFIX = "/services/opshub/"
-FRAME = "iframe.notebook:not([data-incoming])"
+FRAME = "iframe.notebook"  # the notebook shown (a newer one loads hidden, and is not .notebook until shown)
 
 
 def runbook() -> dict:

@@ -24,7 +24,7 @@ from .test_unattended_browser import api_run, log_in_to_home
 PREFIX = "/services/opshub/"
 STEPS = "live-steps.ipynb"
 FAILS = "fails-at-reboot.ipynb"
-FRAME = "iframe.notebook:not([data-incoming])"  # the notebook shown (a newer one may be loading under it)
+FRAME = "iframe.notebook"  # the notebook shown (a newer one loads hidden, and is not .notebook until shown)
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 

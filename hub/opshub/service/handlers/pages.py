@@ -116,16 +116,20 @@ class OutputFacts:
 class RunPage(BaseHandler):
     @web.authenticated
     def get(self, run_id):
-        run = self.run_or_404(run_id)
+        self.render_run(self.run_or_404(run_id))
+
+    def render_run(self, run, **namespace) -> None:
+        """The run's page (also as the cancel's question and its refusal: `namespace`)."""
         audit = Audit(self.store)
         self.render_page(
             "run.html",
             run=run,
             has_output=bool(run.output_notebook),
             output=OutputFacts.of(run),
-            defaults=self.defaults(run),
+            defaults=RunPage.defaults(self, run),
             events=audit.of_run(run.id),
             notifications=audit.notifications_of(run.id),
+            **namespace,
         )
 
     def defaults(self, run) -> dict[str, str]:

@@ -367,8 +367,7 @@ class CancelPage(RequestMixin, BaseHandler):
         self.redirect(url_path_join(self.prefix, "runs", run_id))
 
     def render_run(self, run, **namespace):
-        defaults = RunPage.defaults(self, run)  # the run page's own view of the defaults that applied
-        self.render_page("run.html", run=run, has_output=bool(run.output_notebook), defaults=defaults, **namespace)
+        RunPage.render_run(self, run, **namespace)  # the run page itself, with the question or the refusal
 
 
 class FormScript(ServiceHandler):

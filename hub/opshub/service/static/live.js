@@ -76,7 +76,7 @@
   }
 
   function landOnFailedCell() {
-    const frame = output && output.querySelector("iframe.notebook:not([data-incoming])");
+    const frame = output && output.querySelector("iframe.notebook");
     if (location.hash !== "#failed-cell" || failedTop === null || !frame || scrolledToFailed) return;
     scrolledToFailed = true;
     const top = frame.getBoundingClientRect().top + window.scrollY + failedTop - 16;
@@ -85,7 +85,7 @@
 
   window.addEventListener("message", (event) => {
     if (!output || !event.data || !event.data.opshubFrame) return;
-    const frame = [...output.querySelectorAll("iframe.notebook")].find((f) => f.contentWindow === event.source);
+    const frame = [...output.querySelectorAll("iframe")].find((f) => f.contentWindow === event.source);
     if (!frame) return; // only our own frames tell their height
     const { height, failedTop: top } = event.data.opshubFrame;
     if (Number.isFinite(height) && height > 0) frame.style.height = `${height + 2}px`;
@@ -112,17 +112,21 @@
   function swapFrame(src) {
     // The new notebook loads hidden under the old one and takes its place once it knows its height,
     // so the page never shrinks under the reader.
-    const old = output.querySelector("iframe.notebook:not([data-incoming])");
+    // It is not `iframe.notebook` until it takes the old one's place: the page always has one notebook.
+    const old = output.querySelector("iframe.notebook");
     for (const stale of output.querySelectorAll("iframe[data-incoming]")) stale.remove();
     const incoming = old.cloneNode(false);
     incoming.setAttribute("data-incoming", "");
-    incoming.style.cssText = `position:absolute; left:0; top:${old.offsetTop}px; visibility:hidden; height:${old.style.height || "80vh"}`;
+    incoming.className = "";
+    incoming.style.cssText = `position:absolute; left:0; top:${old.offsetTop}px; width:100%; border:0; visibility:hidden; height:${old.style.height || "80vh"}`;
     incoming.src = src;
     return new Promise((resolve) => {
       const done = () => {
         if (!incoming.isConnected) return resolve();
         incoming.removeAttribute("data-incoming");
+        incoming.className = "notebook";
         incoming.style.position = incoming.style.left = incoming.style.top = incoming.style.visibility = "";
+        incoming.style.width = incoming.style.border = "";
         old.remove();
         toTheEnd();
         resolve();
