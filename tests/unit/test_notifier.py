@@ -5,12 +5,14 @@ by hand instead of running on an event loop."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from opshub.service.audit import Audit
+from opshub.service.models import Dashboard
 from opshub.service.notifier import Notifier, scrub
 from opshub.service.run_states import SKIPPED_ACTION
 from prometheus_client import CollectorRegistry
@@ -373,3 +375,38 @@ def test_an_error_shown_on_the_run_page_holds_none_of_the_targets_secrets():
     for secret in ("T0AAAAAAA", "B0BBBBBBB", "abcdefghijklmnop", "s3cr3t-pass", "9f8e7d6c", "qwertyuiop"):
         assert secret not in scrubbed, scrubbed
     assert "403" in scrubbed and "hooks.example.com" in scrubbed
+
+
+def broken_dashboard(store, name="patch-status", runbook="patching/status.ipynb", since=START) -> None:
+    """A live dashboard whose views found it broken (as dashboard_health.record_live_view records it)."""
+    with store.transaction() as session:
+        dashboard = session.get(Dashboard, name) or Dashboard(
+            name=name, mode="live", title="Patching status", owner="alice", source="api", runbook=runbook,
+            groups=[], created_at=START, updated_at=START,
+        )  # fmt: skip
+        dashboard.broken_since, dashboard.broken_detail = since, "NameError: inventory is not defined (cell 2)"
+        session.add(dashboard)
+
+
+def test_a_broken_live_dashboard_is_told_once_each_time_it_breaks(store, receiver, registry):
+    rules = [{"to": ["ops-chat"], "runbooks": ["patching/*"]}, {"to": ["other"], "runbooks": ["net/*"]}]
+    targets = {"ops-chat": {"url_env": ENV}, "other": {"url_env": "OPSHUB_NOTIFY_OTHER"}}
+    notifier = make_notifier(store, receiver, registry, rules=rules, targets=targets)  # `on`: the default
+    broken_dashboard(store)
+    notifier.step()
+    notifier.step()  # still broken: nothing twice
+    (post,) = receiver.posts  # the rule about net/* is not about it
+    assert post["title"] == "opshub: the dashboard patch-status is broken" and post["type"] == "failure"
+    assert "Owner: alice" in post["message"] and "NameError: inventory is not defined" in post["message"]
+    assert post["message"].endswith("/services/opshub/dashboards/patch-status/")
+    # mended (its views render again), then broken again: told again
+    broken_dashboard(store, since=START + datetime.timedelta(hours=2))
+    notifier.step()
+    assert len(receiver.posts) == 2
+
+
+def test_a_rule_without_dashboard_broken_hears_nothing_of_dashboards(store, receiver, registry):
+    notifier = make_notifier(store, receiver, registry, rules=[{"to": ["ops-chat"], "on": ["failed"]}])
+    broken_dashboard(store)
+    notifier.step()
+    assert receiver.posts == []

@@ -49,14 +49,14 @@ from ..runbooks.results import cell_name
 from ..settings import schema
 from . import outages
 from .lifecycle import RunChanged
-from .models import FeedPosition, Notification, Run, RunEvent
+from .models import Dashboard, FeedPosition, Notification, Run, RunEvent
 from .run_states import END, RUNNER_TRIGGERS, SKIPPED_ACTION, Status
 
 log = logging.getLogger("opshub.service.notifier")
 
 READER = "notifier"  # its FeedPosition
-NEVER_STARTED, WAITING = "never_started", "waiting"
-REASONS = ("failed", "missed", "interrupted", NEVER_STARTED, WAITING, "succeeded", "cancelled")
+NEVER_STARTED, WAITING, DASHBOARD_BROKEN = "never_started", "waiting", "dashboard_broken"
+REASONS = ("failed", "missed", "interrupted", NEVER_STARTED, WAITING, "succeeded", "cancelled", DASHBOARD_BROKEN)
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 RESULTS = ("sent", "retried", "failed")
 BATCH = 200  # events read, or notifications sent, per transaction
@@ -106,8 +106,10 @@ class Rule:
     def wants(self, reason: str, run: Run) -> bool:
         # a run that never started ended `failed`: a rule on `failed` hears of it too
         on = reason in self.on or (reason == NEVER_STARTED and "failed" in self.on)
-        runbook = not self.runbooks or any(fnmatchcase(run.runbook, pattern) for pattern in self.runbooks)
-        return on and runbook and run.trigger in self.triggers
+        return on and self.about(run.runbook) and run.trigger in self.triggers
+
+    def about(self, runbook: str) -> bool:
+        return not self.runbooks or any(fnmatchcase(runbook, pattern) for pattern in self.runbooks)
 
 
 def reason_of(event: RunEvent, run: Run) -> str | None:
@@ -150,6 +152,20 @@ def message(run: Run, reason: str, run_url: str, waiting: str | None = None) -> 
     return title, "\n".join(lines)
 
 
+def dashboard_message(dashboard: Dashboard, url: str) -> tuple[str, str]:
+    """The title and body telling that a live dashboard broke (its viewers see a page saying so)."""
+    detail = dashboard.broken_detail or "(no detail)"
+    lines = [
+        f"Dashboard: {dashboard.title} ({dashboard.name}), live",
+        f"Runbook: {dashboard.runbook or '(published from JupyterLab)'}",
+        f"Owner: {dashboard.owner}",
+        f"Broken since: {dashboard.broken_since.isoformat(timespec='seconds')}",
+        "Error: " + (detail if len(detail) <= MAX_SUMMARY else detail[:MAX_SUMMARY] + "..."),
+        f"Dashboard: {url}{dashboard.name}/",
+    ]
+    return f"opshub: the dashboard {dashboard.name} is broken", "\n".join(lines)
+
+
 class Notifier:
     def __init__(
         self,
@@ -170,6 +186,7 @@ class Notifier:
         self.max_attempts = settings.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
         # <public_url>services/opshub/runs/<id>: public_url ends with the hub's base URL already
         self.run_url = public_url.rstrip("/") + service_prefix("/") + "runs/"
+        self.dashboards_url = public_url.rstrip("/") + service_prefix("/") + "dashboards/"
         self.first_retry, self.max_retry, self.tick = first_retry, max_retry, tick
         self.results = Counter(
             "opshub_notifications",
@@ -226,6 +243,7 @@ class Notifier:
             for event in events:
                 self._for_event(session, event, now, wanted)
             self._for_waiting(session, now, wanted)
+            self._for_broken_dashboards(session, now, wanted)
             if wanted:
                 known = set(session.scalars(select(Notification.key).where(Notification.key.in_(list(wanted)))))
                 session.add_all(n for key, n in wanted.items() if key not in known)
@@ -281,13 +299,26 @@ class Notifier:
                 for target in sorted(targets):
                     wanted[f"waiting/{run.id}/{target}"] = self._new(run, WAITING, target, title, body, now, None)
 
+    def _for_broken_dashboards(self, session: Session, now, wanted: dict[str, Notification]) -> None:
+        """Live dashboards their views found broken (dashboard_health.py): told once per breakage and target."""
+        rules = [rule for rule in self.rules if DASHBOARD_BROKEN in rule.on]
+        if not rules:
+            return
+        broken = session.scalars(select(Dashboard).where(Dashboard.mode == "live", Dashboard.broken_since.is_not(None)))
+        for dashboard in broken:
+            targets = {
+                target for rule in rules if rule.about(dashboard.runbook or dashboard.name) for target in rule.to
+            }
+            title, body = dashboard_message(dashboard, self.dashboards_url)
+            since = dashboard.broken_since.isoformat(timespec="seconds")
+            for target in sorted(targets):
+                key = f"dashboard/{dashboard.name}@{since}/{target}"
+                wanted[key] = _notification(key, "", None, DASHBOARD_BROKEN, target, title, body, now)
+
     @staticmethod
     def _new(run: Run, reason: str, target: str, title: str, body: str, now, event_id: int | None) -> Notification:
         key = f"{event_id}/{target}" if event_id is not None else f"waiting/{run.id}/{target}"
-        return Notification(
-            key=key, run_id=run.id, event_id=event_id, reason=reason, target=target, title=title, body=body,
-            status=PENDING, attempts=0, next_attempt_at=now, created_at=now,
-        )  # fmt: skip
+        return _notification(key, run.id, event_id, reason, target, title, body, now)
 
     # -- delivery --------------------------------------------------------------------------------------
 
@@ -414,6 +445,14 @@ def scrub(text: str, urls: str) -> str:
     for secret in sorted((s for s in secrets if len(s) >= 6), key=len, reverse=True):
         text = text.replace(secret, "****")
     return text
+
+
+def _notification(key, run_id, event_id, reason, target, title, body, now) -> Notification:
+    """A notification to send (`run_id` empty: about a dashboard)."""
+    return Notification(
+        key=key, run_id=run_id, event_id=event_id, reason=reason, target=target, title=title, body=body,
+        status=PENDING, attempts=0, next_attempt_at=now, created_at=now,
+    )  # fmt: skip
 
 
 def _run(session: Session, run_id: str) -> Run | None:
