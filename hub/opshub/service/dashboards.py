@@ -5,8 +5,8 @@ Two kinds:
 - `live`: a copy of a read-only notebook taken at publish time (or at a repository commit), rendered
   by the standalone Voila backend on each view with preheated kernels (see `voila.py`). Viewers use
   its widgets; nothing else they send reaches a kernel.
-- `snapshot`: the executed notebook of the latest finished run of a runbook, from the run history,
-  rendered as sandboxed HTML. Nothing executes when it is viewed: the default for runbooks, and the
+- `snapshot`: the outputs of the latest good (succeeded) run of a runbook, from the run history,
+  rendered as sandboxed HTML (dashboard_health.py says whether later runs failed). Nothing executes when it is viewed: the default for runbooks, and the
   only choice for runbooks whose metadata says `changes_systems: true`.
 
 Authors and admins publish (`custom:opshub:dashboards:publish`) through the API (`opshub publish`,
