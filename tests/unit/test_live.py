@@ -5,6 +5,7 @@ run goes (runbooks/execute.py), how a cell is named everywhere (runbooks/results
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import time
 
@@ -29,7 +30,9 @@ def waited(changes: LiveChanges, after: int, **kwargs) -> tuple[int, float]:
             during()
         return await task, time.monotonic() - started
 
-    return asyncio.run(main())
+    # a loop of its own, in a thread: the suite may have left an event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
 
 
 def test_a_wait_ends_at_the_change_it_waits_for_and_not_at_others():
