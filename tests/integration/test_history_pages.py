@@ -69,7 +69,7 @@ def test_viewer_reads_the_history_list_with_filters_and_pages(hub, recorded):
     assert page.status_code == 200 and 'id="runs"' in page.text
     assert 'id="older"' in page.text  # more than 50 runs: a next page
     failed = carol.get(f"{hub.url}/services/opshub/", params={"status": "failed", "user": "bob"})
-    rows = re.findall(r"<tr>\s*<td class=\"mono\"><a href=\"/services/opshub/runs/([^\"]+)\"", failed.text)
+    rows = re.findall(r"<tr>\s*<td><a href=\"/services/opshub/runs/([^\"]+)\"", failed.text)
     assert recorded["id"] in rows
     assert "tls-certificate-expiry.ipynb" not in failed.text.split('id="runs"')[1]
     older = carol.get(f"{hub.url}/services/opshub/", params={"offset": 50})
@@ -83,7 +83,8 @@ def test_run_page_shows_parameters_commit_drift_and_the_failing_cell(hub, record
     page = carol.get(f"{hub.url}/services/opshub/runs/{recorded['id']}")
     assert page.status_code == 200
     assert 'id="drift"' in page.text and "RuntimeError: disk full" in page.text
-    assert "web01" in page.text and "cell 2" in page.text
+    # the failing cell named as everywhere: its place counted from 1 and the heading it is under
+    assert "web01" in page.text and "cell 3 (Disk check)" in page.text
     notebook = carol.get(f"{hub.url}/services/opshub/runs/{recorded['id']}/notebook")
     assert notebook.status_code == 200
     assert notebook.headers["Content-Security-Policy"].startswith("sandbox")  # runbook HTML cannot run scripts here
