@@ -9,7 +9,7 @@ NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
-.PHONY: help run install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
+.PHONY: help run fleet fleet-down install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -52,6 +52,14 @@ bubblewrap:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap; } \
 		|| echo "bubblewrap is missing: unattended runs will be refused until it is installed (apt-get install bubblewrap)"; }
+
+# The practice fleet (hub/opshub/fleet/, hub/docs/practice-fleet.md): Debian hosts in Docker with real
+# sshd, apt, services and reboots, monitored by Prometheus, for running the runbooks live.
+fleet: install ## start the practice fleet: hosts with pending updates to patch, and Prometheus watching them
+	$(VENV)/bin/opshub fleet up --hub-port $(PORT)
+
+fleet-down: install ## remove the practice fleet (its hosts, monitoring, /etc/hosts names and key)
+	$(VENV)/bin/opshub fleet down
 
 install: $(VENV)/.installed-run $(NODE_PROXY) $(LABEXT) bubblewrap ## create the project-local virtualenv and node_modules
 

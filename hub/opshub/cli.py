@@ -310,7 +310,17 @@ def parser() -> argparse.ArgumentParser:
     unpublish = sub.add_parser("unpublish", help="remove a published dashboard")
     unpublish.add_argument("name")
     unpublish.set_defaults(func=cmd_unpublish)
+
+    fleet = sub.add_parser("fleet", help="the practice fleet (make fleet): up [--fresh], down, status", add_help=False)
+    fleet.add_argument("arguments", nargs=argparse.REMAINDER)
+    fleet.set_defaults(func=cmd_fleet)
     return p
+
+
+def cmd_fleet(args) -> int:
+    from .fleet.__main__ import main as fleet_main  # only here: it needs Docker and cryptography
+
+    return fleet_main(args.arguments)
 
 
 def main(argv: list[str] | None = None) -> int:

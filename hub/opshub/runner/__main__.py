@@ -64,12 +64,15 @@ def credential_specs(spec: str) -> dict[str, dict]:
 
 def read_credentials(specs: dict[str, dict], names: list[str]) -> tuple[dict[str, str], list[str]]:
     """The credentials `names`: each file's content (without a trailing newline) as a variable, and the
-    problems with those that cannot be read."""
+    problems with those that cannot be read (an `optional` one whose file does not exist is left out)."""
     found, problems = {}, []
     for name in names:
         path = specs[name]["file"]
         try:
             found[name] = Path(path).read_text().rstrip("\n")
+        except FileNotFoundError as e:
+            if not specs[name].get("optional"):
+                problems.append(f"credential {name}: cannot read {path}: {e.strerror or e}")
         except OSError as e:
             problems.append(f"credential {name}: cannot read {path}: {e.strerror or e}")
     return found, problems
