@@ -110,6 +110,9 @@ class Run(Base):
     runner_token_hash: Mapped[str | None] = mapped_column(String(64))
     runner_server: Mapped[str | None] = mapped_column(String(255))  # the runner's named server
     cancel_requested_by: Mapped[str | None] = mapped_column(String(255))
+    # What the runbook published for dashboards ({name: data}, run_artifacts.py), from its recorded
+    # notebook, masked like it; None when it published nothing.
+    artifacts: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
     __table_args__ = (
         # History pages: newest first, optionally for one runbook or one user; retention by age.

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from . import lifecycle
 from .models import QUEUED, RUNNER_TRIGGERS, RUNNING, Run, ScheduleState, new_run_id
 from .notebook_cap import cap_notebook
+from .run_artifacts import artifacts_of
 from .store import (
     NotRunOwner,
     RunAlreadyFinished,
@@ -307,6 +308,7 @@ class RunQueue:
         if output_notebook is not None:
             stored = cap_notebook(output_notebook, self.store.output_cap)
             values.update(output_notebook=stored.text, output_truncated=stored.truncated)
+            values["artifacts"] = artifacts_of(output_notebook)
         return self._runner_update(run_id, token, **values)
 
     def runner_finish(
@@ -348,6 +350,7 @@ class RunQueue:
                 failed_cell=failed_cell,
                 error_summary=error_summary,
                 **({"output_notebook": stored.text, "output_truncated": stored.truncated} if stored else {}),
+                **({"artifacts": artifacts_of(output_notebook)} if stored else {}),
             )
             if ended is None:
                 raise RunAlreadyFinished(f"run {run_id} has already ended and cannot be changed")

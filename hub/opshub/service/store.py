@@ -46,6 +46,7 @@ from opshub.service.models import (
 from ..settings import schema_default
 from . import lifecycle
 from .notebook_cap import MIN_OUTPUT_CAP, cap_notebook
+from .run_artifacts import artifacts_of
 from .run_filters import parameter_equals
 from .visibility import RunVisibility
 
@@ -259,6 +260,7 @@ class RunStore:
         if output_notebook is not None:
             stored = cap_notebook(output_notebook, self.output_cap)
             values.update(output_notebook=stored.text, output_truncated=stored.truncated)
+            values["artifacts"] = artifacts_of(output_notebook)
         if drift:
             values["drift"] = True
         with self._sessions.begin() as session:
@@ -304,6 +306,7 @@ class RunStore:
                 error_summary=error_summary,
                 output_notebook=stored.text if stored else None,
                 output_truncated=stored.truncated if stored else False,
+                **({"artifacts": artifacts_of(output_notebook)} if stored else {}),
                 **({"drift": True} if drift else {}),
             )
             if finished is None:
@@ -403,11 +406,13 @@ class RunStore:
         visible_to: RunVisibility | None = None,
         user_contains: str | None = None,
         parameter: tuple[str, str] | None = None,
+        with_artifacts: bool = False,
     ) -> tuple[list[Run], int]:
         """One page of runs matching every filter given, newest first, and how many match in all.
 
         `since` and `until` bound the start time (since <= started_at < until). The output notebook is
-        not loaded (reading `run.output_notebook` raises): use `get_run` for one run's output.
+        not loaded (reading `run.output_notebook` raises): use `get_run` for one run's output; nor are
+        the artifacts unless `with_artifacts` (up to 256 KiB a run).
         `visible_to`: only the runs that viewer may see (visibility.py). `user_contains`: part of
         the user's name, any case; `parameter`: (name, value as text), run_filters.parameter_equals.
         """
@@ -447,7 +452,7 @@ class RunStore:
             page = session.scalars(
                 select(Run)
                 .where(*conditions)
-                .options(defer(Run.output_notebook))
+                .options(defer(Run.output_notebook), *(() if with_artifacts else (defer(Run.artifacts),)))
                 .order_by(*_NEWEST_FIRST)
                 .limit(limit)
                 .offset(offset)

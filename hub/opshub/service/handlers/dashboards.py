@@ -426,16 +426,21 @@ class DataRunsHandler(ServiceHandler):
     """Run summaries for live dashboards' kernels, read with the data token in their environment.
 
     No user identity and no output notebooks: exactly what a dashboard may chart, nothing to act on.
+    Each run's artifacts (what its runbook published for dashboards) are outputs: the token is the same
+    for every dashboard and knows no viewer, so the artifacts of runbooks restricted to groups (the
+    runs their dashboards restrict, Dashboards.hidden_runbooks) are left out (None), for every caller.
     """
 
     def get(self):
-        self.check_bearer(self.settings["opshub_dashboards"].data_token, "send the dashboards' data token")
+        dashboards = self.settings["opshub_dashboards"]
+        self.check_bearer(dashboards.data_token, "send the dashboards' data token")
         runbook = self.get_argument("runbook", None)
         try:
             limit = min(max(int(self.get_argument("limit", "200")), 1), 1000)
         except ValueError:
             raise web.HTTPError(400, "limit must be a whole number") from None
-        runs, total = self.settings["opshub_store"].list_runs(runbook=runbook, limit=limit)
+        runs, total = self.settings["opshub_store"].list_runs(runbook=runbook, limit=limit, with_artifacts=True)
+        restricted = dashboards.hidden_runbooks(None)  # hidden from someone: from a viewer nobody knows
         # trigger and reporter: a dashboard can tell what a person's server reported from what opshub did
         keys = ("id", "runbook", "user", "trigger", "reported_by", "reported_from", "parameters", "status")
         keys += ("failed_cell", "error_summary")
@@ -447,6 +452,7 @@ class DataRunsHandler(ServiceHandler):
                         **{key: getattr(run, key) for key in keys},
                         "started_at": run.started_at.isoformat(),
                         "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+                        "artifacts": None if run.runbook in restricted else run.artifacts or {},
                     }
                     for run in runs
                 ],

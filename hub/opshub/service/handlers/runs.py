@@ -52,8 +52,9 @@ def run_json(run: Run, prefix: str, with_output: bool = False) -> dict:
         "cancel_requested_by": run.cancel_requested_by,
         "url": url_path_join(prefix, "runs", run.id),
     }
-    if with_output:
+    if with_output:  # and what it published for dashboards (run_artifacts.py), seen by whoever sees the output
         data["output_notebook"] = json.loads(run.output_notebook) if run.output_notebook else None
+        data["artifacts"] = run.artifacts or {}
     return data
 
 
