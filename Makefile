@@ -9,7 +9,7 @@ NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
-.PHONY: help run fleet fleet-down install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
+.PHONY: help run fleet fleet-down test-fleet install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -114,6 +114,9 @@ down: ## stop the Docker deployment; state, runbooks and homes stay on their vol
 
 test-docker: install-test ## Docker Engine tests (dockerd started when none runs): images, runbooks, make up/down
 	$(VENV)/bin/pytest tests/docker $(PYTEST_ARGS)
+
+test-fleet: install-test ## the practice fleet (Docker): the patching runbook live on the runner, runbooks' CI, the quick start
+	$(VENV)/bin/pytest tests/fleet tests/unit/test_fleet.py $(PYTEST_ARGS)
 
 test-chart: install-test ## the Helm chart, rendered by Helm's own engine and checked against Kubernetes' schemas (no cluster)
 	$(VENV)/bin/pytest tests/chart $(PYTEST_ARGS)

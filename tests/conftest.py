@@ -17,6 +17,7 @@ FOLDER_MARKERS = {
     "runbooks": "runbooks",
     "docker": "docker",
     "chart": "chart",
+    "fleet": "fleet",
 }
 
 
