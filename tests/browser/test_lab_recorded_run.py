@@ -72,7 +72,14 @@ def test_the_run_dialog_offers_the_patching_runbooks_typed_fields(page, hub):
     stack, hosts = dialog.locator("select[name=stack]"), dialog.locator("select[name=hosts]")
     expect(stack).to_have_value("lab")
     values = "options => options.map(o => o.value).filter(v => v)"
-    assert sorted(stack.locator("option").evaluate_all(values)) == ["db", "lab", "monitoring", "web"]
+    assert sorted(stack.locator("option").evaluate_all(values)) == [
+        "db",
+        "fleet-db",
+        "fleet-web",
+        "lab",
+        "monitoring",
+        "web",
+    ]
     assert hosts.locator("option").evaluate_all(values) == ["localhost"]
     stack.select_option("db")  # the hosts follow the stack
     expect(hosts.locator("option")).to_have_count(2)

@@ -136,7 +136,7 @@ def test_bob_reviews_and_confirms_a_live_run_after_a_dry_run(page, hub, typed):
     # each parameter as its declaration says: a dropdown, a dependent multi-select, checkboxes, a number
     stack, hosts = page.locator("#p-stack"), page.locator("#p-hosts")
     expect(stack).to_have_value("lab")
-    assert sorted(option_texts(stack)) == ["db", "lab", "monitoring", "web"]
+    assert sorted(option_texts(stack)) == ["db", "fleet-db", "fleet-web", "lab", "monitoring", "web"]
     assert option_texts(hosts) == ["localhost"]  # the hosts of lab, the default stack
     expect(page.locator("#p-dry_run")).to_be_checked()
     expect(page.locator("#p-wait_timeout")).to_have_attribute("type", "number")

@@ -190,8 +190,8 @@ def test_widgets_work_but_execute_request_does_not_run(dash_hub, sessions, tmp_p
     picker, details = widget_models(html)[-2:]
     ws = kernel_socket(dash_hub, carol, kernel_id(html))
     try:
-        # what the dropdown sends when carol picks the 4th stack (db, lab, monitoring, web)
-        update = {"comm_id": picker, "data": {"method": "update", "state": {"index": 3}, "buffer_paths": []}}
+        # what the dropdown sends when carol picks the 6th stack (db, fleet-db, fleet-web, lab, monitoring, web)
+        update = {"comm_id": picker, "data": {"method": "update", "state": {"index": 5}, "buffer_paths": []}}
         ws.send(message("comm_msg", update))
         # the kernel ran the dropdown's callback: it set the output widget to capture, then displayed web's hosts
         seen = receive_until(ws, lambda m: "web01.example.internal" in json.dumps(m["content"]))

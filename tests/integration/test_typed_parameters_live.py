@@ -93,7 +93,10 @@ def runs_of(hub: Hub, token: str, runbook: str) -> list[dict]:
 
 
 REFUSED = [
-    ({"stack": "nope"}, "parameter stack: 'nope' is not one of web, db, monitoring, lab (from inventory/stacks.yaml)"),
+    (
+        {"stack": "nope"},
+        "parameter stack: 'nope' is not one of web, db, monitoring, lab, fleet-web, fleet-db (from inventory/stacks.yaml)",
+    ),
     ({"stack": "web", "hosts": ["localhost"]}, "parameter hosts: 'localhost' is not one of web01.example.internal"),
     ({"wait_timeout": "abc"}, "parameter wait_timeout: 'abc' is not a whole number"),
     ({"wait_timeout": 5}, "parameter wait_timeout: 5 is not at least 60"),
