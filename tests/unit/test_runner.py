@@ -41,6 +41,21 @@ def test_credentials_go_only_to_the_runbooks_granted_them_and_unreadable_ones_ar
     assert credential_specs("") == {} and credential_specs("not json") == {} and credential_specs("[1]") == {}
 
 
+def test_an_optional_credential_is_left_out_while_its_file_does_not_exist(tmp_path):
+    """The practice fleet's key comes and goes (`optional: true`): runs start without it while it is
+    absent; a file that exists but cannot be read (here a folder) still refuses the run, naming it."""
+    (tmp_path / "a-folder").mkdir()
+    specs = {
+        "FLEET_KEY": {"file": str(tmp_path / "absent"), "runbooks": ["*"], "optional": True},
+        "BROKEN": {"file": str(tmp_path / "a-folder"), "runbooks": ["*"], "optional": True},
+    }
+    found, problems = read_credentials(specs, ["FLEET_KEY", "BROKEN"])
+    assert found == {}
+    assert problems == [f"credential BROKEN: cannot read {tmp_path / 'a-folder'}: Is a directory"]
+    (tmp_path / "absent").write_text("fleet key\n")
+    assert read_credentials(specs, ["FLEET_KEY"]) == ({"FLEET_KEY": "fleet key"}, [])
+
+
 def test_a_runbook_asking_for_a_credential_it_is_not_granted_is_refused_naming_it():
     specs = {"SSH_KEY": {"file": "/k", "runbooks": ["patch-*.ipynb"]}, "DB": {"file": "/d", "runbooks": ["db/*"]}}
     assert credential_refusals(specs, "patch-web.ipynb", ["SSH_KEY"]) == []

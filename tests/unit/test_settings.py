@@ -195,6 +195,9 @@ def test_the_schema_is_the_one_place_defaults_are_declared(tmp_path):
     filled = load_settings(EMBEDDED_SETTINGS, cwd=tmp_path)
     assert DEFAULTS == schema_default("dashboards") == filled["dashboards"]
     assert filled["history"]["output_cap_bytes"] == DEFAULT_OUTPUT_CAP
+    # the embedded default's one setting beyond the defaults: the practice fleet's key (make fleet)
+    assert set(filled["runner"]["credentials"]) == {"SSH_PRIVATE_KEY"}
+    filled["runner"]["credentials"] = schema_default("runner")["credentials"]
     place = {"database_url": "sqlite://", "runbooks_repository": "x", "cache_dir": "y"}
     read = parse_args(["--settings", json.dumps({"service": place})])
     plain = [section for section in SERVICE_SETTINGS_SECTIONS if section != "runbooks"]  # paths get resolved
