@@ -9,7 +9,7 @@ NODE_PROXY := hub/node_modules/.bin/configurable-http-proxy
 LABEXT := hub/opshub/lab/jupyter_data/labextensions/opshub-lab/package.json
 PYTEST_ARGS ?=
 
-.PHONY: help run fleet fleet-down test-fleet install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
+.PHONY: help run fleet fleet-down runbooks-ci test-fleet install install-test bubblewrap bench test test-unit test-integration test-unattended test-browser lint format docs clean images up down test-docker test-chart
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +60,11 @@ fleet: install ## start the practice fleet: hosts with pending updates to patch,
 
 fleet-down: install ## remove the practice fleet (its hosts, monitoring, /etc/hosts names and key)
 	$(VENV)/bin/opshub fleet down
+
+runbooks-ci: install ## run every shipped runbook live against the fleet (shared-notebooks/runbooks-ci.yaml): PASS/FAIL, JUnit in test-artifacts/
+	OPSHUB_FLEET_CA=$(CURDIR)/state/fleet/tls/ca.crt $(VENV)/bin/opshub ci --folder shared-notebooks \
+		--junit test-artifacts/runbooks-ci.xml --output test-artifacts/runbooks-ci \
+		$(if $(wildcard state/fleet/ssh/id_ed25519),--credential SSH_PRIVATE_KEY=state/fleet/ssh/id_ed25519) $(CI_ARGS)
 
 install: $(VENV)/.installed-run $(NODE_PROXY) $(LABEXT) bubblewrap ## create the project-local virtualenv and node_modules
 

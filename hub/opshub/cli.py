@@ -314,6 +314,17 @@ def parser() -> argparse.ArgumentParser:
     fleet = sub.add_parser("fleet", help="the practice fleet (make fleet): up [--fresh], down, status", add_help=False)
     fleet.add_argument("arguments", nargs=argparse.REMAINDER)
     fleet.set_defaults(func=cmd_fleet)
+
+    from .runbooks import ci as runbooks_ci
+
+    ci = sub.add_parser(
+        "ci",
+        help="run runbooks live from a file of cases, as a CI job: PASS/FAIL, JUnit XML (not recorded in any hub)",
+        description=runbooks_ci.DESCRIPTION,
+        epilog=runbooks_ci.EPILOG,
+    )
+    runbooks_ci.add_arguments(ci)
+    ci.set_defaults(func=runbooks_ci.run_command)
     return p
 
 

@@ -89,11 +89,14 @@ def test_a_host_whose_service_does_not_come_back_stops_the_run_before_the_next_s
     # someone left redis disabled on the first host: it runs now, and will not start at the next boot
     on_host(first, "systemctl", "disable", "redis-server")
     untouched = state_of([second])
-    run = wait_for_end(
-        fleet_hub,
-        fleet_tokens["bob"],
-        request_patch(fleet_hub, fleet_tokens["bob"], stack="fleet-db", dry_run=False, batch="1"),
-    )
+    try:
+        run = wait_for_end(
+            fleet_hub,
+            fleet_tokens["bob"],
+            request_patch(fleet_hub, fleet_tokens["bob"], stack="fleet-db", dry_run=False, batch="1"),
+        )
+    finally:  # the fleet as it was for the tests after this one
+        on_host(first, "systemctl", "enable", "--now", "redis-server")
     assert run["status"] == "failed"
     assert first in run["error_summary"] and "redis" in run["error_summary"], run["error_summary"]
     assert state_of([second]) == untouched, f"{second} was touched after {first} failed"
