@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[3]  # hub/opshub/fleet -> the
 
 
 def up(folder: Path, images: Path, fresh: bool, hub_port: int, metrics_token: Path) -> str:
+    if os.geteuid() != 0:
+        raise FleetError("run it as root: it names the hosts in /etc/hosts and hands the runner's account their key")
     fleet = hosts()
     engine = machines.ensure_engine(folder / "dockerd.log")
     print(f"fleet: Docker: {engine}; building the fleet's image (quick once cached)", flush=True)

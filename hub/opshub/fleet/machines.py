@@ -152,15 +152,16 @@ def wait_until_booted(host: Host, timeout: float = BOOT_TIMEOUT) -> None:
     not when it gives up."""
     deadline = time.monotonic() + timeout
     units = host.units
+    states: dict[str, str] = {}
     while True:
         state = docker("exec", host.container, "systemctl", "is-system-running", check=False, timeout=30)
         if state.stdout.strip() in ("running", "degraded"):
             active = docker("exec", host.container, "systemctl", "is-active", *units, check=False, timeout=30)
             states = dict(zip(units, active.stdout.split(), strict=False))
-            if all(value == "active" for value in states.values()) and len(states) == len(units):
+            if len(states) == len(units) and all(value == "active" for value in states.values()):
                 return
         if time.monotonic() > deadline:
-            detail = ", ".join(f"{unit}: {value}" for unit, value in states.items()) if "states" in locals() else ""
+            detail = ", ".join(f"{unit}: {value}" for unit, value in states.items())
             raise FleetError(f"{host.name} did not finish booting in {timeout:.0f} s {detail}".strip())
         time.sleep(1)
 
