@@ -114,6 +114,9 @@ class Hub:
         # system accounts of its own: hubs of a test session run side by side (a session hub, module
         # hubs), and a deployment refuses to start while another one's hub uses the same accounts
         local["account_prefix"] = f"t{self.port}-"
+        # the embedded default's practice-fleet key is this machine's (make fleet): a test hub's runner
+        # account may not read it, so test hubs go without it unless they set it (tests/fleet/conftest.py)
+        settings["runner"]["credentials"].pop("SSH_PRIVATE_KEY", None)
         if configure:
             configure(settings)
         self.settings_file = root / "opshub.yaml"

@@ -94,7 +94,9 @@ def bwrap_command(
     for path in readonly:
         command += ["--ro-bind", str(path), str(path)]
     for path in hide:
-        if Path(path).exists():
+        # os.path.exists: False, not PermissionError, for a file in a folder this account may not enter
+        # (it cannot read it either, inside or out)
+        if os.path.exists(path):
             command += ["--ro-bind", "/dev/null", str(path)]
     command += [
         "--unshare-user",

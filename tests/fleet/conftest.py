@@ -10,12 +10,13 @@ import time
 
 import pytest
 import requests
+import yaml
 from opshub.fleet.definition import PROMETHEUS_URL, hosts
 from opshub.fleet.machines import LABEL
 
 from tests.docker.engine import docker, running_engine
 from tests.helpers import ARTIFACTS, ROOT, ensure_debian_package, open_folder
-from tests.livehub import Hub
+from tests.livehub import EMBEDDED_SETTINGS, Hub
 
 OPSHUB = str(ROOT / ".venv" / "bin" / "opshub")
 FLEET_KEY = ROOT / "state" / "fleet" / "ssh" / "id_ed25519"  # opshub fleet up's key (and make fleet's)
@@ -82,7 +83,8 @@ def fleet_hub(fleet, tmp_path_factory):
     credential.chmod(0o644)
 
     def configure(settings):
-        settings["runner"]["credentials"]["SSH_PRIVATE_KEY"]["file"] = str(credential)
+        embedded = yaml.safe_load(EMBEDDED_SETTINGS.read_text())["runner"]["credentials"]["SSH_PRIVATE_KEY"]
+        settings["runner"]["credentials"]["SSH_PRIVATE_KEY"] = {**embedded, "file": str(credential)}
         settings["runner"]["max_concurrent"] = 2
 
     hub = Hub(tmp_path_factory.mktemp("fleet-hub"), configure=configure)

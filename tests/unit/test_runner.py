@@ -18,6 +18,8 @@ from opshub.runner.__main__ import (
 )
 from opshub.runner.credentials import granted  # the one rule: the runner's and the hub's spawner's
 
+from tests.helpers import ROOT
+
 
 def test_credentials_go_only_to_the_runbooks_granted_them_and_unreadable_ones_are_named(tmp_path):
     key = tmp_path / "id_ed25519"
@@ -155,3 +157,25 @@ def test_the_service_names_the_runs_runbook_when_it_asks_the_hub_for_its_server(
     )
     assert sent[1][0] == "GET"
     assert sent[2] == ("POST", "http://hub:8081/hub/api/users/opshub-dashboards/server", "{}")
+
+
+def test_a_credential_in_a_folder_the_runner_may_not_enter_does_not_break_its_sandbox(tmp_path):
+    """The embedded default names the practice fleet's key in /etc/opshub/runner (root:opshub-runner,
+    0750): another deployment's runner account may not even look in there. Its runs must still start
+    (the key stays out of reach anyway), as that account sees it, not as root."""
+    folder = tmp_path / "runner-credentials"
+    folder.mkdir(mode=0o700)
+    (folder / "fleet-ssh-key").write_text("key\n")
+    code = (
+        "from pathlib import Path; from opshub.sandbox import bwrap_command; "
+        f"print(bwrap_command(['true'], home=Path('/tmp/h'), work=Path('/tmp/w'), hide=[Path('{folder}/fleet-ssh-key')]))"
+    )
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(ROOT / "hub")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "fleet-ssh-key" not in result.stdout  # it cannot see it: nothing to hide

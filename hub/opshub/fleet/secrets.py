@@ -3,6 +3,7 @@ credential SSH_PRIVATE_KEY, and the TLS certificates of its web hosts (one expir
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import grp
 import os
@@ -61,7 +62,11 @@ def install_runner_credential(key: Path) -> Path:
 
 
 def remove_runner_credential() -> None:
+    """Delete the copy, and its folder when nothing else is in it: a folder left behind that other
+    runners' accounts may not enter would refuse their runs the (optional) key."""
     RUNNER_KEY.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: other credentials live there too
+        RUNNER_KEY.parent.rmdir()
 
 
 def _private_key(path: Path) -> ec.EllipticCurvePrivateKey:
