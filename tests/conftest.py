@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from tests.helpers import open_folder
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.helpers import ARTIFACTS, ensure_debian_package, open_folder
 from tests.idp import oidc_hub as make_oidc_hub
 from tests.idp import start_provider
 from tests.livehub import Hub
@@ -61,3 +62,25 @@ def oidc_hub(idp, tmp_path_factory):
     the_hub.start()
     yield the_hub
     the_hub.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    ensure_debian_package("chromium", CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    yield page
+    (ARTIFACTS / "screenshots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "screenshots" / f"{request.node.name}-last.png")
+    context.close()

@@ -1,10 +1,10 @@
-"""Debian's Chromium driven by Playwright (never a browser download)."""
+"""Debian's Chromium driven by Playwright (never a browser download): its settings and the browser tests'
+helpers. The `browser` and `page` fixtures are in tests/conftest.py: one Playwright for the whole session
+(tests/fleet/ drives Chromium too, and a second sync Playwright cannot start beside the first)."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.helpers import ARTIFACTS, ensure_debian_package
+from tests.helpers import ARTIFACTS
 
 CHROMIUM = "/usr/bin/chromium"
 # As root Chromium needs --no-sandbox; the rest keeps it from calling out of this closed network.
@@ -18,28 +18,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-@pytest.fixture(scope="session")
-def browser():
-    ensure_debian_package("chromium", CHROMIUM)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, request):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    yield page
-    (ARTIFACTS / "screenshots").mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=ARTIFACTS / "screenshots" / f"{request.node.name}-last.png")
-    context.close()
 
 
 def log_in(page, hub, user: str) -> None:

@@ -10,7 +10,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import browser, page, screenshot  # noqa: F401 (the browser tests' fixtures)
+from tests.browser.conftest import screenshot
 from tests.browser.test_unattended_browser import log_in_to_home
 from tests.fleet.conftest import fleet_command, package_version
 
@@ -19,14 +19,14 @@ PREFIX = "/services/opshub/"
 WEB = ["web-1.fleet", "web-2.fleet", "web-3.fleet"]
 
 
-def open_patching_form(page, stack: str) -> None:  # noqa: F811 (a page, not the fixture)
+def open_patching_form(page, stack: str) -> None:
     page.click("#nav-runbooks")
     page.locator("#runbooks tr", has_text="Patch a server stack").locator("a").first.click()
     expect(page.locator("#request-form")).to_be_visible()
     page.locator("#p-stack").select_option(stack)
 
 
-def test_the_quick_start_patches_the_fleet_and_management_watches_it(fleet, fleet_hub, browser, page):  # noqa: F811
+def test_the_quick_start_patches_the_fleet_and_management_watches_it(fleet, fleet_hub, browser, page):
     fresh = fleet_command("up", "--fresh")  # the other tests patched it: updates pending again
     assert fresh.returncode == 0, fresh.stderr
     assert all(package_version(host, "fleet-base") == "1.0" for host in WEB)
