@@ -168,9 +168,12 @@ def test_release_gives_up_only_ones_own_claim(tmp_path, claims, other_hub):
 
 
 HUB = """
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
 from opshub.deployments import claim_system_accounts
+# Ctrl-C ends it, as it ends a hub in a terminal, even when the tests run where SIGINT is ignored (a
+# background job of a shell: Python then installs no handler of its own, and the test waited in vain)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 claims, state, stage = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 claim_system_accounts(state, "http://127.0.0.1:9300/", "hub.yaml", "the accounts", claims)
 if stage == "exec":  # `opshub hub` claims, then becomes JupyterHub (exec: the same process), which claims again
