@@ -202,3 +202,39 @@ def test_a_viewer_kept_out_of_a_restricted_runbook_gets_its_artifacts_from_no_ro
         assert "RESTRICTED-MARK" not in page.text, path
     events = hub.service_api(tokens["carol"], "GET", f"events?run={restricted_run}")
     assert "RESTRICTED-MARK" not in events.text
+
+
+FORGED_CELL = (
+    "from opshub.runbooks.artifacts import publish\n"
+    "publish('hosts', [{'host': 'web-1.fleet', 'status': 'patched', 'packages': 'FORGED-PATCH'}])"
+)
+
+
+def rendered_outputs(page: str) -> str:
+    """A Voila page's cell outputs as HTML: inline, or in the JSON it streams them in."""
+    streamed = re.findall(r'<script type="application/vnd.voila.cell-output\+json">\s*(.*?)\s*</script>', page, re.S)
+    return "\n".join([unescape(page), *(json.loads(o).get("data", {}).get("text/html", "") for o in streamed)])
+
+
+def test_a_persons_own_run_cannot_mark_hosts_patched_on_the_patching_dashboard(hub, bob):
+    """bob rewrites his copy of the patching runbook to publish web-1.fleet as patched, and runs it
+    from his terminal: the run is recorded (labelled as his server's), and management's patching-status
+    dashboard shows its run but takes no host state from it: hosts rest on opshub's own runs only."""
+    forged = runbook('stack = "fleet-web"', [FORGED_CELL])
+    forged.metadata["opshub"] = {"title": "Patch a server stack", "changes_systems": True}
+    text = shlex.quote(nbformat.writes(forged))
+    out, rc = bob.run(f"printf '%s' {text} > ~/runbooks/patch-server-stack.ipynb", timeout=30)
+    assert rc == 0, out
+    run_id = opshub_run(bob, "patch-server-stack")
+    run = run_of(hub, hub.tokens(users=["bob"])["bob"], run_id)
+    assert run["trigger"] == "headless" and run["artifacts"]["hosts"][0]["status"] == "patched"
+
+    carol, _ = hub.login("carol")
+
+    def fresh():  # a page from a kernel preheated before bob's run does not show it yet: the next one does
+        page = carol.get(f"{hub.url}{PREFIX}dashboards/patching-status/", timeout=120)
+        row = re.search(r"<tr>\s*<th>fleet-web</th>(.*?)</tr>", rendered_outputs(page.text), re.S)
+        return row.group(1) if page.status_code == 200 and row and "bob (own server)" in row.group(1) else None
+
+    row = wait_for(fresh, timeout=240, interval=2, what="the patching dashboard to show bob's run")
+    assert "patched" not in row and "3 no run yet" in row, row
