@@ -46,19 +46,24 @@ def account_name(username: str, system_accounts=(), prefix: str = "") -> str:
     return name
 
 
+def create_account(name: str, home: Path) -> None:
+    """useradd: the account `name` and its group, no login password, bash, `home` recorded (not made)."""
+    subprocess.run(
+        ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group", name],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def ensure_account(name: str, home: Path) -> pwd.struct_passwd:
     """The OS account `name`, created when missing (no login password, bash), and its home:
     created when missing, owned by the account, readable by nobody else."""
     try:
         account = pwd.getpwnam(name)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group", name],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        create_account(name, home)
         account = pwd.getpwnam(name)
     home.mkdir(parents=True, exist_ok=True)
     if home.stat().st_uid != account.pw_uid:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
 import requests
@@ -16,6 +15,7 @@ from opshub.fleet.machines import LABEL
 
 from tests.docker.engine import docker, running_engine
 from tests.helpers import ARTIFACTS, ROOT, ensure_debian_package, open_folder
+from tests.integration.test_unattended_runs import request, wait_for_status
 from tests.livehub import EMBEDDED_SETTINGS, Hub
 
 OPSHUB = str(ROOT / ".venv" / "bin" / "opshub")
@@ -101,19 +101,13 @@ def fleet_tokens(fleet_hub):
 
 def request_patch(hub: Hub, token: str, **parameters) -> str:
     """Request the patching runbook on the runner, as `opshub request` and the Request page do."""
-    answer = hub.service_api(token, "POST", "requests", json={"runbook": PATCHING, "parameters": parameters})
+    answer = request(hub, token, PATCHING, **parameters)
     assert answer.status_code == 201, answer.text
     return answer.json()["id"]
 
 
-def wait_for_end(hub: Hub, token: str, run_id: str, timeout: float = 900) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = hub.service_api(token, "GET", f"runs/{run_id}").json()
-        if run["status"] not in ("queued", "running"):
-            return run
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} did not end within {timeout:.0f} s")
+def wait_for_end(hub: Hub, token: str, run_id: str) -> dict:
+    return wait_for_status(hub, token, run_id, timeout=900)  # a stack's reboots take minutes
 
 
 def outputs_text(run: dict) -> str:

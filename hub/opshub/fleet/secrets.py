@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..accounts import create_account
 from ..contract import RUNNER_ACCOUNT
 from .definition import SOON_EXPIRING_DAYS, Host
 
@@ -42,13 +43,7 @@ def install_runner_credential(key: Path) -> Path:
     try:
         grp.getgrnam(RUNNER_ACCOUNT)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--no-create-home", "--home-dir", f"/home/{RUNNER_ACCOUNT}", "--shell", "/bin/bash"]
-            + ["--user-group", RUNNER_ACCOUNT],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        create_account(RUNNER_ACCOUNT, Path("/home") / RUNNER_ACCOUNT)
     gid = grp.getgrnam(RUNNER_ACCOUNT).gr_gid
     RUNNER_KEY.parent.mkdir(parents=True, exist_ok=True)
     os.chown(RUNNER_KEY.parent, 0, gid)
